@@ -1,0 +1,5 @@
+"""``python -m ocrpress``."""
+
+from .cli import main
+
+main()

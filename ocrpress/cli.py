@@ -1,0 +1,253 @@
+"""Command line: ``ocrpress convert`` and ``ocrpress modes``. Thin: flags -> options -> pipeline."""
+
+from __future__ import annotations
+
+import logging
+import sys
+from typing import Any
+
+import click
+
+from . import __version__
+
+log = logging.getLogger("ocrpress")
+
+#: Exit codes (documented in README.md).
+EXIT_OK = 0
+EXIT_FAILED_INPUTS = 1  # some inputs or pages failed; the rest were converted
+EXIT_USAGE = 2  # bad options, or no input found (click uses 2 for usage errors too)
+EXIT_ENGINE = 3  # the engine or model could not be loaded; nothing was converted
+EXIT_INTERRUPTED = 130  # Ctrl-C / SIGINT
+
+CONVERT_EXAMPLES = """
+\b
+Examples:
+  ocrpress convert scan.pdf                      # Markdown on stdout
+  ocrpress convert docs/ -o out/                 # mirror docs/ into out/*.md
+  ocrpress convert 'inbox/**/*.pdf' -o out/ -f markdown,json
+  ocrpress convert report.pdf --pages 1-3,7 -f json -o - | jq .status
+  find . -name '*.png' | ocrpress convert - -o out/     # paths on stdin
+  curl -s https://example.org/a.pdf | ocrpress convert - -f text   # bytes on stdin
+  ocrpress convert docs/ -o out/ --engine deepseek --mode gundam --batch-size 16
+"""
+
+
+class _StderrHandler(logging.Handler):
+    """Log lines as ``ocrpress: level: message`` without breaking the progress bar."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        from tqdm import tqdm
+
+        level = "" if record.levelno == logging.INFO else f"{record.levelname.lower()}: "
+        tqdm.write(f"ocrpress: {level}{record.getMessage()}", file=sys.stderr)
+
+
+def _setup_logging(quiet: bool, verbose: bool) -> None:
+    handler = _StderrHandler()
+    log.handlers[:] = [handler]
+    log.propagate = False
+    log.setLevel(logging.ERROR if quiet else logging.DEBUG if verbose else logging.INFO)
+
+
+def _check_engine(value: str) -> str:
+    if value in ("auto", "rapid", "deepseek", "vllm") or ":" in value:
+        return value
+    raise click.BadParameter(f"{value!r} is not one of auto, rapid, deepseek, vllm or module:Class")
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(__version__, prog_name="ocrpress")
+def main() -> None:
+    """ocrpress: OCR PDFs and images into Markdown, JSON layout or text."""
+
+
+@main.command(epilog=CONVERT_EXAMPLES)
+@click.argument("inputs", nargs=-1, required=True)
+@click.option(
+    "-o",
+    "--output",
+    default="-",
+    show_default=True,
+    help="Output folder (mirrors input paths), or - for stdout.",
+)
+@click.option(
+    "-f",
+    "--format",
+    "formats",
+    default="markdown",
+    show_default=True,
+    help="markdown, json, text; several comma-separated with -o DIR.",
+)
+@click.option(
+    "--engine",
+    default="auto",
+    show_default=True,
+    callback=lambda ctx, param, v: _check_engine(v),
+    help="auto, rapid, deepseek, vllm, or package.module:Class (a plugin). auto = deepseek on"
+    " a CUDA GPU with the model available, else rapid.",
+)
+@click.option("--model", default=None, help="Hub id or local folder of a DeepSeek-OCR model.")
+@click.option("--mode", default=None, help="Resolution mode: tiny, small, base, large, gundam.")
+@click.option(
+    "--task",
+    type=click.Choice(["markdown", "text", "figure"]),
+    default="markdown",
+    show_default=True,
+    help="What the VLM is asked for.",
+)
+@click.option("--prompt", default=None, help="Custom VLM prompt (experts; overrides --task).")
+@click.option("--dpi", default=144, show_default=True, type=click.IntRange(36, 600))
+@click.option("--pages", default=None, help="Pages per document, 1-based: 1-3,7,10-")
+@click.option("--batch-size", type=click.IntRange(1, 1024), default=None, help="[auto]")
+@click.option("--max-new-tokens", type=click.IntRange(1), default=8192, show_default=True)
+@click.option("--max-tiles", type=click.IntRange(1, 9), default=6, show_default=True)
+@click.option(
+    "--ngram-size",
+    type=click.IntRange(0),
+    default=30,
+    show_default=True,
+    help="Repetition guard n-gram size (0 = off).",
+)
+@click.option("--ngram-window", type=click.IntRange(1), default=90, show_default=True)
+@click.option("--device", default=None, help="Torch device for VLM engines (cuda, cuda:1, cpu).")
+@click.option("--workers", type=click.IntRange(0, 64), default=None, help="Render processes.")
+@click.option("--overwrite", is_flag=True, help="Redo documents whose outputs are current.")
+@click.option("--keep-raw", is_flag=True, help="Keep the model's raw text in JSON output.")
+@click.option("--retry-truncated", is_flag=True, help="Re-run truncated pages once, stricter.")
+@click.option("-q", "--quiet", is_flag=True, help="No progress bar, no summary; errors only.")
+@click.option("-v", "--verbose", is_flag=True, help="Debug logging.")
+def convert(inputs: tuple[str, ...], **kw: Any) -> None:
+    """Convert PDFs and images (files, folders, 'globs', or - for stdin) to Markdown/JSON/text."""
+    from .engines import EngineError, EngineOptions
+    from .inputs import discover
+    from .pipeline import Converter, ConvertOptions, EngineLoadError
+    from .writers import parse_formats
+
+    _setup_logging(kw["quiet"], kw["verbose"])
+    try:
+        formats = parse_formats(kw["formats"])
+        if kw["output"] == "-" and len(formats) > 1:
+            raise click.UsageError("stdout takes one format; use -o DIR for several")
+        from .inputs import parse_page_ranges
+
+        parse_page_ranges(kw["pages"])
+    except ValueError as e:
+        raise click.UsageError(str(e)) from None
+
+    eng_opts = EngineOptions(
+        engine=kw["engine"],
+        model=kw["model"],
+        mode=kw["mode"],
+        task=kw["task"],
+        prompt=kw["prompt"],
+        max_new_tokens=kw["max_new_tokens"],
+        max_tiles=kw["max_tiles"],
+        ngram_size=kw["ngram_size"],
+        ngram_window=kw["ngram_window"],
+        batch_size=kw["batch_size"],
+        device=kw["device"],
+    )
+    opts = ConvertOptions(
+        output=kw["output"],
+        formats=formats,
+        dpi=kw["dpi"],
+        pages=kw["pages"],
+        workers=kw["workers"],
+        overwrite=kw["overwrite"],
+        keep_raw=kw["keep_raw"],
+        retry_truncated=kw["retry_truncated"],
+        progress=not kw["quiet"] and sys.stderr.isatty(),
+        keep_results=False,
+        engine=eng_opts,
+    )
+    stdin = sys.stdin.buffer if "-" in inputs else None
+    if stdin is not None and sys.stdin.isatty():
+        raise click.UsageError("'-' reads paths or a document from stdin, but stdin is a terminal")
+    docs, problems = discover(inputs, stdin=stdin)
+    for p in problems:
+        log.error("%s", p)
+    if not docs:
+        log.error("no input documents found")
+        sys.exit(EXIT_USAGE)
+
+    conv = Converter(opts)
+    try:
+        results = conv.run(docs)
+    except (EngineLoadError, EngineError) as e:
+        log.error("%s", e)
+        sys.exit(EXIT_ENGINE)
+    except KeyboardInterrupt:
+        log.error("interrupted; finished pages are kept, run the same command again to resume")
+        sys.exit(EXIT_INTERRUPTED)
+    if not kw["quiet"]:
+        log.info("%s", conv.stats.summary())
+        if conv.stats.truncated:
+            for item in conv.stats.truncated:
+                log.info("truncated: %s", item)
+    failed = problems or any(not r.ok for r in results)
+    sys.exit(EXIT_FAILED_INPUTS if failed else EXIT_OK)
+
+
+@main.command()
+@click.option("--model", default=None, help="Model whose modes to show (hub id or folder).")
+@click.option(
+    "--family",
+    type=click.Choice(["v1", "v2"]),
+    default=None,
+    help="v1 = DeepSeek-OCR, v2 = DeepSeek-OCR-2 (default: from --model, else both).",
+)
+@click.option("--dpi", default=144, show_default=True, type=click.IntRange(36, 600))
+@click.option("--max-tiles", type=click.IntRange(1, 9), default=6, show_default=True)
+@click.argument("file", required=False)
+def modes(
+    model: str | None, family: str | None, dpi: int, max_tiles: int, file: str | None
+) -> None:
+    """Show each resolution mode's views, tile grid and vision tokens for a page.
+
+    FILE's first page is measured (default: an A4 page at --dpi).
+    """
+    from . import modes as m
+
+    _setup_logging(False, False)
+    if file:
+        from .inputs import InputError, PageRenderer, discover
+
+        docs, problems = discover([file])
+        if not docs:
+            raise click.UsageError("; ".join(problems) or f"{file}: not a document")
+        try:
+            page = PageRenderer().render(docs[0], 0, dpi)
+        except InputError as e:
+            log.error("%s: %s", file, e)
+            sys.exit(EXIT_FAILED_INPUTS)
+        width, height, what = page.width, page.height, f"{file} page 1"
+    else:
+        width, height = round(8.27 * dpi), round(11.69 * dpi)
+        what = f"A4 page at {dpi} dpi"
+    if family is None and model is not None:
+        from .engines.deepseek import model_family
+
+        try:
+            family = model_family(model)
+        except Exception as e:
+            log.error("%s", e)
+            sys.exit(EXIT_ENGINE)
+    families = [family] if family else ["v1", "v2"]
+    click.echo(f"{what}: {width} x {height} px")
+    names = {"v1": "DeepSeek-OCR (v1)", "v2": "DeepSeek-OCR-2"}
+    for fam in families:
+        click.echo(f"\n{names[fam]}")
+        click.echo(
+            f"  {'mode':<8} {'global view':<12} {'tile':<6} {'grid':<6} {'vision tokens':>13}"
+        )
+        for name, spec in m.modes_for(fam).items():
+            plan = m.plan_tokens(fam, name, width, height, max_tiles=max_tiles)
+            grid = f"{plan.tiles[0]}x{plan.tiles[1]}" if plan.tiles else "-"
+            tile = str(spec.tile_size) if plan.tiles else "-"
+            click.echo(
+                f"  {name:<8} {spec.base_size:<12} {tile:<6} {grid:<6} {plan.vision_tokens:>13}"
+            )
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,133 @@
+"""Engine protocol, options and registry.
+
+An engine owns only the model: it says how a page will be processed (:meth:`Engine.plan`)
+and turns a batch of pages into results (:meth:`Engine.run`). The pipeline owns batching,
+ordering, retries and I/O.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Hashable
+from dataclasses import asdict, dataclass, field
+from typing import Any, Protocol, runtime_checkable
+
+from ..document import PageImage, PageResult
+
+log = logging.getLogger("ocrpress")
+
+ENGINES = ("auto", "rapid", "deepseek", "vllm")
+TASKS = ("markdown", "text", "figure")
+
+
+class EngineError(RuntimeError):
+    """The engine could not be created (model missing, dependency missing, bad mode)."""
+
+
+@dataclass(frozen=True)
+class PagePlan:
+    """How an engine will process one page: pages with equal ``batch_key`` batch together."""
+
+    batch_key: Hashable
+    vision_tokens: int | None = None
+    tiles: tuple[int, int] | None = None
+
+
+@dataclass
+class EngineOptions:
+    """Everything that decides what an engine produces (and so goes into resume fingerprints)."""
+
+    engine: str = "auto"
+    model: str | None = None
+    mode: str | None = None  # None: the engine's default
+    task: str = "markdown"
+    prompt: str | None = None
+    max_new_tokens: int = 8192
+    max_tiles: int = 6
+    min_tiles: int = 2
+    ngram_size: int = 30
+    ngram_window: int = 90
+    batch_size: int | None = None  # None: engine picks (from GPU memory for VLMs)
+    device: str | None = None  # "cuda", "cuda:1", "cpu"; None: best available
+    dtype: str | None = None  # None: bf16 on CUDA, fp32 on CPU
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def fingerprint(self) -> dict[str, Any]:
+        """The options that change outputs (batch size and device do not)."""
+        d = asdict(self)
+        for k in ("batch_size", "device", "extra"):
+            d.pop(k)
+        return d
+
+
+@runtime_checkable
+class Engine(Protocol):
+    name: str
+    model: str | None
+    mode: str | None
+    max_batch_size: int
+
+    def plan(self, page: PageImage) -> PagePlan: ...
+
+    def run(self, batch: list[PageImage]) -> list[PageResult]: ...
+
+    def close(self) -> None: ...
+
+
+def cuda_available() -> bool:
+    try:
+        import torch
+    except ImportError:
+        return False
+    return bool(torch.cuda.is_available())
+
+
+def resolve_engine_name(opts: EngineOptions) -> tuple[str, str]:
+    """Return (engine name, reason) for ``opts.engine``; resolves ``auto``."""
+    if opts.engine != "auto":
+        return opts.engine, "chosen with --engine"
+    if not cuda_available():
+        return "rapid", "no CUDA GPU"
+    from .deepseek import DEFAULT_MODEL, model_available
+
+    model = opts.model or DEFAULT_MODEL
+    if not model_available(model):
+        return "rapid", f"CUDA GPU found but model {model!r} is neither cached nor a local folder"
+    return "deepseek", f"CUDA GPU and model {model!r} available"
+
+
+def create_engine(opts: EngineOptions) -> Engine:
+    """Instantiate the engine named by ``opts.engine`` (``auto`` resolved)."""
+    name, reason = resolve_engine_name(opts)
+    if opts.engine == "auto":
+        log.info("engine auto -> %s (%s)", name, reason)
+    if name == "rapid":
+        from .rapid import RapidEngine
+
+        return RapidEngine(opts)
+    if name == "deepseek":
+        from .deepseek import DeepSeekEngine
+
+        return DeepSeekEngine(opts)
+    if name == "vllm":
+        from .vllm import VllmEngine
+
+        return VllmEngine(opts)
+    if ":" in name:
+        return _load_plugin(name, opts)
+    raise EngineError(f"unknown engine {name!r} (choose from {', '.join(ENGINES)})")
+
+
+def _load_plugin(spec: str, opts: EngineOptions) -> Engine:
+    """``package.module:ClassName`` -> ``ClassName(opts)``: third-party engines, no registry."""
+    import importlib
+
+    module_name, _, attr = spec.partition(":")
+    try:
+        factory = getattr(importlib.import_module(module_name), attr)
+    except (ImportError, AttributeError) as e:
+        raise EngineError(f"cannot load engine {spec!r}: {e}") from None
+    engine = factory(opts)
+    if not isinstance(engine, Engine):
+        raise EngineError(f"{spec!r} does not implement the Engine protocol")
+    return engine

@@ -1,0 +1,574 @@
+"""The streaming pipeline: render workers -> batcher -> engine -> results -> writers.
+
+Pages are rendered in worker processes while the engine works on the previous batch; at most
+``window`` pages are in flight (rendering, waiting in a bucket, or in the engine), so memory is
+bounded by the window, not by document size. Finished pages go to a per-document journal so a
+killed run resumes from its last finished page; a document's outputs appear, atomically, when
+its last page is done.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import multiprocessing
+import os
+import sys
+from collections import deque
+from collections.abc import Callable, Iterator
+from concurrent.futures import Future, ProcessPoolExecutor
+from dataclasses import dataclass, field
+from typing import IO, Any
+
+from . import inputs
+from .document import SCHEMA_VERSION, DocumentResult, PageImage, PageResult
+from .engines import Engine, EngineOptions, create_engine
+from .figures import crop_figures
+from .inputs import InputDoc, InputError
+from .stats import RunStats
+from .writers import FORMATS, atomic_write, render_document, render_page_stream
+
+log = logging.getLogger("ocrpress")
+
+STATE_DIR = ".ocrpress"
+RUN_STATS_FILE = "_ocrpress_run.json"
+
+
+@dataclass
+class ConvertOptions:
+    """Options of one conversion run (the CLI's flags, minus the engine's)."""
+
+    output: str | None = None  # folder; "-" streams to stdout; None keeps results in memory
+    formats: list[str] = field(default_factory=lambda: ["markdown"])
+    dpi: int = inputs.DEFAULT_DPI
+    pages: str | None = None
+    workers: int | None = None
+    window: int | None = None  # pages in flight; None: from batch size and workers
+    overwrite: bool = False
+    keep_raw: bool = False
+    retry_truncated: bool = False
+    progress: bool = False
+    keep_results: bool = True  # keep page results in the returned DocumentResults
+    engine: EngineOptions = field(default_factory=EngineOptions)
+
+
+class EngineLoadError(RuntimeError):
+    """Raised when the engine cannot start; the whole run stops (exit code 3)."""
+
+
+def default_workers() -> int:
+    """Render processes: leave a core to the engine, never more than 4."""
+    return max(1, min(4, (os.cpu_count() or 2) - 1))
+
+
+# ------------------------------------------------------------------ render workers
+
+_RENDERER: inputs.PageRenderer | None = None
+
+
+def _render_task(doc: InputDoc, index: int, dpi: int) -> PageImage | str:
+    """Runs in a worker: a rendered page, or the reason it could not be rendered."""
+    global _RENDERER
+    if _RENDERER is None:
+        _RENDERER = inputs.PageRenderer()
+    try:
+        return _RENDERER.render(doc, index, dpi)
+    except InputError as e:
+        return str(e)
+    except Exception as e:  # never let one page kill the worker pool
+        return f"cannot render page {index + 1} ({type(e).__name__}: {e})"
+
+
+class _InlineFuture:
+    """Stand-in for a Future when rendering runs in-process (workers=0)."""
+
+    def __init__(self, value: Any) -> None:
+        self._value = value
+
+    def result(self) -> Any:
+        return self._value
+
+    def done(self) -> bool:
+        return True
+
+
+# ------------------------------------------------------------------ per-document state
+
+
+@dataclass
+class _DocState:
+    doc: InputDoc
+    order: int
+    fingerprint: dict[str, Any] = field(default_factory=dict)
+    wanted: list[int] = field(default_factory=list)
+    results: dict[int, PageResult] = field(default_factory=dict)
+    error: str | None = None
+    skipped: bool = False
+    resumed_pages: int = 0
+    journal: IO[str] | None = None
+    finished: bool = False
+
+    @property
+    def complete(self) -> bool:
+        return self.error is not None or self.skipped or len(self.results) == len(self.wanted)
+
+
+def _state_paths(out_dir: str, rel: str) -> tuple[str, str]:
+    base = os.path.join(out_dir, STATE_DIR, rel)
+    return base + ".journal.jsonl", base + ".done.json"
+
+
+def output_paths(out_dir: str, rel: str, formats: list[str]) -> list[str]:
+    """Final output files of a document."""
+    return [os.path.join(out_dir, rel + FORMATS[f]) for f in formats]
+
+
+class Converter:
+    """Runs one conversion; see :func:`convert` for the simple entry point."""
+
+    def __init__(
+        self,
+        opts: ConvertOptions,
+        engine: Engine | None = None,
+        stdout: IO[str] | None = None,
+        on_error: Callable[[str], None] | None = None,
+    ) -> None:
+        self.opts = opts
+        self._engine = engine
+        self.stdout = stdout or sys.stdout
+        self.on_error = on_error or (lambda msg: log.error("%s", msg))
+        self.stats = RunStats()
+        self.page_ranges = inputs.parse_page_ranges(opts.pages)
+        self.to_dir = opts.output not in (None, "-")
+        self.batch_limit = 0  # lowered after a CUDA out-of-memory error
+
+    # -------------------------------------------------------------- engine
+
+    @property
+    def engine(self) -> Engine:
+        if self._engine is None:
+            try:
+                self._engine = create_engine(self.opts.engine)
+            except Exception as e:
+                raise EngineLoadError(str(e)) from e
+        return self._engine
+
+    def _fingerprint(self, doc: InputDoc) -> dict[str, Any]:
+        eng = self.engine
+        # An engine handed in ready-made carries its own options; they decide its outputs.
+        eng_opts: EngineOptions = getattr(eng, "opts", None) or self.opts.engine
+        return {
+            "schema": SCHEMA_VERSION,
+            "input_sha256": inputs.file_digest(doc.path),
+            "engine": eng.name,
+            "model": eng.model,
+            "mode": eng.mode,
+            "options": eng_opts.fingerprint() | {"engine": eng.name, "mode": eng.mode},
+            "formats": sorted(self.opts.formats),
+            "dpi": self.opts.dpi,
+            "pages": self.opts.pages,
+            "keep_raw": self.opts.keep_raw,
+        }
+
+    # -------------------------------------------------------------- main loop
+
+    def run(self, docs: list[InputDoc]) -> list[DocumentResult]:
+        """Convert ``docs``; returns one DocumentResult per document, in input order."""
+        self.stats.start()
+        workers = self.opts.workers if self.opts.workers is not None else default_workers()
+        pool = _make_pool(workers) if workers > 0 else None
+        try:
+            engine = self.engine  # load the model while the pool spins up
+            max_batch = max(1, engine.max_batch_size)
+            window = self.opts.window or max(2 * max_batch, max_batch + 2 * max(workers, 1))
+            self.stats.engine, self.stats.model, self.stats.mode = (
+                engine.name,
+                engine.model,
+                engine.mode,
+            )
+            states = self._stream(docs, pool, engine, max_batch, window)
+        finally:
+            if pool is not None:
+                pool.shutdown(wait=True, cancel_futures=True)
+        self.stats.stop()
+        if self.to_dir:
+            assert self.opts.output is not None
+            atomic_write(
+                os.path.join(self.opts.output, RUN_STATS_FILE),
+                json.dumps(self.stats.to_dict(), indent=2) + "\n",
+            )
+        return [self._document_result(s) for s in states]
+
+    def _stream(
+        self,
+        docs: list[InputDoc],
+        pool: ProcessPoolExecutor | None,
+        engine: Engine,
+        max_batch: int,
+        window: int,
+    ) -> list[_DocState]:
+        states = [_DocState(doc=d, order=i) for i, d in enumerate(docs)]
+        progress = _progress_bar(self.opts.progress)
+        self._progress = progress
+        self._emit_next = 0
+        self._states = states
+        tasks = self._page_tasks(states)
+        rendering: deque[tuple[_DocState, int, Future[Any] | _InlineFuture]] = deque()
+        buckets: dict[Any, list[tuple[_DocState, PageImage]]] = {}
+        buffered = 0
+        exhausted = False
+        try:
+            while True:
+                # Keep the render window full so the engine never waits for pages.
+                while not exhausted and len(rendering) + buffered < window:
+                    task = next(tasks, None)
+                    if task is None:
+                        exhausted = True
+                        break
+                    st, idx = task
+                    if pool is None:
+                        fut: Any = _InlineFuture(_render_task(st.doc, idx, self.opts.dpi))
+                    else:
+                        fut = pool.submit(_render_task, st.doc, idx, self.opts.dpi)
+                    rendering.append((st, idx, fut))
+                # Rendered pages (in order) go into buckets of equal batch key.
+                while rendering and rendering[0][2].done():
+                    st, idx, fut = rendering.popleft()
+                    page = fut.result()
+                    if isinstance(page, str):
+                        self._record(st, _render_failure(st.doc, idx, page, engine), None)
+                        continue
+                    page.doc_key = str(st.order)
+                    buckets.setdefault(engine.plan(page).batch_key, []).append((st, page))
+                    buffered += 1
+                    page = fut = None  # the bucket holds the only reference now
+                limit = self._limit(max_batch)
+                key = next((k for k, v in buckets.items() if len(v) >= limit), None)
+                if key is None and buckets and not rendering and (exhausted or buffered >= window):
+                    # Nothing more can arrive (end of input, or the window is all buffered in
+                    # buckets of different keys): a partial batch must go.
+                    key = max(buckets, key=lambda k: len(buckets[k]))
+                if key is not None:
+                    batch = _take(buckets, key, limit)
+                    buffered -= len(batch)
+                    self._run_batch(engine, batch)
+                    del batch  # a finished batch's images must not outlive it
+                    continue
+                if rendering:
+                    rendering[0][2].result()  # wait for the oldest page in flight
+                    continue
+                if exhausted:
+                    break
+        finally:
+            progress.close()
+            for st in states:
+                if st.journal is not None:
+                    st.journal.close()
+        self._emit_ready()
+        return states
+
+    def _limit(self, max_batch: int) -> int:
+        return min(max_batch, self.batch_limit) if self.batch_limit else max_batch
+
+    # -------------------------------------------------------------- documents
+
+    def _page_tasks(self, states: list[_DocState]) -> Iterator[tuple[_DocState, int]]:
+        """Open documents lazily, in order, and yield the pages still to do."""
+        for st in states:
+            self._prepare(st)
+            if st.complete:
+                self._finish(st)
+                continue
+            for idx in st.wanted:
+                if idx not in st.results:
+                    yield st, idx
+
+    def _prepare(self, st: _DocState) -> None:
+        doc = st.doc
+        try:
+            count = inputs.count_pages(doc)
+        except InputError as e:
+            st.error = str(e)
+            return
+        except OSError as e:
+            st.error = f"cannot read ({e.strerror or e})"
+            return
+        st.wanted = inputs.select_pages(self.page_ranges, count)
+        if not st.wanted:
+            st.error = f"--pages {self.opts.pages} selects none of its {count} pages"
+            return
+        if not self.to_dir:
+            self._progress_total(len(st.wanted))
+            return
+        assert self.opts.output is not None
+        st.fingerprint = self._fingerprint(doc)
+        journal_path, done_path = _state_paths(self.opts.output, doc.rel)
+        outputs = output_paths(self.opts.output, doc.rel, self.opts.formats)
+        if not self.opts.overwrite and _done_matches(done_path, st.fingerprint, outputs):
+            st.skipped = True
+            self.stats.skipped_documents += 1
+            self.stats.skipped_pages += len(st.wanted)
+            return
+        self._progress_total(len(st.wanted))
+        if not self.opts.overwrite:
+            for res in _read_journal(journal_path, st.fingerprint):
+                if res.index in st.wanted and res.status != "error":
+                    st.results[res.index] = res
+            st.resumed_pages = len(st.results)
+            self.stats.resumed_pages += st.resumed_pages
+            self._progress.update(st.resumed_pages)
+        os.makedirs(os.path.dirname(journal_path), exist_ok=True)
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(done_path)
+        # Rewrite the journal from what we kept: it drops a torn last line and stale pages.
+        atomic_write(
+            journal_path,
+            "".join(
+                [json.dumps({"fingerprint": st.fingerprint}) + "\n"]
+                + [json.dumps(r.to_dict(keep_raw=True)) + "\n" for r in st.results.values()]
+            ),
+        )
+        st.journal = open(journal_path, "a", encoding="utf-8")  # noqa: SIM115 - closed in _finish
+
+    def _progress_total(self, n: int) -> None:
+        self._progress.total = (self._progress.total or 0) + n
+        self._progress.refresh()
+
+    # -------------------------------------------------------------- engine calls
+
+    def _run_batch(self, engine: Engine, batch: list[tuple[_DocState, PageImage]]) -> None:
+        pages = [p for _, p in batch]
+        results = self._run_with_backoff(engine, pages)
+        if self.opts.retry_truncated:
+            results = self._retry_truncated(engine, pages, results)
+        for (st, page), res in zip(batch, results, strict=True):
+            self._record(st, res, page)
+
+    def _run_with_backoff(self, engine: Engine, pages: list[PageImage]) -> list[PageResult]:
+        """Run a batch; halve it on CUDA out-of-memory, isolate a page that breaks a batch."""
+        try:
+            return engine.run(pages)
+        except Exception as e:
+            if _is_oom(e):
+                _free_cuda_cache()
+                if len(pages) == 1:
+                    return [PageResult.failed(pages[0], engine.name, "CUDA out of memory")]
+                half = len(pages) // 2
+                self.batch_limit = max(1, half)
+                log.warning("CUDA out of memory with %d pages; retrying as %d", len(pages), half)
+                return self._run_with_backoff(engine, pages[:half]) + self._run_with_backoff(
+                    engine, pages[half:]
+                )
+            if len(pages) > 1:
+                return [r for p in pages for r in self._run_with_backoff(engine, [p])]
+            return [PageResult.failed(pages[0], engine.name, f"{type(e).__name__}: {e}")]
+
+    def _retry_truncated(
+        self, engine: Engine, pages: list[PageImage], results: list[PageResult]
+    ) -> list[PageResult]:
+        retry = getattr(engine, "retry_truncated", None)
+        todo = [i for i, r in enumerate(results) if r.status == "truncated"]
+        if not todo or retry is None:
+            return results
+        redone = retry([pages[i] for i in todo])
+        for i, res in zip(todo, redone, strict=True):
+            res.notes.append("retried after truncation with a stronger repetition guard")
+            results[i] = res
+        return results
+
+    # -------------------------------------------------------------- results
+
+    def _record(self, st: _DocState, res: PageResult, page: PageImage | None) -> None:
+        if self.to_dir and page is not None:
+            assert self.opts.output is not None
+            crop_figures(res, page, self.opts.output, st.doc.rel)
+        if res.status == "error":
+            self.on_error(f"{st.doc.display}: page {res.index + 1}: {res.error}")
+        st.results[res.index] = res
+        if st.journal is not None and res.status != "error":
+            st.journal.write(json.dumps(res.to_dict(keep_raw=True)) + "\n")
+            st.journal.flush()
+            os.fsync(st.journal.fileno())
+        self._progress.update(1)
+        if st.complete:
+            self._finish(st)
+
+    def _finish(self, st: _DocState) -> None:
+        if st.finished:
+            return
+        st.finished = True
+        if st.journal is not None:
+            st.journal.close()
+            st.journal = None
+        pages = [st.results[i] for i in st.wanted if i in st.results]
+        if st.error is None and pages and all(p.status == "error" for p in pages):
+            # Nothing of the document could be read: report it once, as a document error.
+            reasons = {p.error for p in pages}
+            st.error = pages[0].error if len(reasons) == 1 else "no page could be converted"
+        if st.error is not None:
+            if not (pages and all(p.status == "error" for p in pages)):
+                self.on_error(f"{st.doc.display}: {st.error}")
+            self.stats.failed_documents += 1
+        elif not st.skipped:
+            self.stats.add_pages(pages, resumed=st.resumed_pages)
+            if self.to_dir:
+                self._write_outputs(st, pages)
+        self._emit_ready()
+
+    def _write_outputs(self, st: _DocState, pages: list[PageResult]) -> None:
+        assert self.opts.output is not None
+        result = DocumentResult(source=st.doc.display, pages=pages, rel=st.doc.rel)
+        outputs = output_paths(self.opts.output, st.doc.rel, self.opts.formats)
+        for fmt, path in zip(self.opts.formats, outputs, strict=True):
+            atomic_write(path, render_document(result, fmt, self.opts.keep_raw))
+        journal_path, done_path = _state_paths(self.opts.output, st.doc.rel)
+        if result.ok:
+            # Only a clean document is "done": failed pages are retried by the next run.
+            atomic_write(done_path, json.dumps({"fingerprint": st.fingerprint, "outputs": outputs}))
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(journal_path)
+
+    def _emit_ready(self) -> None:
+        """Stream finished documents to stdout in input order (only with ``-o -``)."""
+        if self.opts.output != "-":
+            return
+        fmt = self.opts.formats[0]
+        while self._emit_next < len(self._states) and self._states[self._emit_next].finished:
+            st = self._states[self._emit_next]
+            if st.error is None:
+                for i in st.wanted:
+                    self.stdout.write(render_page_stream(st.results[i], fmt, self.opts.keep_raw))
+                self.stdout.flush()
+            self._emit_next += 1
+
+    def _document_result(self, st: _DocState) -> DocumentResult:
+        pages = [st.results[i] for i in st.wanted if i in st.results]
+        return DocumentResult(
+            source=st.doc.display,
+            pages=pages if self.opts.keep_results else [],
+            error=st.error,
+            rel=st.doc.rel,
+            skipped=st.skipped,
+        )
+
+
+def _take(buckets: dict[Any, list[Any]], key: Any, n: int) -> list[Any]:
+    items = buckets[key]
+    batch, rest = items[:n], items[n:]
+    if rest:
+        buckets[key] = rest
+    else:
+        del buckets[key]
+    return batch
+
+
+def _render_failure(doc: InputDoc, idx: int, reason: str, engine: Engine) -> PageResult:
+    return PageResult(
+        source=doc.display,
+        index=idx,
+        width=0,
+        height=0,
+        dpi=None,
+        engine=engine.name,
+        model=engine.model,
+        status="error",
+        error=reason,
+    )
+
+
+def _done_matches(done_path: str, fingerprint: dict[str, Any], outputs: list[str]) -> bool:
+    try:
+        with open(done_path, encoding="utf-8") as f:
+            done = json.load(f)
+    except (OSError, ValueError):
+        return False
+    return done.get("fingerprint") == fingerprint and all(os.path.exists(p) for p in outputs)
+
+
+def _read_journal(path: str, fingerprint: dict[str, Any]) -> list[PageResult]:
+    """Finished pages of an interrupted run with the same fingerprint (a torn line ends it)."""
+    try:
+        f = open(path, encoding="utf-8")  # noqa: SIM115
+    except OSError:
+        return []
+    out: list[PageResult] = []
+    with f:
+        header = f.readline()
+        try:
+            if json.loads(header).get("fingerprint") != fingerprint:
+                return []
+        except ValueError:
+            return []
+        for line in f:
+            if not line.endswith("\n"):
+                break  # the write a kill interrupted
+            try:
+                out.append(PageResult.from_dict(json.loads(line)))
+            except (ValueError, KeyError, TypeError):
+                break
+    return out
+
+
+def _is_oom(e: BaseException) -> bool:
+    return type(e).__name__ == "OutOfMemoryError" or "CUDA out of memory" in str(e)
+
+
+def _free_cuda_cache() -> None:
+    torch = sys.modules.get("torch")
+    if torch is not None and torch.cuda.is_available():
+        torch.cuda.empty_cache()
+
+
+def _make_pool(workers: int) -> ProcessPoolExecutor:
+    # forkserver: workers never inherit the engine's threads or CUDA state.
+    ctx = multiprocessing.get_context("forkserver")
+    ctx.set_forkserver_preload(["ocrpress.inputs"])
+    return ProcessPoolExecutor(max_workers=workers, mp_context=ctx)
+
+
+def _progress_bar(enabled: bool) -> Any:
+    from tqdm import tqdm
+
+    return tqdm(
+        total=0,
+        unit="page",
+        file=sys.stderr,
+        disable=not enabled,
+        dynamic_ncols=True,
+        leave=False,
+    )
+
+
+def convert(
+    paths: list[str] | str,
+    output: str | None = None,
+    *,
+    formats: list[str] | str = "markdown",
+    engine: str | Engine = "auto",
+    **options: Any,
+) -> list[DocumentResult]:
+    """Convert documents; the Python face of ``ocrpress convert``.
+
+    ``paths``: files, folders or glob patterns. ``output``: a folder to write to, or None to only
+    return results. ``engine``: a name (``auto``, ``rapid``, ``deepseek``, ``vllm``) or an Engine.
+    Other keywords are :class:`ConvertOptions` fields (``dpi``, ``pages``, ``workers`` ...) or
+    :class:`EngineOptions` fields (``model``, ``mode``, ``task`` ...).
+    """
+    from .writers import parse_formats
+
+    if isinstance(paths, str):
+        paths = [paths]
+    eng_fields = set(EngineOptions.__dataclass_fields__)
+    eng_opts = EngineOptions(
+        engine=engine if isinstance(engine, str) else engine.name,
+        **{k: v for k, v in options.items() if k in eng_fields},
+    )
+    conv_kwargs = {k: v for k, v in options.items() if k not in eng_fields}
+    fmts = parse_formats(formats) if isinstance(formats, str) else list(formats)
+    opts = ConvertOptions(output=output, formats=fmts, engine=eng_opts, **conv_kwargs)
+    docs, problems = inputs.discover(paths)
+    for p in problems:
+        log.error("%s", p)
+    conv = Converter(opts, engine=None if isinstance(engine, str) else engine)
+    return conv.run(docs)

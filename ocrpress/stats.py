@@ -1,0 +1,115 @@
+"""Run statistics: pages, failures, throughput and optical compression."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+from .document import PageResult
+
+
+@dataclass
+class RunStats:
+    """Counters for one run; ``to_dict`` is what ``_ocrpress_run.json`` holds."""
+
+    engine: str | None = None
+    model: str | None = None
+    mode: str | None = None
+    documents: int = 0
+    failed_documents: int = 0
+    skipped_documents: int = 0
+    pages: int = 0  # pages converted in this run (resumed pages excluded)
+    resumed_pages: int = 0  # taken from a journal of an interrupted run
+    skipped_pages: int = 0  # in documents that were already complete
+    failed_pages: int = 0
+    truncated: list[str] = field(default_factory=list)  # "file: page N"
+    empty_pages: int = 0
+    vision_tokens: int = 0
+    text_tokens: int = 0
+    token_pages: int = 0  # pages that reported token counts
+    started: float = 0.0
+    wall_seconds: float = 0.0
+
+    def start(self) -> None:
+        self.started = time.perf_counter()
+
+    def stop(self) -> None:
+        self.wall_seconds = time.perf_counter() - self.started
+
+    def add_pages(self, pages: list[PageResult], resumed: int = 0) -> None:
+        """Count a finished document's pages (the first ``resumed`` came from a journal)."""
+        self.documents += 1
+        for p in pages:
+            if p.status == "error":
+                self.failed_pages += 1
+            elif p.status == "truncated":
+                self.truncated.append(f"{p.source}: page {p.index + 1}")
+            elif p.status == "empty":
+                self.empty_pages += 1
+            if p.vision_tokens is not None and p.text_tokens is not None:
+                self.vision_tokens += p.vision_tokens
+                self.text_tokens += p.text_tokens
+                self.token_pages += 1
+        self.pages += len(pages) - resumed
+
+    @property
+    def pages_per_second(self) -> float:
+        return self.pages / self.wall_seconds if self.wall_seconds > 0 else 0.0
+
+    @property
+    def tokens_per_second(self) -> float:
+        return self.text_tokens / self.wall_seconds if self.wall_seconds > 0 else 0.0
+
+    def to_dict(self) -> dict[str, Any]:
+        tp = self.token_pages
+        return {
+            "engine": self.engine,
+            "model": self.model,
+            "mode": self.mode,
+            "documents": self.documents + self.failed_documents + self.skipped_documents,
+            "documents_converted": self.documents,
+            "documents_failed": self.failed_documents,
+            "documents_skipped": self.skipped_documents,
+            "pages": self.pages,
+            "pages_resumed": self.resumed_pages,
+            "pages_skipped": self.skipped_pages,
+            "pages_failed": self.failed_pages,
+            "pages_empty": self.empty_pages,
+            "pages_truncated": len(self.truncated),
+            "truncated": list(self.truncated),
+            "wall_seconds": round(self.wall_seconds, 3),
+            "pages_per_second": round(self.pages_per_second, 3),
+            "text_tokens_per_second": round(self.tokens_per_second, 1),
+            "vision_tokens_per_page": round(self.vision_tokens / tp, 1) if tp else None,
+            "text_tokens_per_page": round(self.text_tokens / tp, 1) if tp else None,
+            "compression": round(self.text_tokens / self.vision_tokens, 3)
+            if self.vision_tokens
+            else None,
+        }
+
+    def summary(self) -> str:
+        """One line for stderr at the end of a run."""
+        total_docs = self.documents + self.failed_documents + self.skipped_documents
+        parts = [f"{total_docs} document{'s' if total_docs != 1 else ''}"]
+        parts.append(f"{self.pages} page{'s' if self.pages != 1 else ''}")
+        if self.skipped_documents or self.resumed_pages:
+            parts.append(
+                f"{self.skipped_documents} skipped (done), {self.resumed_pages} pages resumed"
+            )
+        parts.append(f"{self.failed_documents} failed")
+        if self.failed_pages:
+            parts.append(f"{self.failed_pages} failed pages")
+        if self.truncated:
+            parts.append(f"{len(self.truncated)} truncated")
+        line = (
+            ", ".join(parts) + f" in {self.wall_seconds:.1f} s ({self.pages_per_second:.2f} pages/s"
+        )
+        if self.token_pages:
+            d = self.to_dict()
+            line += (
+                f", {d['text_tokens_per_second']} tokens/s; per page"
+                f" {d['vision_tokens_per_page']} vision / {d['text_tokens_per_page']} text tokens,"
+                f" compression {d['compression']}x"
+            )
+        return line + ")"

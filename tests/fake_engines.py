@@ -1,0 +1,73 @@
+"""Deterministic test engines: fast stand-ins for a model, selectable as ``fake_engines:Name``."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import threading
+import time
+
+from ocrpress.document import Block, PageImage, PageResult
+from ocrpress.engines import EngineOptions, PagePlan
+
+
+class EchoEngine:
+    """Returns a digest of the page pixels as its text: equal pixels, equal output."""
+
+    name = "echo"
+    mode: str | None = None
+
+    def __init__(self, opts: EngineOptions | None = None) -> None:
+        self.opts = opts or EngineOptions()
+        self.model = "echo-1"
+        self.mode = self.opts.mode
+        self.max_batch_size = self.opts.batch_size or 4
+        self.delay = float(os.environ.get("ECHO_DELAY", "0"))
+        self.batches: list[int] = []
+        self.lock = threading.Lock()
+
+    def plan(self, page: PageImage) -> PagePlan:
+        # Two batch keys, so tests see bucketing across documents.
+        return PagePlan(batch_key=page.width > page.height, vision_tokens=100)
+
+    def run(self, batch: list[PageImage]) -> list[PageResult]:
+        self.batches.append(len(batch))
+        if self.delay:
+            time.sleep(self.delay * len(batch))
+        return [self._one(p) for p in batch]
+
+    def _one(self, page: PageImage) -> PageResult:
+        digest = hashlib.sha256(page.image.tobytes()).hexdigest()[:16]
+        text = f"{os.path.basename(page.source)} p{page.index + 1} {digest}"
+        return PageResult(
+            source=page.source,
+            index=page.index,
+            width=page.width,
+            height=page.height,
+            dpi=page.dpi,
+            engine=self.name,
+            model=self.model,
+            vision_tokens=100,
+            text_tokens=len(text.split()),
+            blocks=[Block("text", (0, 0, page.width, page.height), text)],
+        )
+
+    def close(self) -> None:
+        pass
+
+
+class OomEngine(EchoEngine):
+    """Raises torch's CUDA out-of-memory error for batches above ``limit`` pages."""
+
+    def __init__(self, opts: EngineOptions | None = None, limit: int = 2) -> None:
+        super().__init__(opts)
+        self.limit = limit
+        self.max_batch_size = 8
+
+    def run(self, batch: list[PageImage]) -> list[PageResult]:
+        import torch
+
+        if len(batch) > self.limit:
+            self.batches.append(-len(batch))
+            raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
+        return super().run(batch)
