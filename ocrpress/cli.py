@@ -55,6 +55,18 @@ def _check_engine(value: str) -> str:
     raise click.BadParameter(f"{value!r} is not one of auto, rapid, deepseek, vllm or module:Class")
 
 
+def _check_devices(value: str | None) -> str | None:
+    if value is None:
+        return None
+    from .devices import parse_devices
+
+    try:
+        parse_devices(value)
+    except ValueError as e:
+        raise click.BadParameter(str(e)) from None
+    return value
+
+
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(__version__, prog_name="ocrpress")
 def main() -> None:
@@ -111,6 +123,19 @@ def main() -> None:
 @click.option("--ngram-window", type=click.IntRange(1), default=90, show_default=True)
 @click.option("--device", default=None, help="Torch device for VLM engines (cuda, cuda:1, cpu).")
 @click.option("--workers", type=click.IntRange(0, 64), default=None, help="Render processes.")
+@click.option(
+    "--devices",
+    default=None,
+    callback=lambda ctx, param, v: _check_devices(v),
+    help="One engine replica per GPU: all, or indices like 0,2 (pages balanced dynamically).",
+)
+@click.option(
+    "--ray",
+    "ray_address",
+    default=None,
+    envvar="RAY_ADDRESS",
+    help="Run on a Ray cluster: auto (this node's cluster) or its address [env: RAY_ADDRESS].",
+)
 @click.option("--overwrite", is_flag=True, help="Redo documents whose outputs are current.")
 @click.option("--keep-raw", is_flag=True, help="Keep the model's raw text in JSON output.")
 @click.option("--retry-truncated", is_flag=True, help="Re-run truncated pages once, stricter.")
@@ -158,6 +183,7 @@ def convert(inputs: tuple[str, ...], **kw: Any) -> None:
         retry_truncated=kw["retry_truncated"],
         progress=not kw["quiet"] and sys.stderr.isatty(),
         keep_results=False,
+        devices=kw["devices"],
         engine=eng_opts,
     )
     stdin = sys.stdin.buffer if "-" in inputs else None
@@ -170,7 +196,14 @@ def convert(inputs: tuple[str, ...], **kw: Any) -> None:
         log.error("no input documents found")
         sys.exit(EXIT_USAGE)
 
-    conv = Converter(opts)
+    if kw["ray_address"] and kw["devices"]:
+        raise click.UsageError("--ray and --devices exclude each other (Ray places the replicas)")
+    if kw["ray_address"]:
+        from .cluster import RayConverter
+
+        conv: Any = RayConverter(opts, address=kw["ray_address"])
+    else:
+        conv = Converter(opts)
     try:
         results = conv.run(docs)
     except (EngineLoadError, EngineError) as e:
@@ -222,7 +255,8 @@ def modes(
             sys.exit(EXIT_FAILED_INPUTS)
         width, height, what = page.width, page.height, f"{file} page 1"
     else:
-        width, height = round(8.27 * dpi), round(11.69 * dpi)
+        # A4 is 595 x 842 pt; this is what a PDF page renders to at --dpi.
+        width, height = round(595 * dpi / 72), round(842 * dpi / 72)
         what = f"A4 page at {dpi} dpi"
     if family is None and model is not None:
         from .engines.deepseek import model_family
@@ -247,6 +281,12 @@ def modes(
             click.echo(
                 f"  {name:<8} {spec.base_size:<12} {tile:<6} {grid:<6} {plan.vision_tokens:>13}"
             )
+        for name in ("tiny", "small", "base", "large", "gundam"):
+            if name not in m.modes_for(fam):
+                try:
+                    m.get_mode(fam, name)
+                except ValueError as e:
+                    click.echo(f"  {name:<8} not available: {e}")
 
 
 if __name__ == "__main__":

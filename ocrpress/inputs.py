@@ -5,6 +5,8 @@ Everything here runs without torch so that render workers start fast.
 
 from __future__ import annotations
 
+import atexit
+import contextlib
 import glob
 import hashlib
 import os
@@ -197,7 +199,13 @@ def _spool_stdin(data: bytes) -> str:
     fd, path = tempfile.mkstemp(prefix="ocrpress-stdin-", suffix=_ext_for(data))
     with os.fdopen(fd, "wb") as f:
         f.write(data)
+    atexit.register(_remove_quietly, path)
     return path
+
+
+def _remove_quietly(path: str) -> None:
+    with contextlib.suppress(OSError):
+        os.unlink(path)
 
 
 def file_digest(path: str) -> str:

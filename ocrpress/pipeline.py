@@ -17,11 +17,12 @@ import os
 import sys
 from collections import deque
 from collections.abc import Callable, Iterator
-from concurrent.futures import Future, ProcessPoolExecutor
+from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
 from dataclasses import dataclass, field
-from typing import IO, Any
+from typing import IO, Any, Protocol
 
 from . import inputs
+from .devices import DevicePool, Planner, make_planner, resolve_devices, run_batch
 from .document import SCHEMA_VERSION, DocumentResult, PageImage, PageResult
 from .engines import Engine, EngineOptions, create_engine
 from .figures import crop_figures
@@ -50,6 +51,7 @@ class ConvertOptions:
     retry_truncated: bool = False
     progress: bool = False
     keep_results: bool = True  # keep page results in the returned DocumentResults
+    devices: str | None = None  # "all" or "0,2": one engine replica per GPU (ocrpress.devices)
     engine: EngineOptions = field(default_factory=EngineOptions)
 
 
@@ -142,6 +144,8 @@ class Converter:
         self.page_ranges = inputs.parse_page_ranges(opts.pages)
         self.to_dir = opts.output not in (None, "-")
         self.batch_limit = 0  # lowered after a CUDA out-of-memory error
+        self._planner: Planner | None = None
+        self.device_pool: DevicePool | None = None
 
     # -------------------------------------------------------------- engine
 
@@ -154,22 +158,13 @@ class Converter:
                 raise EngineLoadError(str(e)) from e
         return self._engine
 
+    @property
+    def planner(self) -> Planner:
+        """What plans batches here: the engine, or (with devices) a model-free planner."""
+        return self._planner if self._planner is not None else self.engine
+
     def _fingerprint(self, doc: InputDoc) -> dict[str, Any]:
-        eng = self.engine
-        # An engine handed in ready-made carries its own options; they decide its outputs.
-        eng_opts: EngineOptions = getattr(eng, "opts", None) or self.opts.engine
-        return {
-            "schema": SCHEMA_VERSION,
-            "input_sha256": inputs.file_digest(doc.path),
-            "engine": eng.name,
-            "model": eng.model,
-            "mode": eng.mode,
-            "options": eng_opts.fingerprint() | {"engine": eng.name, "mode": eng.mode},
-            "formats": sorted(self.opts.formats),
-            "dpi": self.opts.dpi,
-            "pages": self.opts.pages,
-            "keep_raw": self.opts.keep_raw,
-        }
+        return fingerprint(doc, self.planner, self.opts)
 
     # -------------------------------------------------------------- main loop
 
@@ -177,20 +172,32 @@ class Converter:
         """Convert ``docs``; returns one DocumentResult per document, in input order."""
         self.stats.start()
         workers = self.opts.workers if self.opts.workers is not None else default_workers()
+        devices = self._start_devices()
         pool = _make_pool(workers) if workers > 0 else None
         try:
-            engine = self.engine  # load the model while the pool spins up
-            max_batch = max(1, engine.max_batch_size)
-            window = self.opts.window or max(2 * max_batch, max_batch + 2 * max(workers, 1))
-            self.stats.engine, self.stats.model, self.stats.mode = (
-                engine.name,
-                engine.model,
-                engine.mode,
+            if devices is None:
+                planner: Planner = self.engine  # load the model while the pool spins up
+                max_batch = max(1, self.engine.max_batch_size)
+                runner: _Runner = _InlineRunner(self)
+            else:
+                planner = self.planner
+                max_batch = self.opts.engine.batch_size or devices.max_batch_size()
+                runner = devices
+            window = self.opts.window or (
+                max(2 * max_batch, max_batch + 2 * max(workers, 1))
+                + (runner.capacity - 1) * max_batch  # one more batch per extra replica
             )
-            states = self._stream(docs, pool, engine, max_batch, window)
+            self.stats.engine, self.stats.model, self.stats.mode = (
+                planner.name,
+                planner.model,
+                planner.mode,
+            )
+            states = self._stream(docs, pool, planner, runner, max_batch, window)
         finally:
             if pool is not None:
                 pool.shutdown(wait=True, cancel_futures=True)
+            if devices is not None:
+                devices.close()
         self.stats.stop()
         if self.to_dir:
             assert self.opts.output is not None
@@ -200,11 +207,29 @@ class Converter:
             )
         return [self._document_result(s) for s in states]
 
+    def _start_devices(self) -> DevicePool | None:
+        """With ``devices``: plan without the model and start one worker per device."""
+        if not self.opts.devices:
+            return None
+        if self._engine is not None:
+            raise ValueError("devices need an engine name, not an engine instance")
+        try:
+            ids = resolve_devices(self.opts.devices)
+            self._planner, resolved = make_planner(self.opts.engine)
+        except EngineLoadError:
+            raise
+        except Exception as e:
+            raise EngineLoadError(str(e)) from e
+        log.info("devices: %s (one engine replica each)", ",".join(ids))
+        self.device_pool = DevicePool(ids, resolved)
+        return self.device_pool
+
     def _stream(
         self,
         docs: list[InputDoc],
         pool: ProcessPoolExecutor | None,
-        engine: Engine,
+        engine: Planner,
+        runner: _Runner,
         max_batch: int,
         window: int,
     ) -> list[_DocState]:
@@ -216,12 +241,18 @@ class Converter:
         tasks = self._page_tasks(states)
         rendering: deque[tuple[_DocState, int, Future[Any] | _InlineFuture]] = deque()
         buckets: dict[Any, list[tuple[_DocState, PageImage]]] = {}
+        # Batches in the engine(s): future -> its pages (kept here for figure crops).
+        running: dict[Any, list[tuple[_DocState, PageImage]]] = {}
         buffered = 0
         exhausted = False
         try:
             while True:
+                # Results of finished batches first: they free window room and devices.
+                for fut in [f for f in running if f.done()]:
+                    self._collect(runner, fut, running.pop(fut))
+                in_engine = sum(len(b) for b in running.values())
                 # Keep the render window full so the engine never waits for pages.
-                while not exhausted and len(rendering) + buffered < window:
+                while not exhausted and len(rendering) + buffered + in_engine < window:
                     task = next(tasks, None)
                     if task is None:
                         exhausted = True
@@ -244,19 +275,28 @@ class Converter:
                     buffered += 1
                     page = fut = None  # the bucket holds the only reference now
                 limit = self._limit(max_batch)
-                key = next((k for k, v in buckets.items() if len(v) >= limit), None)
-                if key is None and buckets and not rendering and (exhausted or buffered >= window):
-                    # Nothing more can arrive (end of input, or the window is all buffered in
-                    # buckets of different keys): a partial batch must go.
-                    key = max(buckets, key=lambda k: len(buckets[k]))
+                key = None
+                if len(running) < runner.capacity:
+                    key = next((k for k, v in buckets.items() if len(v) >= limit), None)
+                    full = buffered + in_engine >= window
+                    if key is None and buckets and not rendering and (exhausted or full):
+                        # Nothing more can arrive (end of input, or the window is all buffered
+                        # in buckets of different keys): a partial batch must go.
+                        key = max(buckets, key=lambda k: len(buckets[k]))
                 if key is not None:
                     batch = _take(buckets, key, limit)
                     buffered -= len(batch)
-                    self._run_batch(engine, batch)
-                    del batch  # a finished batch's images must not outlive it
+                    fut = runner.submit([p for _, p in batch], self.opts.retry_truncated)
+                    running[fut] = batch
+                    del batch, fut  # a finished batch's images must not outlive it
                     continue
-                if rendering:
-                    rendering[0][2].result()  # wait for the oldest page in flight
+                if rendering or running:
+                    # Wait for the oldest page in flight or any batch, whichever comes first.
+                    waits = list(running)
+                    if rendering and isinstance(rendering[0][2], Future):
+                        waits.append(rendering[0][2])
+                    if waits:
+                        wait(waits, return_when=FIRST_COMPLETED)
                     continue
                 if exhausted:
                     break
@@ -337,45 +377,20 @@ class Converter:
 
     # -------------------------------------------------------------- engine calls
 
-    def _run_batch(self, engine: Engine, batch: list[tuple[_DocState, PageImage]]) -> None:
-        pages = [p for _, p in batch]
-        results = self._run_with_backoff(engine, pages)
-        if self.opts.retry_truncated:
-            results = self._retry_truncated(engine, pages, results)
+    def _collect(self, runner: _Runner, fut: Any, batch: list[tuple[_DocState, PageImage]]) -> None:
+        results, limit = runner.result(fut)
+        if limit:
+            self._lower_limit(limit)
         for (st, page), res in zip(batch, results, strict=True):
             self._record(st, res, page)
 
+    def _lower_limit(self, n: int) -> None:
+        """A CUDA out-of-memory error somewhere: later batches are at most ``n`` pages."""
+        self.batch_limit = n if not self.batch_limit else min(self.batch_limit, n)
+
     def _run_with_backoff(self, engine: Engine, pages: list[PageImage]) -> list[PageResult]:
         """Run a batch; halve it on CUDA out-of-memory, isolate a page that breaks a batch."""
-        try:
-            return engine.run(pages)
-        except Exception as e:
-            if _is_oom(e):
-                _free_cuda_cache()
-                if len(pages) == 1:
-                    return [PageResult.failed(pages[0], engine.name, "CUDA out of memory")]
-                half = len(pages) // 2
-                self.batch_limit = max(1, half)
-                log.warning("CUDA out of memory with %d pages; retrying as %d", len(pages), half)
-                return self._run_with_backoff(engine, pages[:half]) + self._run_with_backoff(
-                    engine, pages[half:]
-                )
-            if len(pages) > 1:
-                return [r for p in pages for r in self._run_with_backoff(engine, [p])]
-            return [PageResult.failed(pages[0], engine.name, f"{type(e).__name__}: {e}")]
-
-    def _retry_truncated(
-        self, engine: Engine, pages: list[PageImage], results: list[PageResult]
-    ) -> list[PageResult]:
-        retry = getattr(engine, "retry_truncated", None)
-        todo = [i for i, r in enumerate(results) if r.status == "truncated"]
-        if not todo or retry is None:
-            return results
-        redone = retry([pages[i] for i in todo])
-        for i, res in zip(todo, redone, strict=True):
-            res.notes.append("retried after truncation with a stronger repetition guard")
-            results[i] = res
-        return results
+        return run_batch(engine, pages, False, self._lower_limit)
 
     # -------------------------------------------------------------- results
 
@@ -402,10 +417,8 @@ class Converter:
             st.journal.close()
             st.journal = None
         pages = [st.results[i] for i in st.wanted if i in st.results]
-        if st.error is None and pages and all(p.status == "error" for p in pages):
-            # Nothing of the document could be read: report it once, as a document error.
-            reasons = {p.error for p in pages}
-            st.error = pages[0].error if len(reasons) == 1 else "no page could be converted"
+        if st.error is None:
+            st.error = document_error(pages)
         if st.error is not None:
             if not (pages and all(p.status == "error" for p in pages)):
                 self.on_error(f"{st.doc.display}: {st.error}")
@@ -418,16 +431,7 @@ class Converter:
 
     def _write_outputs(self, st: _DocState, pages: list[PageResult]) -> None:
         assert self.opts.output is not None
-        result = DocumentResult(source=st.doc.display, pages=pages, rel=st.doc.rel)
-        outputs = output_paths(self.opts.output, st.doc.rel, self.opts.formats)
-        for fmt, path in zip(self.opts.formats, outputs, strict=True):
-            atomic_write(path, render_document(result, fmt, self.opts.keep_raw))
-        journal_path, done_path = _state_paths(self.opts.output, st.doc.rel)
-        if result.ok:
-            # Only a clean document is "done": failed pages are retried by the next run.
-            atomic_write(done_path, json.dumps({"fingerprint": st.fingerprint, "outputs": outputs}))
-            with contextlib.suppress(FileNotFoundError):
-                os.unlink(journal_path)
+        write_document(self.opts, st.doc, pages, st.fingerprint)
 
     def _emit_ready(self) -> None:
         """Stream finished documents to stdout in input order (only with ``-o -``)."""
@@ -453,6 +457,86 @@ class Converter:
         )
 
 
+class _Runner(Protocol):
+    """Where batches run: ``capacity`` batches at once; ``submit`` returns a future."""
+
+    capacity: int
+
+    def submit(self, pages: list[PageImage], retry: bool) -> Any: ...
+
+    def result(self, fut: Any) -> tuple[list[PageResult], int]: ...
+
+
+class _InlineRunner:
+    """The engine in this process: one batch at a time, run synchronously on submit."""
+
+    capacity = 1
+
+    def __init__(self, conv: Converter) -> None:
+        self.conv = conv
+
+    def submit(self, pages: list[PageImage], retry: bool) -> _InlineFuture:
+        # The limit goes straight to the converter; the future carries no limit of its own.
+        return _InlineFuture(run_batch(self.conv.engine, pages, retry, self.conv._lower_limit))
+
+    def result(self, fut: Any) -> tuple[list[PageResult], int]:
+        return fut.result(), 0
+
+
+# ------------------------------------------------------------------ shared with cluster.py
+
+
+def fingerprint(doc: InputDoc, planner: Planner, opts: ConvertOptions) -> dict[str, Any]:
+    """What decides a document's outputs; a done marker with an equal one means "current"."""
+    # An engine handed in ready-made carries its own options; they decide its outputs.
+    eng_opts: EngineOptions = getattr(planner, "opts", None) or opts.engine
+    return {
+        "schema": SCHEMA_VERSION,
+        "input_sha256": inputs.file_digest(doc.path),
+        "engine": planner.name,
+        "model": planner.model,
+        "mode": planner.mode,
+        "options": eng_opts.fingerprint() | {"engine": planner.name, "mode": planner.mode},
+        "formats": sorted(opts.formats),
+        "dpi": opts.dpi,
+        "pages": opts.pages,
+        "keep_raw": opts.keep_raw,
+    }
+
+
+def is_current(opts: ConvertOptions, doc: InputDoc, fp: dict[str, Any]) -> bool:
+    """True when ``doc``'s outputs under ``opts.output`` are complete and match ``fp``."""
+    assert opts.output is not None
+    _journal, done_path = _state_paths(opts.output, doc.rel)
+    return _done_matches(done_path, fp, output_paths(opts.output, doc.rel, opts.formats))
+
+
+def document_error(pages: list[PageResult]) -> str | None:
+    """A document whose every page failed is one document error (None otherwise)."""
+    if pages and all(p.status == "error" for p in pages):
+        reasons = {p.error for p in pages}
+        return pages[0].error if len(reasons) == 1 else "no page could be converted"
+    return None
+
+
+def write_document(
+    opts: ConvertOptions, doc: InputDoc, pages: list[PageResult], fp: dict[str, Any]
+) -> list[str]:
+    """Write a finished document's outputs atomically; mark it done if no page failed."""
+    assert opts.output is not None
+    result = DocumentResult(source=doc.display, pages=pages, rel=doc.rel)
+    outputs = output_paths(opts.output, doc.rel, opts.formats)
+    for fmt, path in zip(opts.formats, outputs, strict=True):
+        atomic_write(path, render_document(result, fmt, opts.keep_raw))
+    journal_path, done_path = _state_paths(opts.output, doc.rel)
+    if result.ok:
+        # Only a clean document is "done": failed pages are retried by the next run.
+        atomic_write(done_path, json.dumps({"fingerprint": fp, "outputs": outputs}))
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(journal_path)
+    return outputs
+
+
 def _take(buckets: dict[Any, list[Any]], key: Any, n: int) -> list[Any]:
     items = buckets[key]
     batch, rest = items[:n], items[n:]
@@ -463,7 +547,7 @@ def _take(buckets: dict[Any, list[Any]], key: Any, n: int) -> list[Any]:
     return batch
 
 
-def _render_failure(doc: InputDoc, idx: int, reason: str, engine: Engine) -> PageResult:
+def _render_failure(doc: InputDoc, idx: int, reason: str, engine: Planner) -> PageResult:
     return PageResult(
         source=doc.display,
         index=idx,
@@ -508,16 +592,6 @@ def _read_journal(path: str, fingerprint: dict[str, Any]) -> list[PageResult]:
             except (ValueError, KeyError, TypeError):
                 break
     return out
-
-
-def _is_oom(e: BaseException) -> bool:
-    return type(e).__name__ == "OutOfMemoryError" or "CUDA out of memory" in str(e)
-
-
-def _free_cuda_cache() -> None:
-    torch = sys.modules.get("torch")
-    if torch is not None and torch.cuda.is_available():
-        torch.cuda.empty_cache()
 
 
 def _make_pool(workers: int) -> ProcessPoolExecutor:
