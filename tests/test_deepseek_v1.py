@@ -14,11 +14,11 @@ from tiny_models_v1 import REAL_CLIP, REAL_SAM, REAL_TEXT, REAL_VOCAB, v1_shapes
 from ocrpress.engines.deepseek_v1 import (
     V1LoadError,
     V1Processor,
-    image_seq_len,
     is_v1_config,
     load_v1,
     plan,
     read_shapes,
+    token_plan,
     v1_to_unlimited_config,
 )
 
@@ -274,7 +274,7 @@ def test_mode_tensors_and_token_counts(v1, mode: str, size: tuple[int, int]) -> 
         assert tiles is None
         assert tokens == base_tokens
         positions = base_positions
-    assert image_seq_len(mode, tiles) == positions
+    assert token_plan(page, mode).positions == positions
     assert processor.plan(page, mode) == (tokens, tiles)
 
     other = plan_tokens("v1", mode, *size)  # the modes module agrees
@@ -319,7 +319,7 @@ def test_processor_rejects_bad_requests(v1) -> None:
     page = Image.new("RGB", (800, 1000), "white")
     with pytest.raises(ValueError, match="<image>"):
         processor([page], ["Free OCR."], "base")
-    with pytest.raises(ValueError, match="unknown DeepSeek-OCR mode"):
+    with pytest.raises(ValueError, match="unknown mode .huge."):
         processor([page], [PROMPT], "huge")
     with pytest.raises(ValueError, match="tile range"):
         processor([page], [PROMPT], "gundam", min_tiles=2, max_tiles=10)

@@ -23,13 +23,15 @@ from __future__ import annotations
 
 import json
 import math
-from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
 from PIL import Image, ImageOps
+
+from .. import modes
+from ..modes import ModeSpec
 
 if TYPE_CHECKING:
     from transformers.feature_extraction_utils import BatchFeature
@@ -38,100 +40,24 @@ V1_ARCHITECTURE = "DeepseekOCRForCausalLM"
 _V1_REMOTE_MODULE = "modeling_deepseekocr."  # trailing dot: not modeling_deepseekocr2
 IMAGE_TOKEN = "<image>"
 PAD_COLOR = (127, 127, 127)  # int(0.5 * 255): the normalisation mean, i.e. 0 after normalising
-PATCH_SIZE = 16
-DOWNSAMPLE_RATIO = 4
-TILE_SIZE = 640
-MAX_TILES_LIMIT = 9
+TILE_SIZE = modes.modes_for("v1")["gundam"].tile_size or 640
 
 
 class V1LoadError(RuntimeError):
     """A DeepSeek-OCR v1 checkpoint that cannot be served (what is wrong is in the message)."""
 
 
-@dataclass(frozen=True)
-class V1Mode:
-    """A v1 resolution mode: ``view`` is the global view; ``tiled`` adds 640-px tiles."""
-
-    name: str
-    view: int
-    tiled: bool
-
-
-MODES: dict[str, V1Mode] = {
-    "tiny": V1Mode("tiny", 512, False),
-    "small": V1Mode("small", 640, False),
-    "base": V1Mode("base", 1024, False),
-    "large": V1Mode("large", 1280, False),
-    "gundam": V1Mode("gundam", 1024, True),
-}
-
-
-def _queries(size: int) -> int:
-    """Side of the feature grid of a ``size``-px view (16-px patches, 4x downsampling)."""
-    return math.ceil((size // PATCH_SIZE) / DOWNSAMPLE_RATIO)
-
-
-def get_mode(mode: str) -> V1Mode:
+def get_mode(mode: str) -> ModeSpec:
     """The v1 mode called ``mode``; ValueError naming the valid ones otherwise."""
-    try:
-        return MODES[mode]
-    except KeyError:
-        raise ValueError(
-            f"unknown DeepSeek-OCR mode {mode!r}; expected one of {', '.join(MODES)}"
-        ) from None
+    return modes.get_mode("v1", mode)
 
 
-def _check_tiles(min_tiles: int, max_tiles: int) -> None:
-    if not 1 <= min_tiles <= max_tiles <= MAX_TILES_LIMIT:
-        raise ValueError(
-            f"tile range {min_tiles}..{max_tiles} is invalid: need "
-            f"1 <= min tiles <= max tiles <= {MAX_TILES_LIMIT}"
-        )
-
-
-def tile_grid(
-    width: int, height: int, min_tiles: int = 2, max_tiles: int = 6
-) -> tuple[int, int] | None:
-    """Gundam tile grid ``(columns, rows)`` for a page, or None when it is not tiled.
-
-    As v1's ``dynamic_preprocess``: no tiles when both sides are <= 640; otherwise the grid
-    whose aspect ratio is closest to the page's; on an exact tie the later (larger) grid wins
-    while the page covers more than half of its area.
-    """
-    _check_tiles(min_tiles, max_tiles)
-    if width <= TILE_SIZE and height <= TILE_SIZE:
-        return None
-    # v1 sorts a set, so its order among grids of equal size is arbitrary; columns-outer is
-    # the deterministic order transformers' processors use.
-    grids = sorted(
-        (
-            (c, r)
-            for c in range(1, max_tiles + 1)
-            for r in range(1, max_tiles + 1)
-            if min_tiles <= c * r <= max_tiles
-        ),
-        key=lambda g: g[0] * g[1],
-    )
-    aspect = width / height
-    best, best_diff = (1, 1), math.inf
-    for cols, rows in grids:
-        diff = abs(aspect - cols / rows)
-        if diff < best_diff:
-            best, best_diff = (cols, rows), diff
-        elif diff == best_diff and width * height > 0.5 * TILE_SIZE * TILE_SIZE * cols * rows:
-            best = (cols, rows)
-    return best
-
-
-def image_seq_len(mode: str, tiles: tuple[int, int] | None) -> int:
-    """Prompt positions one image takes: features, a newline per feature row, one separator."""
-    q = _queries(get_mode(mode).view)
-    n = q * (q + 1) + 1
-    if tiles:
-        t = _queries(TILE_SIZE)
-        cols, rows = tiles
-        n += (t * rows) * (t * cols + 1)
-    return n
+def token_plan(
+    image: Image.Image | tuple[int, int], mode: str, min_tiles: int = 2, max_tiles: int = 6
+) -> modes.TokenPlan:
+    """Vision tokens, tile grid and prompt positions of one page (see :mod:`ocrpress.modes`)."""
+    width, height = image.size if isinstance(image, Image.Image) else image
+    return modes.plan_tokens("v1", mode, width, height, min_tiles, max_tiles)
 
 
 def plan(
@@ -141,15 +67,10 @@ def plan(
 
     ``image`` is a PIL image or its ``(width, height)``. Tokens are feature cells only
     (tiny 64, small 100, base 256, large 400, gundam 256 + 100 per tile), without the newline
-    and separator positions that :func:`image_seq_len` counts.
+    and separator positions that :func:`token_plan` also counts.
     """
-    spec = get_mode(mode)
-    width, height = image.size if isinstance(image, Image.Image) else image
-    tiles = tile_grid(width, height, min_tiles, max_tiles) if spec.tiled else None
-    tokens = _queries(spec.view) ** 2
-    if tiles:
-        tokens += _queries(TILE_SIZE) ** 2 * tiles[0] * tiles[1]
-    return tokens, tiles
+    tp = token_plan(image, mode, min_tiles, max_tiles)
+    return tp.vision_tokens, tp.tiles
 
 
 # --------------------------------------------------------------------------- images
@@ -164,14 +85,13 @@ def _to_tensor(image: Image.Image) -> torch.Tensor:
 def global_view(image: Image.Image, mode: str) -> Image.Image:
     """The square global view: stretched up to 640 px, letterboxed with grey above."""
     spec = get_mode(mode)
+    view = spec.base_size
     image = image.convert("RGB")
     # v1's infer(): views <= 640 px are resized without keeping the aspect ratio; larger
     # views (and gundam's 1024-px global view) keep it and pad with the mean colour.
-    if not spec.tiled and spec.view <= TILE_SIZE:
-        return image.resize((spec.view, spec.view), Image.Resampling.BICUBIC)
-    return ImageOps.pad(
-        image, (spec.view, spec.view), method=Image.Resampling.BICUBIC, color=PAD_COLOR
-    )
+    if spec.tile_size is None and view <= TILE_SIZE:
+        return image.resize((view, view), Image.Resampling.BICUBIC)
+    return ImageOps.pad(image, (view, view), method=Image.Resampling.BICUBIC, color=PAD_COLOR)
 
 
 def crop_tiles(image: Image.Image, tiles: tuple[int, int]) -> list[Image.Image]:
@@ -251,7 +171,8 @@ class V1Processor:
         for image, prompt in zip(images, prompts, strict=True):
             if prompt.count(IMAGE_TOKEN) != 1:
                 raise ValueError(f"a v1 prompt needs exactly one {IMAGE_TOKEN}: {prompt!r}")
-            _, tiles = plan(image, mode, min_tiles, max_tiles)
+            tp = token_plan(image, mode, min_tiles, max_tiles)
+            tiles = tp.tiles
             views.append(_to_tensor(global_view(image, mode)))
             if tiles:
                 local.extend(_to_tensor(t) for t in crop_tiles(image, tiles))
@@ -260,7 +181,7 @@ class V1Processor:
             before, after = prompt.split(IMAGE_TOKEN)
             ids = [self.bos_token_id] if self.bos_token_id is not None else []
             ids += self._encode(before)
-            ids += [self.image_token_id] * image_seq_len(mode, tiles)
+            ids += [self.image_token_id] * tp.positions
             ids += self._encode(after)
             rows.append(ids)
         width = max(len(r) for r in rows)
