@@ -122,6 +122,12 @@ def main() -> None:
 )
 @click.option("--ngram-window", type=click.IntRange(1), default=90, show_default=True)
 @click.option("--device", default=None, help="Torch device for VLM engines (cuda, cuda:1, cpu).")
+@click.option(
+    "--dtype",
+    type=click.Choice(["bf16", "fp16", "fp32"]),
+    default=None,
+    help="VLM weights/compute precision [bf16 on CUDA, fp32 on CPU].",
+)
 @click.option("--workers", type=click.IntRange(0, 64), default=None, help="Render processes.")
 @click.option(
     "--devices",
@@ -171,6 +177,7 @@ def convert(inputs: tuple[str, ...], **kw: Any) -> None:
         ngram_window=kw["ngram_window"],
         batch_size=kw["batch_size"],
         device=kw["device"],
+        dtype=kw["dtype"],
     )
     opts = ConvertOptions(
         output=kw["output"],

@@ -149,9 +149,8 @@ class PageResult:
         )
 
     @classmethod
-    def failed(
-        cls, page: PageImage, engine: str, error: str, model: str | None = None
-    ) -> PageResult:
+    def for_page(cls, page: PageImage, engine: str, **fields: Any) -> PageResult:
+        """A result that names ``page`` (source, index, size, dpi); other fields as given."""
         return cls(
             source=page.source,
             index=page.index,
@@ -159,10 +158,15 @@ class PageResult:
             height=page.height,
             dpi=page.dpi,
             engine=engine,
-            model=model,
-            status="error",
-            error=error,
+            **fields,
         )
+
+    @classmethod
+    def failed(
+        cls, page: PageImage, engine: str, error: str, model: str | None = None
+    ) -> PageResult:
+        """An error result for ``page``."""
+        return cls.for_page(page, engine, model=model, status="error", error=error)
 
 
 @dataclass

@@ -39,13 +39,9 @@ class EchoEngine:
     def _one(self, page: PageImage) -> PageResult:
         digest = hashlib.sha256(page.image.tobytes()).hexdigest()[:16]
         text = f"{os.path.basename(page.source)} p{page.index + 1} {digest}"
-        return PageResult(
-            source=page.source,
-            index=page.index,
-            width=page.width,
-            height=page.height,
-            dpi=page.dpi,
-            engine=self.name,
+        return PageResult.for_page(
+            page,
+            self.name,
             model=self.model,
             vision_tokens=100,
             text_tokens=len(text.split()),

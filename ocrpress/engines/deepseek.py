@@ -549,13 +549,9 @@ class DeepSeekEngine:
             status = "empty"
         else:
             status = "ok"
-        return PageResult(
-            source=page.source,
-            index=page.index,
-            width=page.width,
-            height=page.height,
-            dpi=page.dpi,
-            engine=self.name,
+        return PageResult.for_page(
+            page,
+            self.name,
             model=self.model,
             mode=self.mode,
             tiles=tp.tiles,

@@ -144,13 +144,9 @@ class RapidEngine:
                 if text and text.strip():
                     lines.append(Line.from_quad(quad.tolist(), text.strip(), float(score)))
         blocks = group_lines(lines, page.width, page.height)
-        return PageResult(
-            source=page.source,
-            index=page.index,
-            width=page.width,
-            height=page.height,
-            dpi=page.dpi,
-            engine=self.name,
+        return PageResult.for_page(
+            page,
+            self.name,
             model=self.model,
             mode=self.mode,
             status="ok" if blocks else "empty",

@@ -221,13 +221,9 @@ def result_from_output(
     anything else (abort, error) -> error. ``text_tokens`` counts generated tokens without the
     closing EOS, as the transformers engine does.
     """
-    result = PageResult(
-        source=page.source,
-        index=page.index,
-        width=page.width,
-        height=page.height,
-        dpi=page.dpi,
-        engine=engine,
+    result = PageResult.for_page(
+        page,
+        engine,
         model=model,
         mode=mode,
         tiles=plan.tiles,
