@@ -127,7 +127,7 @@ def _expand(row: dict[str, Any], job: dict[str, Any]) -> list[dict[str, Any]]:
     """A document -> one row per page still to do (or one error row)."""
     opts = _Job(**job).convert_options()
     base = {k: row[k] for k in ("order", "path", "display", "rel", "kind", "fp")}
-    err = {"index": -1, "wanted": "[]", "image": b"", "size": "", "dpi": -1.0, "result": ""}
+    err = {"index": -1, "wanted": "[]", "image": b"", "size": "", "dpi": "null"}
     try:
         count = inputs.count_pages(_doc(row))
     except InputError as e:
@@ -166,7 +166,7 @@ def _render(row: dict[str, Any], job: dict[str, Any]) -> dict[str, Any]:
     return row | {
         "image": image.tobytes(),
         "size": f"{image.width}x{image.height}",
-        "dpi": -1.0 if page.dpi is None else float(page.dpi),
+        "dpi": json.dumps(page.dpi),  # JSON keeps int vs float vs None exactly as rendered
     }
 
 
@@ -194,7 +194,7 @@ class OcrActor:
                 continue
             w, h = (int(v) for v in row["size"].split("x"))
             image = Image.frombytes("RGB", (w, h), row["image"])
-            dpi = None if row["dpi"] < 0 else row["dpi"]
+            dpi = json.loads(row["dpi"])
             page = PageImage(row["display"], row["index"], image, dpi, doc_key=str(row["order"]))
             pages.append((row, page))
         # Equal batch keys run together (prompt lengths match: no padding).
@@ -350,7 +350,9 @@ class RayConverter:
         # of fusing rendering into the actors (where it would starve them).
         ds = ds.flat_map(_expand, fn_kwargs={"job": job}, num_cpus=0.5)
         ds = ds.map(_render, fn_kwargs={"job": job}, num_cpus=0.5)
-        res = {"num_gpus": 1} if use_gpu else {"num_cpus": 1}
+        # A GPU actor's CPU share is a scheduling hint only: a small one leaves CPUs to the
+        # render tasks (asking for a whole CPU per GPU deadlocks a 2-CPU, 2-GPU node).
+        res = {"num_gpus": 1, "num_cpus": 0.25} if use_gpu else {"num_cpus": 1}
         return ds.map_batches(
             OcrActor,
             fn_constructor_kwargs={"job": job},

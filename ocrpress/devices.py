@@ -7,8 +7,8 @@ balanced dynamically. Results come back to the main process, which journals and 
 exactly as with one device.
 
 The main process never loads the model: it plans batches with a *planner* (name, model, mode
-and ``plan(page)``). An engine module may define ``planner(opts)``; DeepSeek gets a built-in one
-from its config file; other engines (rapid, plugins) are cheap to construct and plan themselves.
+and ``plan(page)``). An engine module may define ``planner(opts)`` (DeepSeek's reads only its
+config file); other engines (rapid, plugins) are cheap to construct and plan themselves.
 
 Testing without GPUs: ``OCRPRESS_FAKE_GPUS=N`` pretends N GPUs exist (ids 0..N-1); workers still
 get their own ``CUDA_VISIBLE_DEVICES``, but nothing checks that a GPU is behind it.
@@ -23,7 +23,7 @@ import os
 from collections.abc import Callable
 from concurrent.futures import Future, ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
-from dataclasses import dataclass, replace
+from dataclasses import replace
 from typing import Any, Protocol
 
 from .document import PageImage, PageResult
@@ -107,47 +107,12 @@ class Planner(Protocol):
     def plan(self, page: PageImage) -> PagePlan: ...
 
 
-@dataclass
-class _DeepSeekPlanner:
-    """DeepSeek batch keys from config.json alone (mirrors ``DeepSeekEngine.plan``)."""
-
-    opts: EngineOptions
-    name: str = "deepseek"
-    model: str | None = None
-    mode: str | None = None
-
-    def __post_init__(self) -> None:
-        from .engines.deepseek import DEFAULT_MODEL, family_of_config, load_config
-        from .modes import DEFAULT_MODE, check_tile_range, get_mode
-
-        self.model = self.opts.model or DEFAULT_MODEL
-        self.family = family_of_config(load_config(self.model))
-        self.mode = self.opts.mode or DEFAULT_MODE[self.family]
-        try:
-            self.spec = get_mode(self.family, self.mode)
-            check_tile_range(self.opts.min_tiles, self.opts.max_tiles)
-        except ValueError as e:
-            raise EngineError(str(e)) from e
-
-    def plan(self, page: PageImage) -> PagePlan:
-        from .modes import plan_tokens
-
-        tp = plan_tokens(
-            self.family,
-            self.spec.name,
-            page.width,
-            page.height,
-            self.opts.min_tiles,
-            self.opts.max_tiles,
-        )
-        return PagePlan(batch_key=(tp.vision_tokens, tp.positions), vision_tokens=tp.vision_tokens)
-
-
 def make_planner(opts: EngineOptions) -> tuple[Planner, EngineOptions]:
     """A planner for ``opts`` and the options with ``auto`` resolved (what workers create).
 
-    Order: the engine module's ``planner(opts)`` if it has one; the built-in DeepSeek planner;
-    else the engine itself, constructed here (rapid and test engines load nothing until run).
+    Order: the engine module's ``planner(opts)`` if it has one (DeepSeek's reads only
+    config.json); else the engine itself, constructed here (rapid and test engines load
+    nothing until they run).
     """
     name, _reason = resolve_engine_name(opts)
     resolved = replace(opts, engine=name)
@@ -158,8 +123,6 @@ def make_planner(opts: EngineOptions) -> tuple[Planner, EngineOptions]:
             factory = getattr(importlib.import_module(module_name), "planner", None)
         except ImportError:
             factory = None  # create_engine below gives the proper message
-    if factory is None and name == "deepseek":
-        factory = _DeepSeekPlanner
     if factory is None:
         factory = create_engine
     return factory(resolved), resolved

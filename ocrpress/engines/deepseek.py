@@ -201,6 +201,56 @@ def strong_guard(ngram_size: int, window: int) -> tuple[int, int]:
     return n, max(4 * (window or 90), 512)
 
 
+# ----------------------------------------------------------------------------- planning
+
+
+class DeepSeekPlanner:
+    """Mode, token plans and batch keys from config.json alone: no weights are loaded.
+
+    The engine plans with it, and so does the main process of a multi-GPU run (``--devices``),
+    which must batch pages without holding a model.
+    """
+
+    name = "deepseek"
+
+    def __init__(self, opts: EngineOptions, *, family: str | None = None) -> None:
+        self.opts = opts
+        if family is None:
+            self.model: str | None = opts.model or DEFAULT_MODEL
+            self.family = family_of_config(load_config(self.model))
+        else:  # a model already in memory (benchmarks): the caller names its family
+            self.model = opts.model or "in-memory"
+            self.family = family
+        self.mode: str | None = opts.mode or DEFAULT_MODE[self.family]
+        try:
+            self.mode_spec = get_mode(self.family, self.mode)
+            check_tile_range(opts.min_tiles, opts.max_tiles)
+        except ValueError as e:
+            raise EngineError(str(e)) from e
+
+    def token_plan(self, page: PageImage) -> TokenPlan:
+        """Vision tokens, tiles and prompt positions of ``page`` in this mode."""
+        return plan_tokens(
+            self.family,
+            self.mode_spec.name,
+            page.width,
+            page.height,
+            self.opts.min_tiles,
+            self.opts.max_tiles,
+        )
+
+    def plan(self, page: PageImage) -> PagePlan:
+        """Batch pages by prompt length: equal keys mean equal lengths and no padding."""
+        tp = self.token_plan(page)
+        key: Hashable = (tp.vision_tokens, tp.positions)
+        return PagePlan(batch_key=key, vision_tokens=tp.vision_tokens, tiles=tp.tiles)
+
+
+def planner(opts: EngineOptions) -> DeepSeekPlanner:
+    """The engine module's planner hook (see :mod:`ocrpress.devices`)."""
+    return DeepSeekPlanner(opts)
+
+
 # ----------------------------------------------------------------------------- engine
 
 
@@ -226,18 +276,11 @@ class DeepSeekEngine:
         processor)``, use a model already in memory (benchmarks; ``family`` names its kind and
         the model must already sit on ``opts.device`` in ``opts.dtype``)."""
         self.opts = opts
-        if components is None:
-            self.model: str | None = opts.model or DEFAULT_MODEL
-            self.family = family_of_config(load_config(self.model))
-        else:
-            self.model = opts.model or "in-memory"
-            self.family = family
-        self.mode: str | None = opts.mode or DEFAULT_MODE[self.family]
-        try:
-            self.mode_spec = get_mode(self.family, self.mode)
-            check_tile_range(opts.min_tiles, opts.max_tiles)
-        except ValueError as e:
-            raise EngineError(str(e)) from e
+        self.planner = DeepSeekPlanner(opts, family=None if components is None else family)
+        self.model: str | None = self.planner.model
+        self.family = self.planner.family
+        self.mode: str | None = self.planner.mode
+        self.mode_spec = self.planner.mode_spec
         self.prompt = prompt_for(opts.task, opts.prompt)
         # Grounded prompts answer with <|ref|>/<|det|> blocks; others with plain text.
         self.grounded = "<|grounding|>" in self.prompt
@@ -395,20 +438,11 @@ class DeepSeekEngine:
 
     def token_plan(self, page: PageImage) -> TokenPlan:
         """Vision tokens, tiles and prompt positions of ``page`` in this engine's mode."""
-        return plan_tokens(
-            self.family,
-            self.mode_spec.name,
-            page.width,
-            page.height,
-            self.opts.min_tiles,
-            self.opts.max_tiles,
-        )
+        return self.planner.token_plan(page)
 
     def plan(self, page: PageImage) -> PagePlan:
         """Batch pages by prompt length: equal keys mean equal lengths and no padding."""
-        tp = self.token_plan(page)
-        key: Hashable = (tp.vision_tokens, tp.positions)
-        return PagePlan(batch_key=key, vision_tokens=tp.vision_tokens, tiles=tp.tiles)
+        return self.planner.plan(page)
 
     def run(self, batch: list[PageImage]) -> list[PageResult]:
         """OCR ``batch``: one ``generate`` call per prompt length (one in total when the

@@ -1,0 +1,239 @@
+"""Scale-out: several engine replicas (``--devices``) and Ray Data (``--ray``), on CPU.
+
+Fake GPUs: ``OCRPRESS_FAKE_GPUS`` for the device pool, ``ray.init(num_gpus=2)`` for Ray. Each
+replica's CUDA_VISIBLE_DEVICES is observed by the engine itself (``DeviceEchoEngine``).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import pymupdf
+import pytest
+
+from ocrpress.engines import EngineOptions
+from ocrpress.inputs import discover
+from ocrpress.pipeline import RUN_STATS_FILE, Converter, ConvertOptions
+
+TESTS = Path(__file__).parent
+
+
+def _pdf(path: Path, pages: int, landscape: bool = False) -> Path:
+    doc = pymupdf.open()
+    for i in range(pages):
+        w, h = (842, 595) if landscape else (595, 842)
+        doc.new_page(width=w, height=h).insert_text((72, 72), f"{path.stem} page {i + 1}")
+    doc.save(path)
+    return path
+
+
+@pytest.fixture
+def corpus(tmp_path: Path) -> list[Path]:
+    """Three good documents (two page shapes, so two batch keys) and a corrupt one between."""
+    src = tmp_path / "in"
+    src.mkdir()
+    bad = src / "b_bad.pdf"
+    bad.write_bytes(b"%PDF-1.4\n" + b"\x00garbage" * 50)
+    return [
+        _pdf(src / "a.pdf", 4),
+        bad,
+        _pdf(src / "c.pdf", 3, landscape=True),
+        _pdf(src / "d.pdf", 2),
+    ]
+
+
+def _opts(out: Path, engine: str, **kw: object) -> ConvertOptions:
+    return ConvertOptions(
+        output=str(out),
+        formats=["markdown", "json"],
+        dpi=36,
+        workers=0,
+        engine=EngineOptions(engine=engine, batch_size=2),
+        **kw,  # type: ignore[arg-type]
+    )
+
+
+def _texts(out: Path, strip_device: bool = False) -> dict[str, str]:
+    files = {
+        str(p.relative_to(out)): p.read_text()
+        for p in sorted(out.rglob("*"))
+        if p.is_file() and ".ocrpress" not in p.parts and p.name != RUN_STATS_FILE
+    }
+    if strip_device:
+        files = {k: re.sub(r" cvd=\S+ pid=\d+", "", v) for k, v in files.items()}
+    return files
+
+
+def _single(corpus: list[Path], out: Path, engine: str = "fake_engines:EchoEngine") -> None:
+    docs, _ = discover([str(p) for p in corpus])
+    Converter(_opts(out, engine)).run(docs)
+
+
+def _devices_seen(out: Path) -> dict[str, str]:
+    """pid -> CUDA_VISIBLE_DEVICES, from the text DeviceEchoEngine wrote."""
+    seen: dict[str, str] = {}
+    for p in out.glob("*.json"):
+        if p.name == RUN_STATS_FILE:
+            continue
+        for page in json.loads(p.read_text())["pages"]:
+            m = re.search(r"cvd=(\S+) pid=(\d+)", page["blocks"][0]["text"])
+            assert m, page
+            assert seen.setdefault(m[2], m[1]) == m[1]  # one process, one device
+    return seen
+
+
+# ------------------------------------------------------------------ --devices
+
+
+def test_devices_match_single_process_and_isolate_errors(
+    corpus: list[Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    _single(corpus, tmp_path / "single")
+    monkeypatch.setenv("OCRPRESS_FAKE_GPUS", "2")
+    # Slow pages, so the second worker is up before the first has done everything.
+    monkeypatch.setenv("ECHO_DELAY", "0.3")
+    errors: list[str] = []
+    docs, _ = discover([str(p) for p in corpus])
+    out = tmp_path / "devices"
+    opts = _opts(out, "scale_engines:DeviceEchoEngine", devices="all")
+    conv = Converter(opts, on_error=errors.append)
+    results = conv.run(docs)
+    assert [r.ok for r in results] == [True, False, True, True]
+    assert [len(r.pages) for r in results] == [4, 0, 3, 2]
+    assert len(errors) == 1 and "b_bad.pdf" in errors[0]
+    assert _texts(out, strip_device=True) == _texts(tmp_path / "single")
+    # Each worker process saw exactly one device of its own, and both devices worked.
+    assert sorted(_devices_seen(out).values()) == ["0", "1"]
+    assert conv.device_pool is not None and sum(conv.device_pool.pages_per_device.values()) == 9
+    # Resume: a second run skips every good document and starts no batch.
+    conv = Converter(_opts(out, "scale_engines:DeviceEchoEngine", devices="0,1"))
+    conv.run(docs)
+    assert conv.stats.skipped_documents == 3 and conv.stats.pages == 0
+
+
+def test_devices_cli_needs_cuda(tmp_path: Path) -> None:
+    pdf = _pdf(tmp_path / "a.pdf", 1)
+    env = {k: v for k, v in os.environ.items() if k != "OCRPRESS_FAKE_GPUS"}
+    env["CUDA_VISIBLE_DEVICES"] = ""  # no GPU, even on a GPU machine
+    cmd = [sys.executable, "-m", "ocrpress", "convert", str(pdf), "-o", str(tmp_path / "o")]
+    proc = subprocess.run(
+        [*cmd, "--engine", "rapid", "--devices", "all"],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=120,
+    )
+    assert proc.returncode == 3, proc.stderr
+    assert "needs CUDA GPUs" in proc.stderr
+    proc = subprocess.run(
+        [sys.executable, "-m", "ocrpress", "convert", str(pdf), "--devices", "0,x"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert proc.returncode == 2 and "--devices" in proc.stderr
+
+
+def test_deepseek_planner_matches_engine(tiny_v2_model: Path) -> None:
+    """The model-free planner batches exactly as the loaded engine would."""
+    from PIL import Image
+
+    from ocrpress.devices import make_planner
+    from ocrpress.document import PageImage
+    from ocrpress.engines.deepseek import DeepSeekEngine
+
+    for mode in (None,):
+        opts = EngineOptions(engine="deepseek", model=str(tiny_v2_model), mode=mode, device="cpu")
+        planner, _ = make_planner(opts)
+        engine = DeepSeekEngine(opts)
+        assert (planner.name, planner.model, planner.mode) == (
+            engine.name,
+            engine.model,
+            engine.mode,
+        )
+        for w, h in ((600, 800), (1191, 1684), (1684, 1191), (500, 500), (3000, 700)):
+            page = PageImage("x", 0, Image.new("RGB", (w, h), "white"), 144)
+            assert planner.plan(page).batch_key == engine.plan(page).batch_key, (w, h)
+
+
+# ------------------------------------------------------------------ Ray
+
+
+@pytest.fixture
+def ray_local() -> Iterator[object]:
+    """A local Ray with 2 CPUs and 2 fake GPUs; shut down afterwards."""
+    ray = pytest.importorskip("ray")
+    ray.init(
+        num_cpus=2,
+        num_gpus=2,
+        include_dashboard=False,
+        log_to_driver=False,
+        # Workers import the test engines by name, as the CLI would with PYTHONPATH set.
+        runtime_env={"env_vars": {"PYTHONPATH": str(TESTS)}},
+    )
+    yield ray
+    ray.shutdown()
+
+
+def _ray_run(out: Path, corpus: list[Path], engine: str) -> tuple[list, object]:
+    from ocrpress.cluster import RayConverter
+
+    docs, _ = discover([str(p) for p in corpus])
+    conv = RayConverter(_opts(out, engine))
+    return conv.run(docs), conv
+
+
+@pytest.mark.ray
+@pytest.mark.slow
+def test_ray_fake_gpus_match_single_process(
+    ray_local: object, corpus: list[Path], tmp_path: Path
+) -> None:
+    _single(corpus, tmp_path / "single")
+    out = tmp_path / "ray"
+    results, conv = _ray_run(out, corpus, "scale_engines:DeviceEchoEngine")
+    assert [r.ok for r in results] == [True, False, True, True]
+    assert [len(r.pages) for r in results] == [4, 0, 3, 2]
+    assert "corrupt PDF" in (results[1].error or "")
+    assert _texts(out, strip_device=True) == _texts(tmp_path / "single")
+    # Two actors, one fake GPU each (Ray sets CUDA_VISIBLE_DEVICES per actor).
+    seen = _devices_seen(out)
+    assert set(seen.values()) <= {"0", "1"} and len(set(seen.values())) == len(seen)
+    # Resume: every good document is skipped before the dataset is built.
+    results, conv = _ray_run(out, corpus, "scale_engines:DeviceEchoEngine")
+    assert conv.stats.skipped_documents == 3  # type: ignore[attr-defined]
+    assert [r.skipped for r in results] == [True, False, True, True]
+
+
+@pytest.mark.ray
+@pytest.mark.slow
+def test_ray_two_node_cluster(corpus: list[Path], tmp_path: Path) -> None:
+    ray = pytest.importorskip("ray")
+    from ray.cluster_utils import Cluster
+
+    _single(corpus, tmp_path / "single")
+    cluster = Cluster(
+        initialize_head=True,
+        head_node_args={"num_cpus": 1, "num_gpus": 1, "include_dashboard": False},
+    )
+    try:
+        cluster.add_node(num_cpus=1, num_gpus=1)
+        ray.init(
+            address=cluster.address,
+            log_to_driver=False,
+            runtime_env={"env_vars": {"PYTHONPATH": str(TESTS)}},
+        )
+        out = tmp_path / "ray"
+        results, _ = _ray_run(out, corpus, "fake_engines:EchoEngine")
+        assert [r.ok for r in results] == [True, False, True, True]
+        assert _texts(out) == _texts(tmp_path / "single")
+        nodes = {n["NodeID"] for n in ray.nodes() if n["Alive"]}
+        assert len(nodes) == 2
+    finally:
+        ray.shutdown()
+        cluster.shutdown()
