@@ -162,7 +162,7 @@ def _render(row: dict[str, Any], job: dict[str, Any]) -> dict[str, Any]:
         page = _RENDERER.render(_doc(row), row["index"], job["opts"]["dpi"])
         image = page.image if page.image.mode == "RGB" else page.image.convert("RGB")
     except Exception as e:  # one page must never fail the task (and its block)
-        return row | {"error": f"cannot render page {row['index'] + 1} ({e})"}
+        return row | {"error": f"cannot render ({e})"}
     return row | {
         "image": image.tobytes(),
         "size": f"{image.width}x{image.height}",

@@ -302,7 +302,7 @@ class PageRenderer:
         except InputError:
             raise
         except Exception as e:
-            raise InputError(f"page {index + 1} cannot be rendered ({_short(e)})") from None
+            raise InputError(f"cannot render ({_short(e)})") from None
         return PageImage(source=doc.display, index=index, image=img, dpi=eff_dpi)
 
     def close(self) -> None:

@@ -79,7 +79,7 @@ def _render_task(doc: InputDoc, index: int, dpi: int) -> PageImage | str:
     except InputError as e:
         return str(e)
     except Exception as e:  # never let one page kill the worker pool
-        return f"cannot render page {index + 1} ({type(e).__name__}: {e})"
+        return f"cannot render ({type(e).__name__}: {e})"
 
 
 class _InlineFuture:
@@ -388,10 +388,6 @@ class Converter:
         """A CUDA out-of-memory error somewhere: later batches are at most ``n`` pages."""
         self.batch_limit = n if not self.batch_limit else min(self.batch_limit, n)
 
-    def _run_with_backoff(self, engine: Engine, pages: list[PageImage]) -> list[PageResult]:
-        """Run a batch; halve it on CUDA out-of-memory, isolate a page that breaks a batch."""
-        return run_batch(engine, pages, False, self._lower_limit)
-
     # -------------------------------------------------------------- results
 
     def _record(self, st: _DocState, res: PageResult, page: PageImage | None) -> None:
@@ -399,7 +395,9 @@ class Converter:
             assert self.opts.output is not None
             crop_figures(res, page, self.opts.output, st.doc.rel)
         if res.status == "error":
-            self.on_error(f"{st.doc.display}: page {res.index + 1}: {res.error}")
+            # A one-page document (an image) failing is the document failing: no "page 1".
+            where = "" if len(st.wanted) == 1 else f"page {res.index + 1}: "
+            self.on_error(f"{st.doc.display}: {where}{res.error}")
         st.results[res.index] = res
         if st.journal is not None and res.status != "error":
             st.journal.write(json.dumps(res.to_dict(keep_raw=True)) + "\n")
