@@ -1,4 +1,7 @@
-"""Bench plugin: the real rapid engine, appending one line per page it OCRs to a file.
+"""Bench plugin: the real rapid engine, appending one line per page it starts to OCR.
+
+Lines are written *before* the OCR runs, so a page whose work a kill interrupted counts as
+computed: that is the work a resume has to redo.
 
 Used as ``--engine counting_engine:CountingRapid`` (bench/ on PYTHONPATH) so bench/resume.py
 can count pages computed across killed runs.
@@ -14,8 +17,6 @@ from ocrpress.engines.rapid import RapidEngine
 
 class CountingRapid(RapidEngine):
     def run(self, batch: list[PageImage]) -> list[PageResult]:
-        results = super().run(batch)
         with open(os.environ["OCRPRESS_BENCH_COUNT"], "a") as f:
             f.writelines(f"{p.source} {p.index}\n" for p in batch)
-            f.flush()
-        return results
+        return super().run(batch)

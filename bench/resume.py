@@ -65,13 +65,13 @@ def main() -> None:
     out, count = tmp / "killed", tmp / "killed.count"
     kills, saved = 0, 0
     lost_per_kill: list[int] = []
-    while kills < args.kills:
+    while kills < args.kills and _pages_saved(out) < total:
         before = pages_computed(count)
         # Early kills land in start-up, later ones mid-batch or mid-write: both must be safe.
         if run_cli(docs, out, count, rng.uniform(0.5, min(clean_s, 5.0))):
             break  # the job completed before this kill came
         kills += 1
-        # Pages computed in this run that no journal or output kept = work lost to the kill.
+        # Pages started in this run that no journal or output kept = work lost to the kill.
         now_saved = _pages_saved(out)
         lost_per_kill.append(pages_computed(count) - before - (now_saved - saved))
         saved = now_saved
@@ -82,7 +82,7 @@ def main() -> None:
         for f in sorted(out.glob("doc*.*"))
         if f.is_file()
     ) and len(list(out.glob("doc*.*"))) == len(list((tmp / "clean").glob("doc*.*")))
-    print(f"kills: {kills}, pages computed in all: {pages_computed(count)} for {total} pages")
+    print(f"kills: {kills}, pages started in all: {pages_computed(count)} for {total} pages")
     print(f"pages recomputed: {recomputed} (max lost at one kill: {max(lost_per_kill or [0])},")
     print(f"  pages in flight per kill at most one batch = {BATCH})")
     print(f"final outputs byte-identical to the uninterrupted run: {same}")

@@ -245,17 +245,7 @@ class OcrActor:
 
 
 def _failed(row: dict[str, Any], reason: str, engine: Any) -> PageResult:
-    return PageResult(
-        source=row["display"],
-        index=row["index"],
-        width=0,
-        height=0,
-        dpi=None,
-        engine=engine.name,
-        model=engine.model,
-        status="error",
-        error=reason,
-    )
+    return PageResult.unrendered(row["display"], row["index"], engine.name, engine.model, reason)
 
 
 # ------------------------------------------------------------------ driver

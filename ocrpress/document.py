@@ -162,6 +162,23 @@ class PageResult:
         )
 
     @classmethod
+    def unrendered(
+        cls, source: str, index: int, engine: str, model: str | None, error: str
+    ) -> PageResult:
+        """An error result for a page that never became an image (its size is unknown: 0)."""
+        return cls(
+            source=source,
+            index=index,
+            width=0,
+            height=0,
+            dpi=None,
+            engine=engine,
+            model=model,
+            status="error",
+            error=error,
+        )
+
+    @classmethod
     def failed(
         cls, page: PageImage, engine: str, error: str, model: str | None = None
     ) -> PageResult:

@@ -268,7 +268,13 @@ class Converter:
                     st, idx, fut = rendering.popleft()
                     page = fut.result()
                     if isinstance(page, str):
-                        self._record(st, _render_failure(st.doc, idx, page, engine), None)
+                        self._record(
+                            st,
+                            PageResult.unrendered(
+                                st.doc.display, idx, engine.name, engine.model, page
+                            ),
+                            None,
+                        )
                         continue
                     page.doc_key = str(st.order)
                     buckets.setdefault(engine.plan(page).batch_key, []).append((st, page))
@@ -543,20 +549,6 @@ def _take(buckets: dict[Any, list[Any]], key: Any, n: int) -> list[Any]:
     else:
         del buckets[key]
     return batch
-
-
-def _render_failure(doc: InputDoc, idx: int, reason: str, engine: Planner) -> PageResult:
-    return PageResult(
-        source=doc.display,
-        index=idx,
-        width=0,
-        height=0,
-        dpi=None,
-        engine=engine.name,
-        model=engine.model,
-        status="error",
-        error=reason,
-    )
 
 
 def _done_matches(done_path: str, fingerprint: dict[str, Any], outputs: list[str]) -> bool:

@@ -25,13 +25,14 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Sequence
+from dataclasses import replace
 from typing import Any
 
 from ..document import PageImage, PageResult
 from ..grounding import blocks_from_output
-from ..modes import DEFAULT_MODE, ModeSpec, TokenPlan, get_mode, plan_tokens
+from ..modes import DEFAULT_MODE, ModeSpec, TokenPlan, get_mode
 from . import EngineError, EngineOptions, PagePlan
-from .deepseek import NGRAM_WHITELIST, load_config, prompt_for
+from .deepseek import NGRAM_WHITELIST, DeepSeekPlanner, load_config, prompt_for
 
 log = logging.getLogger("ocrpress")
 
@@ -292,6 +293,8 @@ class VllmEngine:
         self.family = vllm_family(config)
         self.mode: str | None = opts.mode or DEFAULT_MODE[self.family]
         self.mode_spec = check_mode(self.family, self.mode, opts.min_tiles, opts.max_tiles)
+        # Same token arithmetic as the transformers engine (vLLM counts placeholders alike).
+        self._planner = DeepSeekPlanner(replace(opts, mode=self.mode), family=self.family)
         self.prompt = prompt_for(opts.task, opts.prompt)
         self.grounded = "<|grounding|>" in self.prompt
         ngram = opts.ngram_size > 0 and opts.ngram_window > 0
@@ -361,14 +364,7 @@ class VllmEngine:
 
     def token_plan(self, page: PageImage) -> TokenPlan:
         """Vision tokens and tiles of ``page`` in this engine's mode."""
-        return plan_tokens(
-            self.family,
-            self.mode_spec.name,
-            page.width,
-            page.height,
-            self.opts.min_tiles,
-            self.opts.max_tiles,
-        )
+        return self._planner.token_plan(page)
 
     def plan(self, page: PageImage) -> PagePlan:
         """One batch key for all pages: vLLM batches prompts of any length without padding."""
