@@ -168,6 +168,7 @@ def test_sampling_is_greedy_keeps_markup_and_drives_the_ngram_guard() -> None:
         sampling_kwargs(0, 30, 90)
 
 
+@pytest.mark.vllm
 @pytest.mark.skipif(not HAVE_VLLM, reason="vLLM's SamplingParams needs vLLM")
 def test_sampling_kwargs_build_vllms_sampling_params() -> None:
     from vllm import SamplingParams
