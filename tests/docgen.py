@@ -365,3 +365,20 @@ def make_scanned_image(
 def scanned_truth(lines: list[str], *, fontname: str = "tiro", fontsize: float = 12) -> str:
     """Ground truth drawn by :func:`make_scanned_image` with the same arguments."""
     return render_page_with_truth(lines, fontname=fontname, fontsize=fontsize)[1]
+
+
+def labelled_pdf(
+    path: str | Path, pages: int = 2, *, landscape: bool = False, fontsize: float = 11
+) -> Path:
+    """A small A4 PDF whose page ``i`` says ``"<stem> page i"``: cheap fixtures for plumbing
+    tests, where what matters is that pages differ, not what they say."""
+    path = Path(path)
+    w, h = (A4[1], A4[0]) if landscape else A4
+    doc = pymupdf.open()
+    for i in range(pages):
+        doc.new_page(width=w, height=h).insert_text(
+            (72, 72), f"{path.stem} page {i + 1}", fontsize=fontsize
+        )
+    doc.save(str(path))
+    doc.close()
+    return path

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pymupdf
 import pytest
-from docgen import cer, make_pdf, sample_text
+from docgen import cer, labelled_pdf, make_pdf, sample_text
 from PIL import Image
 
 TESTS = Path(__file__).parent
@@ -34,14 +34,6 @@ def ocrpress(
         cwd=cwd,
         timeout=300,
     )
-
-
-def _pdf(path: Path, pages: int = 2) -> Path:
-    doc = pymupdf.open()
-    for i in range(pages):
-        doc.new_page().insert_text((72, 72), f"{path.stem} page {i + 1}", fontsize=14)
-    doc.save(path)
-    return path
 
 
 def test_version_and_help() -> None:
@@ -66,7 +58,7 @@ def test_rapid_end_to_end_real_text(tmp_path: Path) -> None:
 def test_every_format_to_folder_mirrors_paths(tmp_path: Path) -> None:
     src = tmp_path / "in"
     (src / "sub").mkdir(parents=True)
-    _pdf(src / "a.pdf")
+    labelled_pdf(src / "a.pdf")
     Image.new("RGB", (300, 200), "white").save(src / "sub" / "b.png")
     out = tmp_path / "out"
     r = ocrpress("convert", str(src), "-o", str(out), "-f", "markdown,json,text", "--engine", ECHO)
@@ -85,7 +77,7 @@ def test_every_format_to_folder_mirrors_paths(tmp_path: Path) -> None:
 
 
 def test_stdout_jsonl_and_pages(tmp_path: Path) -> None:
-    pdf = _pdf(tmp_path / "a.pdf", 5)
+    pdf = labelled_pdf(tmp_path / "a.pdf", 5)
     r = ocrpress("convert", str(pdf), "-f", "json", "--pages", "2-3,5", "--engine", ECHO)
     assert r.returncode == 0, r.stderr
     pages = [json.loads(line) for line in r.stdout.decode().splitlines()]
@@ -94,7 +86,7 @@ def test_stdout_jsonl_and_pages(tmp_path: Path) -> None:
 
 
 def test_stdin_paths_and_bytes_and_pipe_out(tmp_path: Path) -> None:
-    a, b = _pdf(tmp_path / "a.pdf", 1), _pdf(tmp_path / "b.pdf", 1)
+    a, b = labelled_pdf(tmp_path / "a.pdf", 1), labelled_pdf(tmp_path / "b.pdf", 1)
     r = ocrpress("convert", "-", "-f", "text", "--engine", ECHO, stdin=f"{a}\n{b}\n".encode())
     assert r.returncode == 0, r.stderr
     text = r.stdout.decode()
@@ -108,9 +100,9 @@ def test_stdin_paths_and_bytes_and_pipe_out(tmp_path: Path) -> None:
 
 
 def test_glob_is_expanded_by_ocrpress(tmp_path: Path) -> None:
-    _pdf(tmp_path / "x1.pdf", 1)
-    _pdf(tmp_path / "x2.pdf", 1)
-    _pdf(tmp_path / "y.pdf", 1)
+    labelled_pdf(tmp_path / "x1.pdf", 1)
+    labelled_pdf(tmp_path / "x2.pdf", 1)
+    labelled_pdf(tmp_path / "y.pdf", 1)
     r = ocrpress("convert", str(tmp_path / "x*.pdf"), "-o", str(tmp_path / "o"), "--engine", ECHO)
     assert r.returncode == 0, r.stderr
     assert sorted(p.name for p in (tmp_path / "o").glob("*.md")) == ["x1.md", "x2.md"]
@@ -119,7 +111,7 @@ def test_glob_is_expanded_by_ocrpress(tmp_path: Path) -> None:
 def test_bad_inputs_one_line_each_batch_goes_on(tmp_path: Path) -> None:
     src = tmp_path / "in"
     src.mkdir()
-    _pdf(src / "good.pdf", 2)
+    labelled_pdf(src / "good.pdf", 2)
     (src / "empty.pdf").write_bytes(b"")
     (src / "text.pdf").write_text("plain text pretending to be a PDF\n")
     (src / "broken.pdf").write_bytes(b"%PDF-1.5\n" + b"\x13\x37" * 200)
@@ -161,7 +153,7 @@ def test_bad_inputs_one_line_each_batch_goes_on(tmp_path: Path) -> None:
     ],
 )
 def test_exit_codes(tmp_path: Path, args: list[str], code: int) -> None:
-    _pdf(tmp_path / "x.pdf", 1)
+    labelled_pdf(tmp_path / "x.pdf", 1)
     r = ocrpress(*args, cwd=tmp_path)
     assert r.returncode == code, r.stderr
     # One line says what is wrong (click adds its usage hint above it for usage errors).
@@ -170,13 +162,13 @@ def test_exit_codes(tmp_path: Path, args: list[str], code: int) -> None:
 
 
 def test_quiet_prints_no_summary(tmp_path: Path) -> None:
-    r = ocrpress("convert", str(_pdf(tmp_path / "a.pdf", 1)), "-q", "--engine", ECHO)
+    r = ocrpress("convert", str(labelled_pdf(tmp_path / "a.pdf", 1)), "-q", "--engine", ECHO)
     assert r.returncode == 0 and r.stderr == b""
 
 
 @pytest.mark.slow
 def test_kill_9_then_resume_matches_clean_run(tmp_path: Path) -> None:
-    files = [_pdf(tmp_path / f"d{i}.pdf", 4) for i in range(3)]
+    files = [labelled_pdf(tmp_path / f"d{i}.pdf", 4) for i in range(3)]
     args = [str(f) for f in files] + ["-f", "markdown,json", "--engine", ECHO, "-q"]
     clean = ocrpress("convert", *args, "-o", str(tmp_path / "clean"))
     assert clean.returncode == 0, clean.stderr

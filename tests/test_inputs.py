@@ -8,18 +8,11 @@ from pathlib import Path
 
 import pymupdf
 import pytest
+from docgen import labelled_pdf
 from PIL import Image
 
 from ocrpress import inputs
 from ocrpress.inputs import InputError, PageRenderer, discover
-
-
-def _pdf(path: Path, pages: int = 2) -> Path:
-    doc = pymupdf.open()
-    for i in range(pages):
-        doc.new_page().insert_text((72, 72), f"page {i + 1}")
-    doc.save(path)
-    return path
 
 
 def _png(path: Path, size: tuple[int, int] = (200, 100)) -> Path:
@@ -30,7 +23,7 @@ def _png(path: Path, size: tuple[int, int] = (200, 100)) -> Path:
 def test_discover_folder_recursive_sorted_hidden_skipped(tmp_path: Path) -> None:
     (tmp_path / "sub").mkdir()
     (tmp_path / ".hidden").mkdir()
-    _pdf(tmp_path / "b.pdf")
+    labelled_pdf(tmp_path / "b.pdf")
     _png(tmp_path / "sub" / "a.png")
     _png(tmp_path / ".hidden" / "x.png")
     _png(tmp_path / ".dot.png")
@@ -46,22 +39,22 @@ def test_discover_folder_recursive_sorted_hidden_skipped(tmp_path: Path) -> None
 
 def test_discover_glob_and_missing(tmp_path: Path) -> None:
     (tmp_path / "x").mkdir()
-    _pdf(tmp_path / "x" / "one.pdf")
-    _pdf(tmp_path / "two.pdf")
+    labelled_pdf(tmp_path / "x" / "one.pdf")
+    labelled_pdf(tmp_path / "two.pdf")
     docs, problems = discover([str(tmp_path / "**" / "*.pdf"), str(tmp_path / "nope.pdf")])
     assert sorted(d.rel for d in docs) == ["two", "x/one"]
     assert len(problems) == 1 and "nope.pdf" in problems[0] and "no such file" in problems[0]
 
 
 def test_same_stem_keeps_extension(tmp_path: Path) -> None:
-    _pdf(tmp_path / "a.pdf")
+    labelled_pdf(tmp_path / "a.pdf")
     _png(tmp_path / "a.png")
     docs, _ = discover([str(tmp_path)])
     assert sorted(d.rel for d in docs) == ["a.pdf", "a.png"]
 
 
 def test_stdin_paths_and_bytes(tmp_path: Path) -> None:
-    a = _pdf(tmp_path / "a.pdf")
+    a = labelled_pdf(tmp_path / "a.pdf")
     b = _png(tmp_path / "b.png")
     docs, _ = discover(["-"], stdin=io.BytesIO(f"{a}\n\n{b}\n".encode()))
     assert [d.rel for d in docs] == ["a", "b"]
@@ -91,7 +84,7 @@ def test_bad_page_ranges(spec: str) -> None:
 
 
 def test_render_pdf_and_dpi(tmp_path: Path) -> None:
-    docs, _ = discover([str(_pdf(tmp_path / "a.pdf"))])
+    docs, _ = discover([str(labelled_pdf(tmp_path / "a.pdf"))])
     page = PageRenderer().render(docs[0], 1, dpi=72)
     assert (page.width, page.height, page.dpi, page.index) == (595, 842, 72, 1)
     page = PageRenderer().render(docs[0], 0, dpi=144)

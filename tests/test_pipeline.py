@@ -7,23 +7,14 @@ import json
 import weakref
 from pathlib import Path
 
-import pymupdf
 import pytest
+from docgen import labelled_pdf
 from fake_engines import EchoEngine, OomEngine
 
 from ocrpress.document import PageImage, PageResult
 from ocrpress.engines import EngineOptions
 from ocrpress.inputs import discover
 from ocrpress.pipeline import RUN_STATS_FILE, Converter, ConvertOptions
-
-
-def _pdf(path: Path, pages: int, landscape: bool = False) -> Path:
-    doc = pymupdf.open()
-    for i in range(pages):
-        w, h = (842, 595) if landscape else (595, 842)
-        doc.new_page(width=w, height=h).insert_text((72, 72), f"{path.stem} page {i + 1}")
-    doc.save(path)
-    return path
 
 
 def _run(
@@ -55,7 +46,7 @@ def _texts(out: Path) -> dict[str, str]:
 
 
 def test_batches_cross_documents_and_keep_order(tmp_path: Path) -> None:
-    files = [_pdf(tmp_path / f"d{i}.pdf", 3) for i in range(3)]
+    files = [labelled_pdf(tmp_path / f"d{i}.pdf", 3) for i in range(3)]
     eng = EchoEngine(EngineOptions(batch_size=4))
     conv = _run(files, eng, tmp_path / "out")
     assert sorted(eng.batches, reverse=True)[:2] == [4, 4]  # 9 pages of one key: 4 + 4 + 1
@@ -67,14 +58,17 @@ def test_batches_cross_documents_and_keep_order(tmp_path: Path) -> None:
 
 
 def test_same_output_with_worker_processes(tmp_path: Path) -> None:
-    files = [_pdf(tmp_path / "a.pdf", 3), _pdf(tmp_path / "b.pdf", 2, landscape=True)]
+    files = [
+        labelled_pdf(tmp_path / "a.pdf", 3),
+        labelled_pdf(tmp_path / "b.pdf", 2, landscape=True),
+    ]
     _run(files, EchoEngine(EngineOptions(batch_size=2)), tmp_path / "inline", workers=0)
     _run(files, EchoEngine(EngineOptions(batch_size=3)), tmp_path / "pool", workers=2)
     assert _texts(tmp_path / "inline") == _texts(tmp_path / "pool")
 
 
 def test_oom_halves_batch_and_retries(tmp_path: Path) -> None:
-    files = [_pdf(tmp_path / "a.pdf", 8)]
+    files = [labelled_pdf(tmp_path / "a.pdf", 8)]
     eng = OomEngine(limit=2)
     conv = _run(files, eng, tmp_path / "out")
     assert eng.batches[:3] == [-8, -4, 2]  # 8 fails, 4 fails, then halves of 2 succeed
@@ -85,7 +79,7 @@ def test_oom_halves_batch_and_retries(tmp_path: Path) -> None:
 
 
 def test_oom_at_batch_of_one_records_error_and_goes_on(tmp_path: Path) -> None:
-    files = [_pdf(tmp_path / "a.pdf", 2), _pdf(tmp_path / "b.pdf", 1)]
+    files = [labelled_pdf(tmp_path / "a.pdf", 2), labelled_pdf(tmp_path / "b.pdf", 1)]
     errors: list[str] = []
     docs, _ = discover([str(p) for p in files])
     opts = ConvertOptions(output=str(tmp_path / "out"), formats=["json"], dpi=36, workers=0)
@@ -115,7 +109,7 @@ class _CountingEngine(EchoEngine):
 
 
 def test_memory_bounded_by_window_not_document(tmp_path: Path) -> None:
-    files = [_pdf(tmp_path / "long.pdf", 60)]
+    files = [labelled_pdf(tmp_path / "long.pdf", 60)]
     eng = _CountingEngine(EngineOptions(batch_size=4))
     _run(files, eng, None, window=10, keep_results=False, formats=["json"])
     assert sum(eng.batches) == 60
@@ -123,10 +117,10 @@ def test_memory_bounded_by_window_not_document(tmp_path: Path) -> None:
 
 
 def test_corrupt_document_costs_no_other_pages(tmp_path: Path) -> None:
-    a = _pdf(tmp_path / "a.pdf", 3)
+    a = labelled_pdf(tmp_path / "a.pdf", 3)
     bad = tmp_path / "b.pdf"
     bad.write_bytes(b"%PDF-1.4\n" + b"\x00garbage" * 50)
-    c = _pdf(tmp_path / "c.pdf", 2)
+    c = labelled_pdf(tmp_path / "c.pdf", 2)
     errors: list[str] = []
     docs, _ = discover([str(a), str(bad), str(c)])
     opts = ConvertOptions(output=str(tmp_path / "out"), formats=["markdown"], dpi=36, workers=0)
@@ -157,7 +151,7 @@ class _CrashingEngine(EchoEngine):
 
 
 def test_resume_after_crash_matches_clean_run(tmp_path: Path) -> None:
-    files = [_pdf(tmp_path / "a.pdf", 4), _pdf(tmp_path / "b.pdf", 3)]
+    files = [labelled_pdf(tmp_path / "a.pdf", 4), labelled_pdf(tmp_path / "b.pdf", 3)]
     _run(files, EchoEngine(), tmp_path / "clean")
     out = tmp_path / "out"
     with pytest.raises(KeyboardInterrupt):
@@ -173,7 +167,7 @@ def test_resume_after_crash_matches_clean_run(tmp_path: Path) -> None:
 
 
 def test_skip_when_current_redo_when_options_change(tmp_path: Path) -> None:
-    files = [_pdf(tmp_path / "a.pdf", 2)]
+    files = [labelled_pdf(tmp_path / "a.pdf", 2)]
     out = tmp_path / "out"
     _run(files, EchoEngine(), out)
     eng = EchoEngine()
@@ -192,14 +186,17 @@ def test_skip_when_current_redo_when_options_change(tmp_path: Path) -> None:
     eng = EchoEngine(EngineOptions(mode="other"))
     _run(files, eng, out, formats=["markdown", "json", "text"])
     assert sum(eng.batches) == 2  # an output went missing: redone
-    _pdf(tmp_path / "a.pdf", 3)  # content changed
+    labelled_pdf(tmp_path / "a.pdf", 3)  # content changed
     eng = EchoEngine(EngineOptions(mode="other"))
     _run(files, eng, out, formats=["markdown", "json", "text"])
     assert sum(eng.batches) == 3
 
 
 def test_stdout_streams_jsonl_in_input_order(tmp_path: Path) -> None:
-    files = [_pdf(tmp_path / "a.pdf", 2), _pdf(tmp_path / "b.pdf", 2, landscape=True)]
+    files = [
+        labelled_pdf(tmp_path / "a.pdf", 2),
+        labelled_pdf(tmp_path / "b.pdf", 2, landscape=True),
+    ]
     docs, _ = discover([str(p) for p in files])
     buf = io.StringIO()
     opts = ConvertOptions(output="-", formats=["json"], dpi=36, workers=0)
@@ -214,7 +211,7 @@ def test_stdout_streams_jsonl_in_input_order(tmp_path: Path) -> None:
 
 
 def test_run_stats_file(tmp_path: Path) -> None:
-    _run([_pdf(tmp_path / "a.pdf", 3)], EchoEngine(), tmp_path / "out")
+    _run([labelled_pdf(tmp_path / "a.pdf", 3)], EchoEngine(), tmp_path / "out")
     stats = json.loads((tmp_path / "out" / RUN_STATS_FILE).read_text())
     assert stats["pages"] == 3 and stats["documents"] == 1 and stats["pages_failed"] == 0
     assert stats["vision_tokens_per_page"] == 100

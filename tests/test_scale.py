@@ -14,23 +14,14 @@ import sys
 from collections.abc import Iterator
 from pathlib import Path
 
-import pymupdf
 import pytest
+from docgen import labelled_pdf
 
 from ocrpress.engines import EngineOptions
 from ocrpress.inputs import discover
 from ocrpress.pipeline import RUN_STATS_FILE, Converter, ConvertOptions
 
 TESTS = Path(__file__).parent
-
-
-def _pdf(path: Path, pages: int, landscape: bool = False) -> Path:
-    doc = pymupdf.open()
-    for i in range(pages):
-        w, h = (842, 595) if landscape else (595, 842)
-        doc.new_page(width=w, height=h).insert_text((72, 72), f"{path.stem} page {i + 1}")
-    doc.save(path)
-    return path
 
 
 @pytest.fixture
@@ -41,10 +32,10 @@ def corpus(tmp_path: Path) -> list[Path]:
     bad = src / "b_bad.pdf"
     bad.write_bytes(b"%PDF-1.4\n" + b"\x00garbage" * 50)
     return [
-        _pdf(src / "a.pdf", 4),
+        labelled_pdf(src / "a.pdf", 4),
         bad,
-        _pdf(src / "c.pdf", 3, landscape=True),
-        _pdf(src / "d.pdf", 2),
+        labelled_pdf(src / "c.pdf", 3, landscape=True),
+        labelled_pdf(src / "d.pdf", 2),
     ]
 
 
@@ -118,7 +109,7 @@ def test_devices_match_single_process_and_isolate_errors(
 
 
 def test_devices_cli_needs_cuda(tmp_path: Path) -> None:
-    pdf = _pdf(tmp_path / "a.pdf", 1)
+    pdf = labelled_pdf(tmp_path / "a.pdf", 1)
     env = {k: v for k, v in os.environ.items() if k != "OCRPRESS_FAKE_GPUS"}
     env["CUDA_VISIBLE_DEVICES"] = ""  # no GPU, even on a GPU machine
     cmd = [sys.executable, "-m", "ocrpress", "convert", str(pdf), "-o", str(tmp_path / "o")]

@@ -40,7 +40,8 @@ PROMPTS = {
 # Table-cell tags repeat legitimately (empty cells, uniform rows): exempt from the n-gram guard.
 NGRAM_WHITELIST = ("<td>", "</td>")
 
-_DTYPES = {
+#: --dtype spellings -> torch dtype names (shared with the vLLM engine).
+DTYPE_NAMES = {
     "bf16": "bfloat16",
     "bfloat16": "bfloat16",
     "fp16": "float16",
@@ -175,7 +176,7 @@ def _pick_dtype(requested: str | None, device: str):
 
     if requested is None:
         return torch.bfloat16 if device.startswith("cuda") else torch.float32
-    name = _DTYPES.get(requested.lower())
+    name = DTYPE_NAMES.get(requested.lower())
     if name is None:
         raise EngineError(f"unknown dtype {requested!r} (use bf16, fp16 or fp32)")
     return getattr(torch, name)

@@ -32,7 +32,13 @@ from ..document import PageImage, PageResult
 from ..grounding import blocks_from_output
 from ..modes import DEFAULT_MODE, ModeSpec, TokenPlan, get_mode
 from . import EngineError, EngineOptions, PagePlan
-from .deepseek import NGRAM_WHITELIST, DeepSeekPlanner, load_config, prompt_for
+from .deepseek import (
+    DTYPE_NAMES,
+    NGRAM_WHITELIST,
+    DeepSeekPlanner,
+    load_config,
+    prompt_for,
+)
 
 log = logging.getLogger("ocrpress")
 
@@ -59,16 +65,6 @@ _PROCESSOR_MODULES = {
     "v2": "vllm.model_executor.models.deepseek_ocr2",
 }
 
-_DTYPES = {
-    "bf16": "bfloat16",
-    "bfloat16": "bfloat16",
-    "fp16": "float16",
-    "float16": "float16",
-    "half": "float16",
-    "fp32": "float32",
-    "float32": "float32",
-    "float": "float32",
-}
 
 DEFAULT_MAX_BATCH = 256  # pages per run() call; vLLM schedules them itself
 
@@ -193,7 +189,7 @@ def llm_kwargs(
         "mm_processor_cache_gb": 0,
     }
     if dtype is not None:
-        name = _DTYPES.get(dtype.lower())
+        name = DTYPE_NAMES.get(dtype.lower())
         if name is None:
             raise EngineError(f"unknown dtype {dtype!r} (use bf16, fp16 or fp32)")
         kwargs["dtype"] = name
