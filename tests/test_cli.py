@@ -202,3 +202,32 @@ def test_kill_9_then_resume_matches_clean_run(tmp_path: Path) -> None:
     assert r.returncode == 0, r.stderr
     for f in sorted((tmp_path / "clean").glob("d*.*")):
         assert (out / f.name).read_bytes() == f.read_bytes(), f.name
+
+
+def test_progress_bar_only_on_a_terminal(tmp_path: Path) -> None:
+    import fcntl
+    import pty
+    import struct
+    import termios
+
+    pdf = labelled_pdf(tmp_path / "a.pdf", 3)
+    args = [sys.executable, "-m", "ocrpress", "convert", str(pdf), "--engine", ECHO]
+    args += ["-o", str(tmp_path / "o"), "--batch-size", "1"]
+    env = {**os.environ, "PYTHONPATH": str(TESTS)}
+    master, slave = pty.openpty()
+    fcntl.ioctl(slave, termios.TIOCSWINSZ, struct.pack("HHHH", 24, 100, 0, 0))
+    proc = subprocess.Popen(args, stdin=slave, stdout=slave, stderr=slave, env=env)
+    os.close(slave)
+    out = b""
+    while True:
+        try:
+            chunk = os.read(master, 4096)
+        except OSError:  # the child closed the terminal
+            break
+        if not chunk:
+            break
+        out += chunk
+    assert proc.wait(timeout=60) == 0
+    assert b"/3 [" in out and b"page/s]" in out  # tqdm's bar, on the terminal
+    piped = ocrpress(*args[3:])
+    assert piped.returncode == 0 and b"page/s]" not in piped.stderr  # no bar into a pipe
