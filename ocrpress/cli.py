@@ -224,7 +224,11 @@ def convert(inputs: tuple[str, ...], **kw: Any) -> None:
         if conv.stats.truncated:
             for item in conv.stats.truncated:
                 log.info("truncated: %s", item)
-    failed = problems or any(not r.ok for r in results)
+    # Results are not kept (memory), so judge by the run's counters, not by r.ok.
+    stats = conv.stats
+    failed = (
+        problems or stats.failed_documents or stats.failed_pages or any(r.error for r in results)
+    )
     sys.exit(EXIT_FAILED_INPUTS if failed else EXIT_OK)
 
 

@@ -303,7 +303,11 @@ class RayConverter:
         if rows:
             started_here = not ray.is_initialized()
             if started_here:
-                ray.init(address=self.address, log_to_driver=False)
+                try:
+                    ray.init(address=self.address, log_to_driver=False)
+                except ConnectionError as e:
+                    # No cluster at that address: one line and exit 3, not a traceback.
+                    raise EngineLoadError(f"--ray {self.address}: {e}") from None
             try:
                 for r in self._dataset(ray, rows, job, resolved.engine).iter_rows():
                     if r["finished"]:

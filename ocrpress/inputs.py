@@ -170,17 +170,32 @@ def _kind_by_extension_fallback(path: str) -> str:
 
 
 def _assign_rels(found: list[tuple[str, str, str, str]]) -> list[InputDoc]:
-    """Output names mirror input paths; `a.pdf` and `a.png` side by side keep their extension."""
+    """Give every document its own output name; no two inputs may write the same file.
+
+    Names mirror input paths (relative to the folder or glob base they came from; named files
+    by their base name). Inputs that would still share a name keep as much of their folder as
+    tells them apart (``x/a.png``, ``y/a.png``), and ``a.pdf`` beside ``a.png`` keeps its
+    extension (``a.pdf.md``, ``a.png.md``).
+    """
     seen: set[str] = set()
-    unique: list[tuple[str, str, str, str]] = []
+    unique: list[list[str]] = []
     for item in found:
         key = os.path.realpath(item[0])
         if key not in seen:
             seen.add(key)
-            unique.append(item)
+            unique.append(list(item))
+    clashes: dict[str, list[list[str]]] = {}
+    for item in unique:
+        clashes.setdefault(_stem_rel(item[2]), []).append(item)
+    for group in clashes.values():
+        folders = {os.path.dirname(os.path.abspath(item[0])) for item in group}
+        if len(group) > 1 and len(folders) > 1:
+            base = os.path.commonpath(sorted(folders))
+            for item in group:
+                item[2] = os.path.relpath(os.path.abspath(item[0]), base)
     stems: dict[str, int] = {}
-    for _, _, rel, _ in unique:
-        stems[_stem_rel(rel)] = stems.get(_stem_rel(rel), 0) + 1
+    for item in unique:
+        stems[_stem_rel(item[2])] = stems.get(_stem_rel(item[2]), 0) + 1
     docs = []
     for path, display, rel, kind in unique:
         stem = _stem_rel(rel)
@@ -332,6 +347,8 @@ def _render_image(doc: InputDoc, index: int) -> PageImage:
         img.close()
     # An image's own dpi is only a hint (often absent or 72); boxes stay in its pixels.
     dpi = float(dpi_info[0]) if isinstance(dpi_info, tuple) and dpi_info and dpi_info[0] else None
+    if dpi is not None and dpi < 10:
+        dpi = None  # TIFFs without a resolution tag report 1 dpi: that is "unknown"
     return PageImage(source=doc.display, index=index, image=rgb, dpi=dpi)
 
 

@@ -172,6 +172,10 @@ class Converter:
         """Convert ``docs``; returns one DocumentResult per document, in input order."""
         self.stats.start()
         workers = self.opts.workers if self.opts.workers is not None else default_workers()
+        if workers and not _main_is_importable():
+            # Worker processes re-import __main__; from `python -` or `-c` there is no file
+            # to import, so render in this process instead of failing.
+            workers = 0
         devices = self._start_devices()
         pool = _make_pool(workers) if workers > 0 else None
         try:
@@ -582,6 +586,12 @@ def _read_journal(path: str, fingerprint: dict[str, Any]) -> list[PageResult]:
             except (ValueError, KeyError, TypeError):
                 break
     return out
+
+
+def _main_is_importable() -> bool:
+    main = sys.modules.get("__main__")
+    path = getattr(main, "__file__", None)
+    return path is None or os.path.isfile(path)
 
 
 def _make_pool(workers: int) -> ProcessPoolExecutor:

@@ -80,7 +80,7 @@ class RunStats:
             "truncated": list(self.truncated),
             "wall_seconds": round(self.wall_seconds, 3),
             "pages_per_second": round(self.pages_per_second, 3),
-            "text_tokens_per_second": round(self.tokens_per_second, 1),
+            "text_tokens_per_second": round(self.tokens_per_second, 1) if tp else None,
             "vision_tokens_per_page": round(self.vision_tokens / tp, 1) if tp else None,
             "text_tokens_per_page": round(self.text_tokens / tp, 1) if tp else None,
             "compression": round(self.text_tokens / self.vision_tokens, 3)

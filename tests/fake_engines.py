@@ -67,3 +67,12 @@ class OomEngine(EchoEngine):
             self.batches.append(-len(batch))
             raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
         return super().run(batch)
+
+
+class FlakyEngine(EchoEngine):
+    """Fails on every document's second page (a page the model chokes on)."""
+
+    def run(self, batch: list[PageImage]) -> list[PageResult]:
+        if any(p.index == 1 for p in batch):
+            raise RuntimeError("model choked on this page")
+        return super().run(batch)

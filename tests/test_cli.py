@@ -93,7 +93,8 @@ def test_stdin_paths_and_bytes_and_pipe_out(tmp_path: Path) -> None:
     assert text.index("a.pdf p1") < text.index("b.pdf p1") and text.count("\f") == 2
     r = ocrpress("convert", "-", "-f", "markdown", "--engine", ECHO, stdin=a.read_bytes())
     assert r.returncode == 0, r.stderr
-    assert r.stdout.decode().startswith("<stdin> p1 ")  # named <stdin>, not by a temp file
+    # Named <stdin>, not by a temp file; a Markdown stream says where each page comes from.
+    assert r.stdout.decode().startswith("<!-- <stdin> page 1 -->\n\n<stdin> p1 ")
     # Pipe the output of one ocrpress into another program, as shell scripts do.
     r2 = subprocess.run(["wc", "-l"], input=r.stdout, capture_output=True)
     assert int(r2.stdout) >= 1
@@ -231,3 +232,21 @@ def test_progress_bar_only_on_a_terminal(tmp_path: Path) -> None:
     assert b"/3 [" in out and b"page/s]" in out  # tqdm's bar, on the terminal
     piped = ocrpress(*args[3:])
     assert piped.returncode == 0 and b"page/s]" not in piped.stderr  # no bar into a pipe
+
+
+def test_a_failed_page_means_exit_1_and_is_retried_next_run(tmp_path: Path) -> None:
+    pdf = labelled_pdf(tmp_path / "a.pdf", 3)
+    out = tmp_path / "out"
+    args = ["convert", str(pdf), "-o", str(out), "-f", "markdown", "--engine"]
+    r = ocrpress(*args, "fake_engines:FlakyEngine")
+    assert r.returncode == 1
+    errors = [ln for ln in r.stderr.decode().splitlines() if "error:" in ln]
+    assert len(errors) == 1 and "a.pdf: page 2: RuntimeError: model choked" in errors[0]
+    md = (out / "a.md").read_text()
+    assert "<!-- page 2: error: RuntimeError: model choked on this page -->" in md
+    assert "a.pdf p3 " in md  # the pages around it were converted
+    # Not marked done: the next run redoes only the failed page, and now it works.
+    r = ocrpress(*args, ECHO)
+    assert r.returncode == 0, r.stderr
+    assert b"1 page" in r.stderr and b"2 pages resumed" in r.stderr
+    assert "a.pdf p2 " in (out / "a.md").read_text()

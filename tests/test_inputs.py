@@ -174,3 +174,21 @@ def test_decompression_bomb(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> 
     docs, _ = discover([str(tmp_path / "big.png")])
     with pytest.raises(InputError, match="too large"):
         inputs.count_pages(docs[0])
+
+
+def test_same_name_in_different_folders_never_share_an_output(tmp_path: Path) -> None:
+    for sub in ("x", "y"):
+        (tmp_path / "in" / sub).mkdir(parents=True)
+        _png(tmp_path / "in" / sub / "a.png")
+        (tmp_path / f"f{sub}").mkdir()
+        labelled_pdf(tmp_path / f"f{sub}" / "r.pdf", 1)
+    named, _ = discover(
+        [str(tmp_path / "in" / "x" / "a.png"), str(tmp_path / "in" / "y" / "a.png")]
+    )
+    assert [d.rel for d in named] == ["x/a", "y/a"]
+    stdin, _ = discover(["-"], stdin=io.BytesIO(b"\n".join(str(d.path).encode() for d in named)))
+    assert [d.rel for d in stdin] == ["x/a", "y/a"]
+    folders, _ = discover([str(tmp_path / "fx"), str(tmp_path / "fy")])
+    assert [d.rel for d in folders] == ["fx/r", "fy/r"]
+    mixed, _ = discover([str(tmp_path / "fx"), str(tmp_path / "in")])
+    assert len({d.rel for d in mixed}) == len(mixed) == 3

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import logging
+import sys
 from collections.abc import Callable, Hashable
 from pathlib import Path
 from typing import Any
@@ -302,6 +303,11 @@ class DeepSeekEngine:
             folder = _resolve_dir(self.model)
             assert folder is not None  # load_config succeeded
             load = self._load_v2 if self.family == "v2" else self._load_v1
+            if not sys.stderr.isatty():
+                # transformers' "Loading weights" bar is for terminals, not for logs.
+                from transformers.utils import logging as hf_logging
+
+                hf_logging.disable_progress_bar()
             self.hf_model, self.processor = load(str(folder))
         self.tokenizer = self.processor.tokenizer
         self.hf_model.eval()

@@ -81,6 +81,8 @@ class RapidEngine:
         # One page at a time is what RapidOCR does internally anyway; small batches only let
         # the pipeline amortise hand-offs between its worker threads.
         self.max_batch_size = opts.batch_size or 4
+        if opts.mode:
+            log.warning("the rapid engine has no resolution modes: --mode %s is ignored", opts.mode)
         self._ocr: Any = None
         self._lock = threading.Lock()
         threads = opts.extra.get("threads")

@@ -32,7 +32,10 @@ _DOC: dict[str, DocumentRenderer] = {
     "text": lambda d, raw: document_text(d),
 }
 _PAGE: dict[str, PageRenderer] = {
-    "markdown": lambda p, raw: page_markdown(p) + "\n" + PAGE_SEPARATOR,
+    # A stream mixes documents: each page says where it comes from.
+    "markdown": lambda p, raw: (
+        f"<!-- {p.source} page {p.index + 1} -->\n\n{page_markdown(p)}\n{PAGE_SEPARATOR}"
+    ),
     "json": page_jsonl,
     "text": lambda p, raw: page_text(p) + "\n" + PAGE_SEPARATOR,
 }
