@@ -131,6 +131,38 @@ def test_devices_cli_needs_cuda(tmp_path: Path) -> None:
     assert proc.returncode == 2 and "--devices" in proc.stderr
 
 
+_CLI = [sys.executable, "-m", "ocrpress", "convert"]
+
+
+@pytest.mark.ray
+def test_ray_without_a_cluster_is_one_line_exit_3(tmp_path: Path) -> None:
+    pytest.importorskip("ray")
+    pdf = labelled_pdf(tmp_path / "a.pdf", 1)
+    env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "ocrpress",
+            "convert",
+            str(pdf),
+            "-o",
+            str(tmp_path / "o"),
+            "--engine",
+            "rapid",
+            "--ray",
+            "auto",
+        ],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=120,
+    )
+    assert proc.returncode == 3, proc.stderr
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and "--ray auto" in lines[0] and "Traceback" not in proc.stderr
+
+
 def test_deepseek_planner_matches_engine(tiny_v2_model: Path) -> None:
     """The model-free planner batches exactly as the loaded engine would."""
     from PIL import Image
