@@ -199,3 +199,17 @@ def test_make_pdf_fonts_and_sizes(engine: RapidEngine, tmp_path: Path, font: str
         pages.append(page(render_pdf_page(pdf), index=i))
     for truth, result in zip(truths, engine.run(pages), strict=True):
         assert cer(truth, result.text) < PAGE_CER, (font, result.index)
+
+
+def test_a_lone_short_line_is_not_lost(engine: RapidEngine, tmp_path: Path) -> None:
+    import pymupdf
+
+    doc = pymupdf.open()
+    doc.new_page().insert_text((72, 100), "hello world", fontsize=12)
+    doc.save(tmp_path / "sparse.pdf")
+    image = render_pdf_page(tmp_path / "sparse.pdf", dpi=144)
+    (res,) = engine.run([PageImage(source="sparse.pdf", index=0, image=image, dpi=144)])
+    assert res.status == "ok" and [b.text for b in res.blocks] == ["hello world"]
+    x0, y0, x1, y1 = res.blocks[0].bbox
+    # Baseline at 100 pt = 200 px; the line starts at 72 pt = 144 px: boxes are page pixels.
+    assert 120 < x0 < 160 and 160 < y0 < 200 < y1 < 215 and x1 > 240

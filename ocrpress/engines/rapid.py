@@ -60,6 +60,37 @@ def _pad_to_aspect(image: Image.Image, max_aspect: float) -> Image.Image:
     return canvas
 
 
+def _read_lines(ocr: Any, image: Image.Image, offset: tuple[int, int] = (0, 0)) -> list[Line]:
+    """RapidOCR's text lines of ``image``, boxes shifted by ``offset`` into page pixels."""
+    padded = _pad_to_aspect(image, MAX_ASPECT)
+    # RapidOCR treats a 3-channel ndarray as BGR (OpenCV order); flip so the colour
+    # channels mean what they say (matters for coloured text and the direction classifier).
+    out = ocr(np.ascontiguousarray(np.asarray(padded)[:, :, ::-1]))
+    lines: list[Line] = []
+    if out.boxes is None or out.txts is None:
+        return lines
+    dx, dy = offset
+    scores = out.scores if out.scores is not None else [1.0] * len(out.txts)
+    for quad, text, score in zip(out.boxes, out.txts, scores, strict=False):
+        if text and text.strip():
+            shifted = [[x + dx, y + dy] for x, y in quad.tolist()]
+            lines.append(Line.from_quad(shifted, text.strip(), float(score)))
+    return lines
+
+
+def _ink_box(image: Image.Image, margin: int = 24) -> tuple[int, int, int, int] | None:
+    """Bounding box (with a margin) of the non-paper pixels, if it is well inside the page."""
+    grey = image.convert("L")
+    ink = grey.point(lambda v: 255 if v < 160 else 0).getbbox()
+    if ink is None:
+        return None
+    x0, y0, x1, y1 = ink
+    box = (max(0, x0 - margin), max(0, y0 - margin))
+    box += (min(image.width, x1 + margin), min(image.height, y1 + margin))
+    area = (box[2] - box[0]) * (box[3] - box[1])
+    return box if area < 0.5 * image.width * image.height else None  # type: ignore[return-value]
+
+
 def _rapid_version() -> str:
     try:
         from importlib.metadata import version
@@ -134,17 +165,15 @@ class RapidEngine:
         return results
 
     def _run_page(self, ocr: Any, page: PageImage) -> PageResult:
-        image = _pad_to_aspect(page.image.convert("RGB"), MAX_ASPECT)
-        # RapidOCR treats a 3-channel ndarray as BGR (OpenCV order); flip so the colour
-        # channels mean what they say (matters for coloured text and the direction classifier).
-        arr = np.ascontiguousarray(np.asarray(image)[:, :, ::-1])
-        out = ocr(arr)
-        lines: list[Line] = []
-        if out.boxes is not None and out.txts is not None:
-            scores = out.scores if out.scores is not None else [1.0] * len(out.txts)
-            for quad, text, score in zip(out.boxes, out.txts, scores, strict=False):
-                if text and text.strip():
-                    lines.append(Line.from_quad(quad.tolist(), text.strip(), float(score)))
+        image = page.image.convert("RGB")
+        lines = _read_lines(ocr, image)
+        if not lines:
+            # The detector sees the page scaled down to ~736 px: a lone short line on an
+            # otherwise blank page can vanish. Look again at just the inked part of the page.
+            ink = _ink_box(image)
+            if ink is not None:
+                x0, y0, _, _ = ink
+                lines = _read_lines(ocr, image.crop(ink), offset=(x0, y0))
         blocks = group_lines(lines, page.width, page.height)
         return PageResult.for_page(
             page,
