@@ -27,17 +27,18 @@ from dataclasses import replace
 from typing import Any, Protocol
 
 from .document import PageImage, PageResult
-from .engines import EngineError, EngineOptions, PagePlan, create_engine, resolve_engine_name
+from .engines import (
+    EngineError,
+    EngineOptions,
+    PagePlan,
+    create_engine,
+    engine_spec,
+    resolve_engine_name,
+)
 
 log = logging.getLogger("ocrpress")
 
 FAKE_GPUS_ENV = "OCRPRESS_FAKE_GPUS"
-
-_MODULES = {
-    "rapid": "ocrpress.engines.rapid",
-    "deepseek": "ocrpress.engines.deepseek",
-    "vllm": "ocrpress.engines.vllm",
-}
 
 
 class DeviceError(EngineError):
@@ -116,7 +117,8 @@ def make_planner(opts: EngineOptions) -> tuple[Planner, EngineOptions]:
     """
     name, _reason = resolve_engine_name(opts)
     resolved = replace(opts, engine=name)
-    module_name = _MODULES.get(name) or (name.partition(":")[0] if ":" in name else None)
+    spec = engine_spec(name)
+    module_name = spec.partition(":")[0] if spec else None
     factory: Callable[[EngineOptions], Planner] | None = None
     if module_name is not None:
         try:

@@ -96,30 +96,33 @@ def resolve_engine_name(opts: EngineOptions) -> tuple[str, str]:
     return "deepseek", f"CUDA GPU and model {model!r} available"
 
 
+#: Built-in engines as ``module:Class`` specs: loaded the same way as plugins.
+BUILTIN_ENGINES = {
+    "rapid": "ocrpress.engines.rapid:RapidEngine",
+    "deepseek": "ocrpress.engines.deepseek:DeepSeekEngine",
+    "vllm": "ocrpress.engines.vllm:VllmEngine",
+}
+
+
+def engine_spec(name: str) -> str | None:
+    """``module:Class`` of a built-in engine name or a plugin spec; None if it is neither."""
+    spec = BUILTIN_ENGINES.get(name, name)
+    return spec if ":" in spec else None
+
+
 def create_engine(opts: EngineOptions) -> Engine:
     """Instantiate the engine named by ``opts.engine`` (``auto`` resolved)."""
     name, reason = resolve_engine_name(opts)
     if opts.engine == "auto":
         log.info("engine auto -> %s (%s)", name, reason)
-    if name == "rapid":
-        from .rapid import RapidEngine
-
-        return RapidEngine(opts)
-    if name == "deepseek":
-        from .deepseek import DeepSeekEngine
-
-        return DeepSeekEngine(opts)
-    if name == "vllm":
-        from .vllm import VllmEngine
-
-        return VllmEngine(opts)
-    if ":" in name:
-        return _load_plugin(name, opts)
-    raise EngineError(f"unknown engine {name!r} (choose from {', '.join(ENGINES)})")
+    spec = engine_spec(name)
+    if spec is None:
+        raise EngineError(f"unknown engine {name!r} (choose from {', '.join(ENGINES)})")
+    return _load_plugin(spec, opts)
 
 
 def _load_plugin(spec: str, opts: EngineOptions) -> Engine:
-    """``package.module:ClassName`` -> ``ClassName(opts)``: third-party engines, no registry."""
+    """``package.module:ClassName`` -> ``ClassName(opts)`` (built-in engines and plugins)."""
     import importlib
 
     module_name, _, attr = spec.partition(":")
