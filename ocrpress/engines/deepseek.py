@@ -120,21 +120,13 @@ def load_config(model: str) -> dict[str, Any]:
         raise EngineError(f"cannot read {folder / 'config.json'}: {e}") from e
 
 
-def _is_v1(config: dict[str, Any]) -> bool:
-    try:
-        from .deepseek_v1 import is_v1_config
-    except ImportError:
-        # v1 support missing from this install: still recognise v1's remote-code architecture
-        # so that the user gets a clear message rather than a wrong model class.
-        return "DeepseekOCRForCausalLM" in (config.get("architectures") or [])
-    return bool(is_v1_config(config))
-
-
 def family_of_config(config: dict[str, Any]) -> str:
     """Family "v1" (DeepSeek-OCR) or "v2" (DeepSeek-OCR-2) for a config.json dict."""
     if config.get("model_type") == "deepseek_ocr2":
         return "v2"
-    if _is_v1(config):
+    from .deepseek_v1 import is_v1_config  # lazily: it imports torch
+
+    if is_v1_config(config):
         return "v1"
     if config.get("model_type") == "deepseek_vl_v2":
         raise EngineError(
@@ -373,14 +365,7 @@ class DeepSeekEngine:
         return model, processor
 
     def _load_v1(self, folder: str):
-        try:
-            from .deepseek_v1 import load_v1
-        except ImportError as e:
-            raise EngineError(
-                f"{self.model!r} is a DeepSeek-OCR v1 checkpoint, but v1 support "
-                f"(ocrpress.engines.deepseek_v1) is not available: {e}"
-            ) from e
-        from .deepseek_v1 import V1LoadError
+        from .deepseek_v1 import V1LoadError, load_v1
 
         try:
             return load_v1(folder, device=self.device, dtype=self.dtype)
