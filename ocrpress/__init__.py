@@ -5,9 +5,10 @@
 >>> print(docs[0].pages[0].text)  # doctest: +SKIP
 """
 
+from .api import convert
 from .document import Block, DocumentResult, PageImage, PageResult
 from .engines import EngineOptions
-from .pipeline import Converter, ConvertOptions, convert
+from .pipeline import Converter, ConvertOptions
 
 __version__ = "0.1.0"
 

@@ -30,16 +30,8 @@ from .document import DocumentResult, PageImage, PageResult
 from .engines import EngineOptions, create_engine
 from .figures import crop_figures
 from .inputs import InputDoc, InputError
-from .pipeline import (
-    RUN_STATS_FILE,
-    STATE_DIR,
-    ConvertOptions,
-    EngineLoadError,
-    document_error,
-    fingerprint,
-    is_current,
-    write_document,
-)
+from .journal import STATE_DIR, document_error, fingerprint, is_current, write_document
+from .pipeline import RUN_STATS_FILE, ConvertOptions, EngineLoadError
 from .stats import RunStats
 from .writers import atomic_write
 

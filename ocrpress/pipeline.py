@@ -12,7 +12,6 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
-import multiprocessing
 import os
 import sys
 from collections import deque
@@ -21,18 +20,19 @@ from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wai
 from dataclasses import dataclass, field
 from typing import IO, Any, Protocol
 
-from . import inputs
+from . import inputs, journal
 from .devices import DevicePool, Planner, make_planner, resolve_devices, run_batch
-from .document import SCHEMA_VERSION, DocumentResult, PageImage, PageResult
+from .document import DocumentResult, PageImage, PageResult
 from .engines import Engine, EngineOptions, create_engine
 from .figures import crop_figures
 from .inputs import InputDoc, InputError
+from .journal import document_error, fingerprint, output_paths, write_document
+from .render import InlineFuture, default_workers, main_is_importable, make_pool, render_task
 from .stats import RunStats
-from .writers import FORMATS, atomic_write, render_document, render_page_stream
+from .writers import atomic_write, render_page_stream
 
 log = logging.getLogger("ocrpress")
 
-STATE_DIR = ".ocrpress"
 RUN_STATS_FILE = "_ocrpress_run.json"
 
 
@@ -59,42 +59,6 @@ class EngineLoadError(RuntimeError):
     """Raised when the engine cannot start; the whole run stops (exit code 3)."""
 
 
-def default_workers() -> int:
-    """Render processes: leave a core to the engine, never more than 4."""
-    return max(1, min(4, (os.cpu_count() or 2) - 1))
-
-
-# ------------------------------------------------------------------ render workers
-
-_RENDERER: inputs.PageRenderer | None = None
-
-
-def _render_task(doc: InputDoc, index: int, dpi: int) -> PageImage | str:
-    """Runs in a worker: a rendered page, or the reason it could not be rendered."""
-    global _RENDERER
-    if _RENDERER is None:
-        _RENDERER = inputs.PageRenderer()
-    try:
-        return _RENDERER.render(doc, index, dpi)
-    except InputError as e:
-        return str(e)
-    except Exception as e:  # never let one page kill the worker pool
-        return f"cannot render ({type(e).__name__}: {e})"
-
-
-class _InlineFuture:
-    """Stand-in for a Future when rendering runs in-process (workers=0)."""
-
-    def __init__(self, value: Any) -> None:
-        self._value = value
-
-    def result(self) -> Any:
-        return self._value
-
-    def done(self) -> bool:
-        return True
-
-
 # ------------------------------------------------------------------ per-document state
 
 
@@ -114,16 +78,6 @@ class _DocState:
     @property
     def complete(self) -> bool:
         return self.error is not None or self.skipped or len(self.results) == len(self.wanted)
-
-
-def _state_paths(out_dir: str, rel: str) -> tuple[str, str]:
-    base = os.path.join(out_dir, STATE_DIR, rel)
-    return base + ".journal.jsonl", base + ".done.json"
-
-
-def output_paths(out_dir: str, rel: str, formats: list[str]) -> list[str]:
-    """Final output files of a document."""
-    return [os.path.join(out_dir, rel + FORMATS[f]) for f in formats]
 
 
 class Converter:
@@ -172,12 +126,12 @@ class Converter:
         """Convert ``docs``; returns one DocumentResult per document, in input order."""
         self.stats.start()
         workers = self.opts.workers if self.opts.workers is not None else default_workers()
-        if workers and not _main_is_importable():
+        if workers and not main_is_importable():
             # Worker processes re-import __main__; from `python -` or `-c` there is no file
             # to import, so render in this process instead of failing.
             workers = 0
         devices = self._start_devices()
-        pool = _make_pool(workers) if workers > 0 else None
+        pool = make_pool(workers) if workers > 0 else None
         try:
             if devices is None:
                 planner: Planner = self.engine  # load the model while the pool spins up
@@ -243,7 +197,7 @@ class Converter:
         self._emit_next = 0
         self._states = states
         tasks = self._page_tasks(states)
-        rendering: deque[tuple[_DocState, int, Future[Any] | _InlineFuture]] = deque()
+        rendering: deque[tuple[_DocState, int, Future[Any] | InlineFuture]] = deque()
         buckets: dict[Any, list[tuple[_DocState, PageImage]]] = {}
         # Batches in the engine(s): future -> its pages (kept here for figure crops).
         running: dict[Any, list[tuple[_DocState, PageImage]]] = {}
@@ -263,9 +217,9 @@ class Converter:
                         break
                     st, idx = task
                     if pool is None:
-                        fut: Any = _InlineFuture(_render_task(st.doc, idx, self.opts.dpi))
+                        fut: Any = InlineFuture(render_task(st.doc, idx, self.opts.dpi))
                     else:
-                        fut = pool.submit(_render_task, st.doc, idx, self.opts.dpi)
+                        fut = pool.submit(render_task, st.doc, idx, self.opts.dpi)
                     rendering.append((st, idx, fut))
                 # Rendered pages (in order) go into buckets of equal batch key.
                 while rendering and rendering[0][2].done():
@@ -353,16 +307,16 @@ class Converter:
             return
         assert self.opts.output is not None
         st.fingerprint = self._fingerprint(doc)
-        journal_path, done_path = _state_paths(self.opts.output, doc.rel)
+        journal_path, done_path = journal.state_paths(self.opts.output, doc.rel)
         outputs = output_paths(self.opts.output, doc.rel, self.opts.formats)
-        if not self.opts.overwrite and _done_matches(done_path, st.fingerprint, outputs):
+        if not self.opts.overwrite and journal.done_matches(done_path, st.fingerprint, outputs):
             st.skipped = True
             self.stats.skipped_documents += 1
             self.stats.skipped_pages += len(st.wanted)
             return
         self._progress_total(len(st.wanted))
         if not self.opts.overwrite:
-            for res in _read_journal(journal_path, st.fingerprint):
+            for res in journal.read_journal(journal_path, st.fingerprint):
                 if res.index in st.wanted and res.status != "error":
                     st.results[res.index] = res
             st.resumed_pages = len(st.results)
@@ -483,66 +437,12 @@ class _InlineRunner:
     def __init__(self, conv: Converter) -> None:
         self.conv = conv
 
-    def submit(self, pages: list[PageImage], retry: bool) -> _InlineFuture:
+    def submit(self, pages: list[PageImage], retry: bool) -> InlineFuture:
         # The limit goes straight to the converter; the future carries no limit of its own.
-        return _InlineFuture(run_batch(self.conv.engine, pages, retry, self.conv._lower_limit))
+        return InlineFuture(run_batch(self.conv.engine, pages, retry, self.conv._lower_limit))
 
     def result(self, fut: Any) -> tuple[list[PageResult], int]:
         return fut.result(), 0
-
-
-# ------------------------------------------------------------------ shared with cluster.py
-
-
-def fingerprint(doc: InputDoc, planner: Planner, opts: ConvertOptions) -> dict[str, Any]:
-    """What decides a document's outputs; a done marker with an equal one means "current"."""
-    # An engine handed in ready-made carries its own options; they decide its outputs.
-    eng_opts: EngineOptions = getattr(planner, "opts", None) or opts.engine
-    return {
-        "schema": SCHEMA_VERSION,
-        "input_sha256": inputs.file_digest(doc.path),
-        "engine": planner.name,
-        "model": planner.model,
-        "mode": planner.mode,
-        "options": eng_opts.fingerprint() | {"engine": planner.name, "mode": planner.mode},
-        "formats": sorted(opts.formats),
-        "dpi": opts.dpi,
-        "pages": opts.pages,
-        "keep_raw": opts.keep_raw,
-    }
-
-
-def is_current(opts: ConvertOptions, doc: InputDoc, fp: dict[str, Any]) -> bool:
-    """True when ``doc``'s outputs under ``opts.output`` are complete and match ``fp``."""
-    assert opts.output is not None
-    _journal, done_path = _state_paths(opts.output, doc.rel)
-    return _done_matches(done_path, fp, output_paths(opts.output, doc.rel, opts.formats))
-
-
-def document_error(pages: list[PageResult]) -> str | None:
-    """A document whose every page failed is one document error (None otherwise)."""
-    if pages and all(p.status == "error" for p in pages):
-        reasons = {p.error for p in pages}
-        return pages[0].error if len(reasons) == 1 else "no page could be converted"
-    return None
-
-
-def write_document(
-    opts: ConvertOptions, doc: InputDoc, pages: list[PageResult], fp: dict[str, Any]
-) -> list[str]:
-    """Write a finished document's outputs atomically; mark it done if no page failed."""
-    assert opts.output is not None
-    result = DocumentResult(source=doc.display, pages=pages, rel=doc.rel)
-    outputs = output_paths(opts.output, doc.rel, opts.formats)
-    for fmt, path in zip(opts.formats, outputs, strict=True):
-        atomic_write(path, render_document(result, fmt, opts.keep_raw))
-    journal_path, done_path = _state_paths(opts.output, doc.rel)
-    if result.ok:
-        # Only a clean document is "done": failed pages are retried by the next run.
-        atomic_write(done_path, json.dumps({"fingerprint": fp, "outputs": outputs}))
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(journal_path)
-    return outputs
 
 
 def _take(buckets: dict[Any, list[Any]], key: Any, n: int) -> list[Any]:
@@ -553,52 +453,6 @@ def _take(buckets: dict[Any, list[Any]], key: Any, n: int) -> list[Any]:
     else:
         del buckets[key]
     return batch
-
-
-def _done_matches(done_path: str, fingerprint: dict[str, Any], outputs: list[str]) -> bool:
-    try:
-        with open(done_path, encoding="utf-8") as f:
-            done = json.load(f)
-    except (OSError, ValueError):
-        return False
-    return done.get("fingerprint") == fingerprint and all(os.path.exists(p) for p in outputs)
-
-
-def _read_journal(path: str, fingerprint: dict[str, Any]) -> list[PageResult]:
-    """Finished pages of an interrupted run with the same fingerprint (a torn line ends it)."""
-    try:
-        f = open(path, encoding="utf-8")  # noqa: SIM115
-    except OSError:
-        return []
-    out: list[PageResult] = []
-    with f:
-        header = f.readline()
-        try:
-            if json.loads(header).get("fingerprint") != fingerprint:
-                return []
-        except ValueError:
-            return []
-        for line in f:
-            if not line.endswith("\n"):
-                break  # the write a kill interrupted
-            try:
-                out.append(PageResult.from_dict(json.loads(line)))
-            except (ValueError, KeyError, TypeError):
-                break
-    return out
-
-
-def _main_is_importable() -> bool:
-    main = sys.modules.get("__main__")
-    path = getattr(main, "__file__", None)
-    return path is None or os.path.isfile(path)
-
-
-def _make_pool(workers: int) -> ProcessPoolExecutor:
-    # forkserver: workers never inherit the engine's threads or CUDA state.
-    ctx = multiprocessing.get_context("forkserver")
-    ctx.set_forkserver_preload(["ocrpress.inputs"])
-    return ProcessPoolExecutor(max_workers=workers, mp_context=ctx)
 
 
 def _progress_bar(enabled: bool) -> Any:
@@ -612,37 +466,3 @@ def _progress_bar(enabled: bool) -> Any:
         dynamic_ncols=True,
         leave=False,
     )
-
-
-def convert(
-    paths: list[str] | str,
-    output: str | None = None,
-    *,
-    formats: list[str] | str = "markdown",
-    engine: str | Engine = "auto",
-    **options: Any,
-) -> list[DocumentResult]:
-    """Convert documents; the Python face of ``ocrpress convert``.
-
-    ``paths``: files, folders or glob patterns. ``output``: a folder to write to, or None to only
-    return results. ``engine``: a name (``auto``, ``rapid``, ``deepseek``, ``vllm``) or an Engine.
-    Other keywords are :class:`ConvertOptions` fields (``dpi``, ``pages``, ``workers`` ...) or
-    :class:`EngineOptions` fields (``model``, ``mode``, ``task`` ...).
-    """
-    from .writers import parse_formats
-
-    if isinstance(paths, str):
-        paths = [paths]
-    eng_fields = set(EngineOptions.__dataclass_fields__)
-    eng_opts = EngineOptions(
-        engine=engine if isinstance(engine, str) else engine.name,
-        **{k: v for k, v in options.items() if k in eng_fields},
-    )
-    conv_kwargs = {k: v for k, v in options.items() if k not in eng_fields}
-    fmts = parse_formats(formats) if isinstance(formats, str) else list(formats)
-    opts = ConvertOptions(output=output, formats=fmts, engine=eng_opts, **conv_kwargs)
-    docs, problems = inputs.discover(paths)
-    for p in problems:
-        log.error("%s", p)
-    conv = Converter(opts, engine=None if isinstance(engine, str) else engine)
-    return conv.run(docs)
