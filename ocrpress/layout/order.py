@@ -1,0 +1,198 @@
+"""Reading order: a recursive XY-cut that cuts columns only where there are real columns.
+
+A region is cut at a vertical whitespace *gutter* into columns read left to right, but only
+when the two sides really are separate text flows: either their lines do not line up row by
+row (two independent blocks side by side, e.g. an address beside an invoice summary), or
+both sides are running text (lines that fill their column, several text heights long). A
+gutter between lines that pair up row by row with short cells on at least one side is the
+gap inside a *row* (a receipt's ``label   amount``, a form's ``field   value``, a table's
+cells): such a region is read row by row. Without a usable gutter a region is cut into
+horizontal bands at every y-range no line touches; consecutive bands are re-merged while
+their union still has a column gutter, so a two-column page stays column-major and a
+full-width title, figure caption or footer stays between the columns' bands where it sits.
+
+Each resulting :class:`Section` is either ``flow`` (running text, one line per row, in which
+paragraphs are found) or ``rows`` (cells on a row belong together: kept as one line each, or
+a table when the cells form a grid).
+"""
+
+from __future__ import annotations
+
+import itertools
+import statistics
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+from .lines import Line, group_rows, same_row
+
+# A gutter between columns is at least this many text heights wide. Real gutters are
+# 1.5-3 line heights; word gaps inside a detected line never reach the projection at all.
+MIN_GUTTER = 0.5
+# Running text: its lines are at least this many text heights long (about 12 characters)...
+PROSE_MIN_LENGTH = 6.0
+# ...and most of them fill at least this share of their column's width (paragraph ends and
+# headings are the exceptions, hence "most").
+PROSE_FILL = 0.6
+# Two sides whose lines pair up row by row at least this often are one table-like region.
+ROW_PAIRING = 0.5
+
+
+@dataclass
+class Section:
+    """Lines in reading order inside which a paragraph may continue; ``kind`` flow or rows."""
+
+    kind: str
+    rows: list[list[Line]] = field(default_factory=list)
+
+    @property
+    def lines(self) -> list[Line]:
+        return [ln for row in self.rows for ln in row]
+
+
+def reading_order(lines: Sequence[Line], h_med: float) -> list[Section]:
+    """Sections of ``lines`` in reading order (see the module docstring)."""
+    return _order(list(lines), h_med)[0]
+
+
+def _order(lines: list[Line], h_med: float) -> tuple[list[Section], bool]:
+    """(sections, whether the region was cut into columns)."""
+    rows = group_rows(lines)
+    if len(rows) <= 1:
+        return _plain_sections(lines, h_med), False
+    columns = _column_split(lines, h_med)
+    if columns is not None:
+        return [sec for col in columns for sec in _order(col, h_med)[0]], True
+    bands = _bands(lines)
+    if len(bands) == 1:
+        return _plain_sections(lines, h_med), False
+    groups: list[list[Line]] = []
+    current = bands[0]
+    for band in bands[1:]:
+        if _column_split(current + band, h_med) is not None:
+            current = current + band
+        else:
+            groups.append(current)
+            current = band
+    groups.append(current)
+    # Consecutive groups without columns are one stretch of the page read top to bottom
+    # (running text continues across a paragraph gap; a receipt's rows are one list).
+    out: list[Section] = []
+    plain: list[Line] = []
+    for group in groups:
+        if _column_split(group, h_med) is None:
+            plain.extend(group)
+            continue
+        if plain:
+            out.extend(_plain_sections(plain, h_med))
+            plain = []
+        out.extend(_order(group, h_med)[0])
+    if plain:
+        out.extend(_plain_sections(plain, h_med))
+    return out, False
+
+
+def _plain_sections(lines: list[Line], h_med: float) -> list[Section]:
+    """A column-free stretch split into runs of running text and runs of cell rows.
+
+    Rows with a wide gap between cells (``label   value``) that follow each other form a
+    ``rows`` section; a short row without a gap between two such rows (a receipt's item
+    name on a line of its own) stays with them. Everything else is ``flow``.
+    """
+    rows = group_rows(lines)
+    gap = [_has_cell_gap(r, h_med) for r in rows]
+    # Absorb up to two short gap-less rows that sit between gap rows.
+    for i in range(len(rows)):
+        if gap[i] or not any(gap[max(0, i - 2) : i]) or not any(gap[i + 1 : i + 3]):
+            continue
+        if rows[i][-1].box[2] - rows[i][0].box[0] < PROSE_MIN_LENGTH * 2 * h_med:
+            gap[i] = True
+    out: list[Section] = []
+    for row, is_gap in zip(rows, gap, strict=True):
+        kind = "rows" if is_gap else "flow"
+        if out and out[-1].kind == kind:
+            out[-1].rows.append(row)
+        else:
+            out.append(Section(kind, [row]))
+    # A lone gap row inside running text is a detector split, not a table.
+    for sec in out:
+        if sec.kind == "rows" and len(sec.rows) < 2:
+            sec.kind = "flow"
+    merged: list[Section] = []
+    for sec in out:
+        if merged and merged[-1].kind == sec.kind == "flow":
+            merged[-1].rows.extend(sec.rows)
+        else:
+            merged.append(sec)
+    return merged
+
+
+def _has_cell_gap(row: list[Line], h_med: float) -> bool:
+    return any(b.box[0] - a.box[2] >= MIN_GUTTER * h_med for a, b in itertools.pairwise(row))
+
+
+def gutters(lines: Sequence[Line], min_width: float) -> list[tuple[float, float]]:
+    """Interior x-ranges at least ``min_width`` wide that no line's box touches."""
+    spans = sorted((ln.box[0], ln.box[2]) for ln in lines)
+    out: list[tuple[float, float]] = []
+    reach = spans[0][1]
+    for x0, x1 in spans[1:]:
+        if x0 - reach >= min_width:
+            out.append((reach, x0))
+        reach = max(reach, x1)
+    return out
+
+
+def _column_split(lines: list[Line], h_med: float) -> list[list[Line]] | None:
+    """The region cut at its column gutters, left to right; None when it has no real column."""
+    cuts = [(a + b) / 2 for a, b in gutters(lines, MIN_GUTTER * h_med)]
+    if not cuts:
+        return None
+    parts: list[list[Line]] = [[] for _ in range(len(cuts) + 1)]
+    for ln in lines:
+        parts[sum(ln.cx > c for c in cuts)].append(ln)
+    # Keep a cut only where the sides next to it are separate flows; merge across the rest.
+    merged: list[list[Line]] = [parts[0]]
+    for part in parts[1:]:
+        if _separate_flows(merged[-1], part):
+            merged.append(part)
+        else:
+            merged[-1] = merged[-1] + part
+    return merged if len(merged) > 1 else None
+
+
+def _separate_flows(left: list[Line], right: list[Line]) -> bool:
+    """True when ``left`` and ``right`` (either side of a gutter) are read one after the other."""
+    rows_l, rows_r = group_rows(left), group_rows(right)
+    if len(rows_l) < 2 or len(rows_r) < 2:
+        return False  # a column has several lines; one line beside a block is a row cell
+    small, big = (left, right) if len(rows_l) <= len(rows_r) else (right, left)
+    paired = sum(1 for a in small if any(same_row(a, b) for b in big))
+    if paired < ROW_PAIRING * len(small):
+        return True  # lines do not line up: two blocks side by side
+    return _is_prose(rows_l) and _is_prose(rows_r)
+
+
+def _is_prose(rows: list[list[Line]]) -> bool:
+    """Running text: rows several text heights long that mostly fill the column's width."""
+    lines = [ln for row in rows for ln in row]
+    x0 = min(ln.box[0] for ln in lines)
+    x1 = max(ln.box[2] for ln in lines)
+    width = max(1.0, x1 - x0)
+    h = statistics.median(ln.h for ln in lines)
+    spans = [(row[-1].box[2] - row[0].box[0]) for row in rows]
+    long_rows = sum(1 for s in spans if s >= PROSE_MIN_LENGTH * h and s >= PROSE_FILL * width)
+    return long_rows * 2 > len(rows)
+
+
+def _bands(lines: Sequence[Line]) -> list[list[Line]]:
+    """Split into horizontal bands at every y-range that no line's box touches."""
+    ordered = sorted(lines, key=lambda ln: (ln.box[1], ln.box[0]))
+    bands: list[list[Line]] = [[ordered[0]]]
+    reach = ordered[0].box[3]
+    for ln in ordered[1:]:
+        if ln.box[1] > reach:
+            bands.append([ln])
+        else:
+            bands[-1].append(ln)
+        reach = max(reach, ln.box[3])
+    return bands
