@@ -27,7 +27,7 @@ from .lines import Line, group_rows, same_row
 
 # A gutter between columns is at least this many text heights wide. Real gutters are
 # 1.5-3 line heights; word gaps inside a detected line never reach the projection at all.
-MIN_GUTTER = 0.5
+MIN_GUTTER = 0.3
 # Running text: its lines are at least this many text heights long (about 12 characters)...
 PROSE_MIN_LENGTH = 6.0
 # ...and most of them fill at least this share of their column's width (paragraph ends and
