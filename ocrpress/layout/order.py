@@ -35,6 +35,9 @@ PROSE_MIN_LENGTH = 6.0
 PROSE_FILL = 0.6
 # Two sides whose lines pair up row by row at least this often are one table-like region.
 ROW_PAIRING = 0.5
+# A horizontal gap this many text heights tall across a whole region separates its bands
+# more strongly than a gutter between blocks that are not running text.
+WIDE_GAP = 1.5
 
 
 @dataclass
@@ -51,20 +54,27 @@ class Section:
 
 def reading_order(lines: Sequence[Line], h_med: float) -> list[Section]:
     """Sections of ``lines`` in reading order (see the module docstring)."""
-    return _order(list(lines), h_med)[0]
+    return _order(list(lines), h_med)
 
 
-def _order(lines: list[Line], h_med: float) -> tuple[list[Section], bool]:
-    """(sections, whether the region was cut into columns)."""
+def _order(lines: list[Line], h_med: float) -> list[Section]:
     rows = group_rows(lines)
     if len(rows) <= 1:
-        return _plain_sections(lines, h_med), False
-    columns = _column_split(lines, h_med)
-    if columns is not None:
-        return [sec for col in columns for sec in _order(col, h_med)[0]], True
+        return _plain_sections(lines, h_med)
+    split = _column_split(lines, h_med)
+    if split is not None:
+        parts, prose = split
+        if not prose:
+            # Blocks side by side that are not running text (an address beside an invoice
+            # summary, items beside amounts) are often just the halves of full-width bands:
+            # a wide horizontal gap across the whole region is the stronger cut then.
+            wide = _bands(lines, WIDE_GAP * h_med)
+            if len(wide) > 1:
+                return [sec for band in wide for sec in _order(band, h_med)]
+        return [sec for part in parts for sec in _order(part, h_med)]
     bands = _bands(lines)
     if len(bands) == 1:
-        return _plain_sections(lines, h_med), False
+        return _plain_sections(lines, h_med)
     groups: list[list[Line]] = []
     current = bands[0]
     for band in bands[1:]:
@@ -85,10 +95,10 @@ def _order(lines: list[Line], h_med: float) -> tuple[list[Section], bool]:
         if plain:
             out.extend(_plain_sections(plain, h_med))
             plain = []
-        out.extend(_order(group, h_med)[0])
+        out.extend(_order(group, h_med))
     if plain:
         out.extend(_plain_sections(plain, h_med))
-    return out, False
+    return out
 
 
 def _plain_sections(lines: list[Line], h_med: float) -> list[Section]:
@@ -142,8 +152,11 @@ def gutters(lines: Sequence[Line], min_width: float) -> list[tuple[float, float]
     return out
 
 
-def _column_split(lines: list[Line], h_med: float) -> list[list[Line]] | None:
-    """The region cut at its column gutters, left to right; None when it has no real column."""
+def _column_split(lines: list[Line], h_med: float) -> tuple[list[list[Line]], bool] | None:
+    """(columns left to right, whether every cut is between running text), or None.
+
+    None when the region has no real column: every gutter lies inside rows of cells.
+    """
     cuts = [(a + b) / 2 for a, b in gutters(lines, MIN_GUTTER * h_med)]
     if not cuts:
         return None
@@ -152,24 +165,31 @@ def _column_split(lines: list[Line], h_med: float) -> list[list[Line]] | None:
         parts[sum(ln.cx > c for c in cuts)].append(ln)
     # Keep a cut only where the sides next to it are separate flows; merge across the rest.
     merged: list[list[Line]] = [parts[0]]
+    prose = True
     for part in parts[1:]:
-        if _separate_flows(merged[-1], part):
-            merged.append(part)
-        else:
+        verdict = _separate_flows(merged[-1], part)
+        if verdict is None:
             merged[-1] = merged[-1] + part
-    return merged if len(merged) > 1 else None
+        else:
+            merged.append(part)
+            prose = prose and verdict == "prose"
+    return (merged, prose) if len(merged) > 1 else None
 
 
-def _separate_flows(left: list[Line], right: list[Line]) -> bool:
-    """True when ``left`` and ``right`` (either side of a gutter) are read one after the other."""
+def _separate_flows(left: list[Line], right: list[Line]) -> str | None:
+    """How ``left`` and ``right`` (either side of a gutter) are separate, if they are.
+
+    ``"prose"``: both are running text (columns); ``"blocks"``: their lines do not line up
+    row by row (two blocks side by side); None: one region of rows read across the gutter.
+    """
     rows_l, rows_r = group_rows(left), group_rows(right)
     if len(rows_l) < 2 or len(rows_r) < 2:
-        return False  # a column has several lines; one line beside a block is a row cell
+        return None  # a column has several lines; one line beside a block is a row cell
+    if _is_prose(rows_l) and _is_prose(rows_r):
+        return "prose"
     small, big = (left, right) if len(rows_l) <= len(rows_r) else (right, left)
     paired = sum(1 for a in small if any(same_row(a, b) for b in big))
-    if paired < ROW_PAIRING * len(small):
-        return True  # lines do not line up: two blocks side by side
-    return _is_prose(rows_l) and _is_prose(rows_r)
+    return "blocks" if paired < ROW_PAIRING * len(small) else None
 
 
 def _is_prose(rows: list[list[Line]]) -> bool:
@@ -184,13 +204,13 @@ def _is_prose(rows: list[list[Line]]) -> bool:
     return long_rows * 2 > len(rows)
 
 
-def _bands(lines: Sequence[Line]) -> list[list[Line]]:
-    """Split into horizontal bands at every y-range that no line's box touches."""
+def _bands(lines: Sequence[Line], min_gap: float = 0.0) -> list[list[Line]]:
+    """Split into horizontal bands at every y-range (taller than ``min_gap``) no line touches."""
     ordered = sorted(lines, key=lambda ln: (ln.box[1], ln.box[0]))
     bands: list[list[Line]] = [[ordered[0]]]
     reach = ordered[0].box[3]
     for ln in ordered[1:]:
-        if ln.box[1] > reach:
+        if ln.box[1] - reach > min_gap:
             bands.append([ln])
         else:
             bands[-1].append(ln)
