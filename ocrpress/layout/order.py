@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import itertools
 import statistics
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 from .lines import Line, group_rows, same_row
@@ -38,6 +38,8 @@ ROW_PAIRING = 0.5
 # A horizontal gap this many text heights tall across a whole region separates its bands
 # more strongly than a gutter between blocks that are not running text.
 WIDE_GAP = 1.5
+# Half-height of a line's text core, in text heights, for band cuts (see _bands).
+CORE = 0.4
 
 
 @dataclass
@@ -76,14 +78,14 @@ def _order(lines: list[Line], h_med: float) -> list[Section]:
     if len(bands) == 1:
         return _plain_sections(lines, h_med)
     groups: list[list[Line]] = []
-    current = bands[0]
-    for band in bands[1:]:
-        if _column_split(current + band, h_med) is not None:
-            current = current + band
+    for run in _merge_bands(bands, lambda u: bool(gutters(u, MIN_GUTTER * h_med))):
+        if _column_split(run, h_med) is not None:
+            groups.append(run)
         else:
-            groups.append(current)
-            current = band
-    groups.append(current)
+            # The run's gutter is not a column gutter as a whole: look again band by band,
+            # keeping only merges whose union has real columns.
+            run_bands = _bands(run)
+            groups.extend(_merge_bands(run_bands, lambda u: _column_split(u, h_med) is not None))
     # Consecutive groups without columns are one stretch of the page read top to bottom
     # (running text continues across a paragraph gap; a receipt's rows are one list).
     out: list[Section] = []
@@ -99,6 +101,20 @@ def _order(lines: list[Line], h_med: float) -> list[Section]:
     if plain:
         out.extend(_plain_sections(plain, h_med))
     return out
+
+
+def _merge_bands(bands: list[list[Line]], joins: Callable[[list[Line]], bool]) -> list[list[Line]]:
+    """Runs of consecutive bands, each band joining the run above while ``joins(union)``."""
+    runs: list[list[Line]] = []
+    current = bands[0]
+    for band in bands[1:]:
+        if joins(current + band):
+            current = current + band
+        else:
+            runs.append(current)
+            current = band
+    runs.append(current)
+    return runs
 
 
 def _plain_sections(lines: list[Line], h_med: float) -> list[Section]:
@@ -205,14 +221,24 @@ def _is_prose(rows: list[list[Line]]) -> bool:
 
 
 def _bands(lines: Sequence[Line], min_gap: float = 0.0) -> list[list[Line]]:
-    """Split into horizontal bands at every y-range (taller than ``min_gap``) no line touches."""
-    ordered = sorted(lines, key=lambda ln: (ln.box[1], ln.box[0]))
+    """Split into horizontal bands at every y-range (taller than ``min_gap``) no line touches.
+
+    Lines count with their text core (centre +- 0.4 text heights), not their detector box:
+    detector boxes are padded, and a column's last line touching the heading below it would
+    otherwise chain the columns and the full-width heading into one band.
+    """
+
+    def core(ln: Line) -> tuple[float, float]:
+        return ln.cy - CORE * ln.h, ln.cy + CORE * ln.h
+
+    ordered = sorted(lines, key=lambda ln: (core(ln)[0], ln.box[0]))
     bands: list[list[Line]] = [[ordered[0]]]
-    reach = ordered[0].box[3]
+    reach = core(ordered[0])[1]
     for ln in ordered[1:]:
-        if ln.box[1] - reach > min_gap:
+        top, bottom = core(ln)
+        if top - reach > min_gap:
             bands.append([ln])
         else:
             bands[-1].append(ln)
-        reach = max(reach, ln.box[3])
+        reach = max(reach, bottom)
     return bands
