@@ -141,11 +141,11 @@ def test_blank_pages_are_empty_and_failures_stay_on_their_page(
     real = engine._engine()
 
     def flaky(
-        arr: np.ndarray,
+        arr: np.ndarray, **kwargs: object
     ) -> object:  # the second page's OCR blows up, as a broken model input would
         if arr.max() == 0:
             raise RuntimeError("simulated onnxruntime failure")
-        return real(arr)
+        return real(arr, **kwargs)
 
     monkeypatch.setattr(engine, "_ocr", flaky)
     black = Image.new("RGB", (600, 400), "black")

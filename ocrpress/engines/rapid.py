@@ -32,8 +32,8 @@ import numpy as np
 from PIL import Image
 
 from ..document import PageImage, PageResult
-from ..layout import Line, group_lines
-from . import EngineError, EngineOptions, PagePlan
+from ..layout import Line, group_lines, plain_blocks
+from . import EngineError, EngineOptions, PagePlan, orientation
 
 log = logging.getLogger("ocrpress")
 
@@ -61,21 +61,42 @@ def _pad_to_aspect(image: Image.Image, max_aspect: float) -> Image.Image:
 
 
 def _read_lines(ocr: Any, image: Image.Image, offset: tuple[int, int] = (0, 0)) -> list[Line]:
-    """RapidOCR's text lines of ``image``, boxes shifted by ``offset`` into page pixels."""
+    """RapidOCR's text lines of ``image``, boxes shifted by ``offset`` into page pixels.
+
+    Word boxes come along (``return_word_box``): the layout step needs them to cut a line
+    that the detector ran across a narrow column gutter.
+    """
     padded = _pad_to_aspect(image, MAX_ASPECT)
     # RapidOCR treats a 3-channel ndarray as BGR (OpenCV order); flip so the colour
     # channels mean what they say (matters for coloured text and the direction classifier).
-    out = ocr(np.ascontiguousarray(np.asarray(padded)[:, :, ::-1]))
+    out = ocr(np.ascontiguousarray(np.asarray(padded)[:, :, ::-1]), return_word_box=True)
     lines: list[Line] = []
     if out.boxes is None or out.txts is None:
         return lines
     dx, dy = offset
     scores = out.scores if out.scores is not None else [1.0] * len(out.txts)
-    for quad, text, score in zip(out.boxes, out.txts, scores, strict=False):
+    word_results = out.word_results or [()] * len(out.txts)
+    for quad, text, score, words in zip(out.boxes, out.txts, scores, word_results, strict=False):
         if text and text.strip():
             shifted = [[x + dx, y + dy] for x, y in quad.tolist()]
-            lines.append(Line.from_quad(shifted, text.strip(), float(score)))
+            lines.append(
+                Line.from_quad(shifted, text.strip(), float(score), _word_spans(words, dx))
+            )
     return lines
+
+
+def _word_spans(words: Any, dx: float) -> list[tuple[float, float, str]]:
+    """(x0, x1, text) of RapidOCR's word results, or nothing when they are unusable."""
+    spans: list[tuple[float, float, str]] = []
+    try:
+        for text, _score, quad in words:
+            xs = [float(p[0]) + dx for p in quad]
+            if text and text.strip():
+                spans.append((min(xs), max(xs), text.strip()))
+    except (TypeError, ValueError, IndexError):
+        return []  # an unexpected shape from another rapidocr version: no word boxes
+    spans.sort()
+    return spans
 
 
 def _ink_box(image: Image.Image, margin: int = 24) -> tuple[int, int, int, int] | None:
@@ -166,6 +187,47 @@ class RapidEngine:
 
     def _run_page(self, ocr: Any, page: PageImage) -> PageResult:
         image = page.image.convert("RGB")
+        lines = self._lines(ocr, image)
+        notes: list[str] = []
+        angle = 0
+        turn = orientation.suspect(lines)
+        if turn:
+            # Sideways or upside-down text reads as low-confidence garbage: read the page
+            # turned and keep the reading the recogniser is most sure of.
+            best = (orientation.mean_score(lines), 0, lines)
+            for candidate in turn:
+                turned = self._lines(ocr, image.rotate(candidate, expand=True))
+                score = orientation.mean_score(turned)
+                if score > best[0] + orientation.MARGIN:
+                    best = (score, candidate, turned)
+                if score >= orientation.LOW_CONFIDENCE:
+                    break
+            _, angle, lines = best
+        # Layout runs where the text is upright; boxes go back to page pixels after.
+        width, height = (page.height, page.width) if angle in (90, 270) else image.size
+        try:
+            blocks = group_lines(lines, width, height)
+        except Exception as e:  # a layout bug must never cost the page its text
+            log.debug("layout failed on %s page %d", page.source, page.index + 1, exc_info=True)
+            blocks = plain_blocks(lines)
+            notes.append(f"layout failed ({type(e).__name__}): lines in plain top-to-bottom order")
+        if angle:
+            notes.append(orientation.turn_note(angle))
+            for block in blocks:
+                block.bbox = orientation.box_to_page(block.bbox, angle, width, height)
+        if lines and orientation.mean_score(lines) < orientation.LOW_CONFIDENCE:
+            notes.append(orientation.low_confidence_note(orientation.mean_score(lines)))
+        return PageResult.for_page(
+            page,
+            self.name,
+            model=self.model,
+            mode=self.mode,
+            status="ok" if blocks else "empty",
+            blocks=blocks,
+            notes=notes,
+        )
+
+    def _lines(self, ocr: Any, image: Image.Image) -> list[Line]:
         lines = _read_lines(ocr, image)
         if not lines:
             # The detector sees the page scaled down to ~736 px: a lone short line on an
@@ -174,15 +236,7 @@ class RapidEngine:
             if ink is not None:
                 x0, y0, _, _ = ink
                 lines = _read_lines(ocr, image.crop(ink), offset=(x0, y0))
-        blocks = group_lines(lines, page.width, page.height)
-        return PageResult.for_page(
-            page,
-            self.name,
-            model=self.model,
-            mode=self.mode,
-            status="ok" if blocks else "empty",
-            blocks=blocks,
-        )
+        return lines
 
     def close(self) -> None:
         """Drop the ONNX sessions (their memory goes with them)."""

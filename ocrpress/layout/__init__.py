@@ -19,13 +19,21 @@ from __future__ import annotations
 import statistics
 
 from ..document import Block
-from .lines import Box, Line, deskewed, page_skew, union
+from .lines import (
+    Box,
+    Line,
+    deskewed,
+    group_rows,
+    page_skew,
+    split_across_gutters,
+    union,
+)
 from .order import reading_order
 from .paragraphs import paragraph_block, paragraph_gap_limit, paragraphs
 from .tables import rows_block
 from .types import assign_types
 
-__all__ = ["Box", "Line", "group_lines"]
+__all__ = ["Box", "Line", "group_lines", "plain_blocks"]
 
 
 def group_lines(lines: list[Line], page_width: int, page_height: int) -> list[Block]:
@@ -33,6 +41,7 @@ def group_lines(lines: list[Line], page_width: int, page_height: int) -> list[Bl
     lines = [ln for ln in lines if ln.text.strip()]
     if not lines:
         return []
+    lines = split_across_gutters(lines)
     h_med = statistics.median(ln.h for ln in lines)
     level = deskewed(lines, page_skew(lines), (page_width / 2, page_height / 2))
     original = {id(lv): ln for lv, ln in zip(level, lines, strict=True)}
@@ -51,3 +60,16 @@ def group_lines(lines: list[Line], page_width: int, page_height: int) -> list[Bl
             groups.append(orig)
     assign_types(blocks, groups, h_med, page_height)
     return blocks
+
+
+def plain_blocks(lines: list[Line]) -> list[Block]:
+    """One text block per visual row, top to bottom: the fallback when layout fails."""
+    return [
+        Block(
+            type="text",
+            bbox=union([ln.box for ln in row]),
+            text=" ".join(ln.text for ln in row),
+            score=statistics.fmean(ln.score for ln in row),
+        )
+        for row in group_rows([ln for ln in lines if ln.text.strip()])
+    ]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import math
 import statistics
 from collections.abc import Sequence
@@ -25,6 +26,9 @@ class Line:
     score: float
     height: float | None = None
     angle: float = 0.0
+    # Word x-ranges and texts (x0, x1, text) when the engine reports them; lets a line the
+    # detector ran across a narrow column gutter be cut back into its two columns.
+    words: tuple[tuple[float, float, str], ...] = ()
 
     @property
     def h(self) -> float:
@@ -43,7 +47,13 @@ class Line:
         return self.box[2] - self.box[0]
 
     @classmethod
-    def from_quad(cls, quad: Sequence[Sequence[float]], text: str, score: float) -> Line:
+    def from_quad(
+        cls,
+        quad: Sequence[Sequence[float]],
+        text: str,
+        score: float,
+        words: Sequence[tuple[float, float, str]] = (),
+    ) -> Line:
         """Build from a 4-point quad (top-left, top-right, bottom-right, bottom-left)."""
         xs = [float(p[0]) for p in quad]
         ys = [float(p[1]) for p in quad]
@@ -59,7 +69,14 @@ class Line:
             dy = (tr[1] - tl[1] + br[1] - bl[1]) / 2
             if dx > 0:
                 angle = math.degrees(math.atan2(dy, dx))
-        return cls(box=box, text=text, score=float(score), height=height, angle=angle)
+        return cls(
+            box=box,
+            text=text,
+            score=float(score),
+            height=height,
+            angle=angle,
+            words=tuple(words),
+        )
 
 
 def union(boxes: Sequence[Box]) -> Box:
@@ -135,3 +152,51 @@ def group_rows(lines: Sequence[Line]) -> list[list[Line]]:
             rows.append([ln])
             centres.append(ln.cy)
     return [sorted(r, key=lambda ln: ln.box[0]) for r in rows]
+
+
+# A word gap this many text heights wide may be a column gutter (justified word spaces
+# stay under ~0.4); it is cut only where the neighbouring lines confirm the gutter.
+SPLIT_GAP = 0.5
+# Lines above and below (within this many text heights) that must leave the gap empty.
+SPLIT_WINDOW = 4.0
+
+
+def split_across_gutters(lines: Sequence[Line]) -> list[Line]:
+    """Cut lines that the detector ran across a column gutter back into one line per column.
+
+    A word gap is a gutter when at least two neighbouring lines (within a few text heights
+    above or below) end left of it or start right of it and none of them crosses it: inside
+    running text the lines around a wide word space run straight through it.
+    """
+    out: list[Line] = []
+    for ln in lines:
+        out.extend(_split_line(ln, lines) if len(ln.words) > 1 else [ln])
+    return out
+
+
+def _split_line(ln: Line, lines: Sequence[Line]) -> list[Line]:
+    near = [o for o in lines if o is not ln and abs(o.cy - ln.cy) <= SPLIT_WINDOW * ln.h]
+    pieces: list[list[tuple[float, float, str]]] = [[ln.words[0]]]
+    for prev, word in itertools.pairwise(ln.words):
+        left, right = prev[1], word[0]
+        if right - left >= SPLIT_GAP * ln.h and _confirmed_gutter(left, right, near):
+            pieces.append([word])
+        else:
+            pieces[-1].append(word)
+    if len(pieces) == 1:
+        return [ln]
+    out = []
+    for piece in pieces:
+        x0, x1 = piece[0][0], piece[-1][1]
+        text = " ".join(w[2] for w in piece)
+        out.append(replace(ln, box=(x0, ln.box[1], x1, ln.box[3]), text=text, words=tuple(piece)))
+    return out
+
+
+def _confirmed_gutter(left: float, right: float, near: Sequence[Line]) -> bool:
+    mid = (left + right) / 2
+    if any(o.box[0] < mid < o.box[2] for o in near):
+        return False
+    ends_left = sum(1 for o in near if left - 2 * o.h <= o.box[2] <= mid)
+    starts_right = sum(1 for o in near if mid <= o.box[0] <= right + 2 * o.h)
+    return ends_left + starts_right >= 2
