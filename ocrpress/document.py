@@ -17,7 +17,7 @@ BlockType = (
 PageStatus = Literal["ok", "truncated", "empty", "error"]
 
 #: Bumped when the JSON layout changes incompatibly.
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 
 
 @dataclass
@@ -48,6 +48,12 @@ class Block:
     text: str
     score: float | None = None
     image: str | None = None  # relative path of a cropped figure, set by the markdown writer
+    # "markdown" (what VLMs write) or "plain" (OCR'd or text-layer text: the Markdown writer
+    # escapes it, so a line starting with "# " stays text and "<b>" stays visible).
+    format: str = "markdown"
+    # Median text height in page pixels (line engines): what heading levels are decided by
+    # over a whole document.
+    size: float | None = None
 
     def to_dict(self) -> dict[str, Any]:
         d: dict[str, Any] = {
@@ -59,6 +65,10 @@ class Block:
             d["score"] = round(self.score, 4)
         if self.image is not None:
             d["image"] = self.image
+        if self.format != "markdown":
+            d["format"] = self.format
+        if self.size is not None:
+            d["size"] = round(self.size, 1)
         return d
 
     @classmethod
@@ -69,6 +79,8 @@ class Block:
             text=d.get("text", ""),
             score=d.get("score"),
             image=d.get("image"),
+            format=d.get("format", "markdown"),
+            size=d.get("size"),
         )
 
 

@@ -16,6 +16,7 @@ import re
 from dataclasses import dataclass, field
 
 from .document import Block
+from .writers.plain import plain_markdown
 
 #: Labels seen in DeepSeek-OCR output, mapped to ocrpress block types.
 LABEL_TYPES: dict[str, str] = {
@@ -250,6 +251,8 @@ def _italic(s: str) -> str:
 
 def block_to_markdown(block: Block) -> str:
     """Markdown for one block; empty string when the block is left out of Markdown."""
+    if block.format == "plain":
+        return plain_markdown(block)
     text = block.text.strip()
     t = block.type
     if t in ("header", "footer"):

@@ -25,6 +25,7 @@ from .devices import DevicePool, Planner, make_planner, resolve_devices, run_bat
 from .document import DocumentResult, PageImage, PageResult
 from .engines import Engine, EngineOptions, create_engine
 from .figures import crop_figures
+from .headings import harmonise as harmonise_headings
 from .inputs import InputDoc, InputError
 from .journal import document_error, fingerprint, output_paths, write_document
 from .render import InlineFuture, default_workers, main_is_importable, make_pool, render_task
@@ -379,6 +380,7 @@ class Converter:
             st.journal.close()
             st.journal = None
         pages = [st.results[i] for i in st.wanted if i in st.results]
+        harmonise_headings(pages)
         if st.error is None:
             st.error = document_error(pages)
         if st.error is not None:

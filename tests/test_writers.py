@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from ocrpress.document import Block, DocumentResult, PageImage, PageResult
+from ocrpress.document import SCHEMA_VERSION, Block, DocumentResult, PageImage, PageResult
 from ocrpress.figures import crop_figures
 from ocrpress.writers import (
     atomic_write,
@@ -77,7 +77,7 @@ def test_text_flattens_tables_and_splits_pages() -> None:
 
 def test_json_round_trip() -> None:
     data = json.loads(render_document(DOC, "json"))
-    assert data["schema"] == 1 and len(data["pages"]) == 3
+    assert data["schema"] == SCHEMA_VERSION and len(data["pages"]) == 3
     p0 = data["pages"][0]
     assert p0["blocks"][0] == {
         "type": "title",

@@ -56,6 +56,8 @@ def group_lines(lines: list[Line], page_width: int, page_height: int) -> list[Bl
             block = rows_block(sec.rows, h_med) if sec.kind == "rows" else paragraph_block(part)
             orig = [original[id(ln)] for ln in part]
             block.bbox = union([ln.box for ln in orig])  # page pixels, not the levelled frame
+            block.format = "plain"
+            block.size = statistics.median(ln.h for ln in orig)
             blocks.append(block)
             groups.append(orig)
     assign_types(blocks, groups, h_med, page_height)
@@ -70,6 +72,7 @@ def plain_blocks(lines: list[Line]) -> list[Block]:
             bbox=union([ln.box for ln in row]),
             text=" ".join(ln.text for ln in row),
             score=statistics.fmean(ln.score for ln in row),
+            format="plain",
         )
         for row in group_rows([ln for ln in lines if ln.text.strip()])
     ]

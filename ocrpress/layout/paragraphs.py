@@ -16,6 +16,11 @@ from .lines import Line, same_row, union, x_overlap
 # stand apart by a paragraph gap, which headings almost always do.
 SIZE_JUMP = 1.3
 
+# A line shorter than this share of its column ends its paragraph (in columns at least
+# SHORT_LINE_MIN_WIDTH text heights wide, where running text fills most of the width).
+SHORT_LINE = 0.5
+SHORT_LINE_MIN_WIDTH = 12
+
 LIST_MARKER = re.compile(r"^\s*(?:[•●▪◦‣∙·*\-–—]|\(?\d{1,3}[.)]|\(?[a-z]\))\s+\S")
 
 
@@ -53,22 +58,35 @@ def paragraph_gap_limit(sections: list[list[Line]], h_med: float) -> float:
 
 def paragraphs(section: list[Line], gap_limit: float, h_med: float) -> list[list[Line]]:
     """Split one flow section (lines in reading order) into paragraphs."""
+    width = max(ln.box[2] for ln in section) - min(ln.box[0] for ln in section)
     paras: list[list[Line]] = []
     for ln in section:
-        if paras and _continues(paras[-1], ln, gap_limit, h_med):
+        if paras and _continues(paras[-1], ln, gap_limit, h_med, width):
             paras[-1].append(ln)
         else:
             paras.append([ln])
     return paras
 
 
-def _continues(para: list[Line], ln: Line, gap_limit: float, h_med: float) -> bool:
+def _continues(para: list[Line], ln: Line, gap_limit: float, h_med: float, width: float) -> bool:
     prev = para[-1]
     if same_row(ln, prev):
         # A line the detector cut at a wide word gap: keep it together if the gap is modest.
         return ln.box[0] - prev.box[2] < 3 * h_med
     if ln.cy < prev.cy or vgap(prev, ln) > gap_limit:
         return False
+    if width >= SHORT_LINE_MIN_WIDTH * h_med and _row_end(para) - prev_row_start(para) < (
+        SHORT_LINE * width
+    ):
+        # Running text fills its column; a line ending before half of it ends its paragraph:
+        # a salutation, a sign-off, an address line or a signature stands alone.
+        return False
+    if (
+        ln.w < SHORT_LINE * width
+        and ln.text.rstrip().endswith(",")
+        and prev.text.rstrip().endswith((".", "!", "?"))
+    ):
+        return False  # "Yours sincerely," after the body's last sentence: a sign-off
     if x_overlap(union([x.box for x in para]), ln.box) <= 0:
         return False
     # A change of text size separates a heading from the body that follows it.
@@ -77,6 +95,17 @@ def _continues(para: list[Line], ln: Line, gap_limit: float, h_med: float) -> bo
         return False
     # A bullet starts a new block after prose, and another item inside a list.
     return not (is_list_item(ln.text) and not is_list_item(para[0].text))
+
+
+def _row_end(para: list[Line]) -> float:
+    """Right edge of the paragraph's last visual row (a row may hold several boxes)."""
+    last = para[-1]
+    return max(ln.box[2] for ln in para if same_row(ln, last))
+
+
+def prev_row_start(para: list[Line]) -> float:
+    last = para[-1]
+    return min(ln.box[0] for ln in para if same_row(ln, last))
 
 
 def join_lines(texts: list[str]) -> str:
@@ -96,17 +125,34 @@ def join_lines(texts: list[str]) -> str:
     return out
 
 
+def _indent_levels(starts: list[float], h: float) -> dict[int, int]:
+    """Nesting level of each list-item start x: distinct indents at least a text height apart."""
+    levels: dict[int, int] = {}
+    anchors: list[float] = []
+    for x in sorted(starts):
+        if not anchors or x - anchors[-1] >= h:
+            anchors.append(x)
+        levels[round(x)] = len(anchors) - 1
+    return levels
+
+
 def paragraph_block(lines: list[Line]) -> Block:
     """A ``text`` block, or a ``list`` block (one item per line of text) after a marker."""
     if is_list_item(lines[0].text):
         # One item per marker; continuation lines (no marker) belong to the item above.
+        # Items indented further than the first are nested: two spaces per level.
+        h = statistics.median(ln.h for ln in lines)
+        starts = [ln.box[0] for ln in lines if is_list_item(ln.text)]
+        levels = _indent_levels(starts, h)
         items: list[list[str]] = []
+        depth: list[int] = []
         for ln in lines:
             if is_list_item(ln.text) or not items:
                 items.append([ln.text])
+                depth.append(levels.get(round(ln.box[0]), 0))
             else:
                 items[-1].append(ln.text)
-        text = "\n".join(join_lines(it) for it in items)
+        text = "\n".join("  " * d + join_lines(it) for d, it in zip(depth, items, strict=True))
         btype = "list"
     else:
         text = join_lines([ln.text for ln in lines])
