@@ -23,7 +23,8 @@ def plain_loop(pdf: Path, dpi: int) -> float:
     import pymupdf
     from rapidocr import RapidOCR
 
-    ocr = RapidOCR(params={"Global.log_level": "error"})
+    # Configured like the rapid engine: the direction classifier off in both.
+    ocr = RapidOCR(params={"Global.log_level": "error", "Global.use_cls": False})
     texts = []
     with pymupdf.open(pdf) as doc:
         for page in doc:

@@ -80,13 +80,18 @@ def levenshtein(a: str, b: str) -> int:
         a, b = b, a  # keep the rows as short as possible
     if not b:
         return len(a)
-    prev = list(range(len(b) + 1))
+    # One DP row at a time, vectorised: the insertion chain cur[j] = min(cur[j-1] + 1, ...)
+    # is a running minimum of (candidate - j) + j, so a row costs a few numpy calls.
+    codes_b = np.frombuffer(b.encode("utf-32-le"), dtype=np.uint32)
+    idx = np.arange(len(b) + 1)
+    prev = idx.copy()
     for i, ca in enumerate(a, 1):
-        cur = [i] + [0] * len(b)
-        for j, cb in enumerate(b, 1):
-            cur[j] = min(prev[j] + 1, cur[j - 1] + 1, prev[j - 1] + (ca != cb))
-        prev = cur
-    return prev[-1]
+        cost = (codes_b != ord(ca)).astype(np.int64)
+        cand = np.empty_like(prev)
+        cand[0] = i
+        cand[1:] = np.minimum(prev[1:] + 1, prev[:-1] + cost)
+        prev = np.minimum.accumulate(cand - idx) + idx
+    return int(prev[-1])
 
 
 def cer(reference: str, hypothesis: str) -> float:

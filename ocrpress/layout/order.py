@@ -38,6 +38,9 @@ ROW_PAIRING = 0.5
 # A horizontal gap this many text heights tall across a whole region separates its bands
 # more strongly than a gutter between blocks that are not running text.
 WIDE_GAP = 1.5
+# Boxes on one row this many text heights apart are separate cells (a detector splits
+# running text only at gaps well over a word space, ~0.3 text heights).
+CELL_GAP = 1.0
 # Half-height of a line's text core, in text heights, for band cuts (see _bands).
 CORE = 0.4
 
@@ -139,10 +142,14 @@ def _plain_sections(lines: list[Line], h_med: float) -> list[Section]:
             out[-1].rows.append(row)
         else:
             out.append(Section(kind, [row]))
-    # A lone gap row inside running text is a detector split, not a table.
-    for sec in out:
-        if sec.kind == "rows" and len(sec.rows) < 2:
-            sec.kind = "flow"
+    # A lone gap row between lines of running text as wide as itself is a line the detector
+    # cut at a wide word gap; a lone row wider than the text around it (an item with its
+    # price beside the description lines) stays a row.
+    for i, sec in enumerate(out):
+        if sec.kind == "rows" and len(sec.rows) == 1:
+            near = [out[j].rows[-1 if j < i else 0] for j in (i - 1, i + 1) if 0 <= j < len(out)]
+            if any(_span(r) >= 0.8 * _span(sec.rows[0]) for r in near):
+                sec.kind = "flow"
     merged: list[Section] = []
     for sec in out:
         if merged and merged[-1].kind == sec.kind == "flow":
@@ -152,8 +159,12 @@ def _plain_sections(lines: list[Line], h_med: float) -> list[Section]:
     return merged
 
 
+def _span(row: list[Line]) -> float:
+    return row[-1].box[2] - row[0].box[0]
+
+
 def _has_cell_gap(row: list[Line], h_med: float) -> bool:
-    return any(b.box[0] - a.box[2] >= MIN_GUTTER * h_med for a, b in itertools.pairwise(row))
+    return any(b.box[0] - a.box[2] >= CELL_GAP * h_med for a, b in itertools.pairwise(row))
 
 
 def gutters(lines: Sequence[Line], min_width: float) -> list[tuple[float, float]]:
