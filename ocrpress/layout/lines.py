@@ -195,7 +195,9 @@ def _split_line(ln: Line, lines: Sequence[Line]) -> list[Line]:
 
 def _confirmed_gutter(left: float, right: float, near: Sequence[Line]) -> bool:
     mid = (left + right) / 2
-    if any(o.box[0] < mid < o.box[2] for o in near):
+    # Detector boxes are padded by a few pixels: a neighbour must reach well across the gap
+    # to count as running through it.
+    if any(o.box[0] < mid - 0.3 * o.h and o.box[2] > mid + 0.3 * o.h for o in near):
         return False
     ends_left = sum(1 for o in near if left - 2 * o.h <= o.box[2] <= mid)
     starts_right = sum(1 for o in near if mid <= o.box[0] <= right + 2 * o.h)
