@@ -3,21 +3,25 @@
 from __future__ import annotations
 
 import logging
+import os
 import sys
 from typing import Any
 
 import click
 
 from . import __version__
+from .errors import (  # noqa: F401 - the exit codes are this module's documented API
+    EXIT_ENGINE,
+    EXIT_FAILED_INPUTS,
+    EXIT_INTERRUPTED,
+    EXIT_LOCKED,
+    EXIT_OK,
+    EXIT_OUTPUT,
+    EXIT_TERMINATED,
+    EXIT_USAGE,
+)
 
 log = logging.getLogger("ocrpress")
-
-#: Exit codes (documented in README.md).
-EXIT_OK = 0
-EXIT_FAILED_INPUTS = 1  # some inputs or pages failed; the rest were converted
-EXIT_USAGE = 2  # bad options, or no input found (click uses 2 for usage errors too)
-EXIT_ENGINE = 3  # the engine or model could not be loaded; nothing was converted
-EXIT_INTERRUPTED = 130  # Ctrl-C / SIGINT
 
 CONVERT_EXAMPLES = """
 \b
@@ -143,6 +147,11 @@ def main() -> None:
     help="Run on a Ray cluster: auto (this node's cluster) or its address [env: RAY_ADDRESS].",
 )
 @click.option("--overwrite", is_flag=True, help="Redo documents whose outputs are current.")
+@click.option(
+    "--wait",
+    is_flag=True,
+    help="If another run is writing into -o DIR, wait for it to end (default: exit 5 at once).",
+)
 @click.option("--keep-raw", is_flag=True, help="Keep the model's raw text in JSON output.")
 @click.option("--retry-truncated", is_flag=True, help="Re-run truncated pages once, stricter.")
 @click.option("-q", "--quiet", is_flag=True, help="No progress bar, no summary; errors only.")
@@ -150,11 +159,14 @@ def main() -> None:
 def convert(inputs: tuple[str, ...], **kw: Any) -> None:
     """Convert PDFs and images (files, folders, 'globs', or - for stdin) to Markdown/JSON/text."""
     from .engines import EngineError, EngineOptions
+    from .errors import OcrpressError, Terminated
     from .inputs import discover
-    from .pipeline import Converter, ConvertOptions, EngineLoadError
+    from .pipeline import Converter, ConvertOptions
+    from .procs import raise_on_sigterm
     from .writers import parse_formats
 
     _setup_logging(kw["quiet"], kw["verbose"])
+    raise_on_sigterm()
     try:
         formats = parse_formats(kw["formats"])
         if kw["output"] == "-" and len(formats) > 1:
@@ -191,12 +203,22 @@ def convert(inputs: tuple[str, ...], **kw: Any) -> None:
         progress=not kw["quiet"] and sys.stderr.isatty(),
         keep_results=False,
         devices=kw["devices"],
+        wait=kw["wait"],
         engine=eng_opts,
     )
     stdin = sys.stdin.buffer if "-" in inputs else None
     if stdin is not None and sys.stdin.isatty():
         raise click.UsageError("'-' reads paths or a document from stdin, but stdin is a terminal")
-    docs, problems = discover(inputs, stdin=stdin)
+    to_dir = kw["output"] != "-"
+    if to_dir and os.path.exists(kw["output"]) and not os.path.isdir(kw["output"]):
+        raise click.UsageError(f"-o {kw['output']}: exists and is not a folder")
+    notes: list[str] = []
+    # The output folder is never an input: its figure crops would be converted next run.
+    docs, problems = discover(
+        inputs, stdin=stdin, exclude=[kw["output"]] if to_dir else [], notes=notes
+    )
+    for n in notes:
+        log.info("%s", n)
     for p in problems:
         log.error("%s", p)
     if not docs:
@@ -213,12 +235,18 @@ def convert(inputs: tuple[str, ...], **kw: Any) -> None:
         conv = Converter(opts)
     try:
         results = conv.run(docs)
-    except (EngineLoadError, EngineError) as e:
+    except EngineError as e:
         log.error("%s", e)
         sys.exit(EXIT_ENGINE)
+    except OcrpressError as e:
+        log.error("%s", e)
+        sys.exit(e.exit_code)
     except KeyboardInterrupt:
         log.error("interrupted; finished pages are kept, run the same command again to resume")
         sys.exit(EXIT_INTERRUPTED)
+    except Terminated:
+        log.error("terminated; finished pages are kept, run the same command again to resume")
+        sys.exit(EXIT_TERMINATED)
     if not kw["quiet"]:
         log.info("%s", conv.stats.summary())
         if conv.stats.truncated:
@@ -226,6 +254,9 @@ def convert(inputs: tuple[str, ...], **kw: Any) -> None:
                 log.info("truncated: %s", item)
     # Results are not kept (memory), so judge by the run's counters, not by r.ok.
     stats = conv.stats
+    if results and all(r.skipped for r in results) and stats.unselected_documents == len(results):
+        log.error("--pages %s selects no page of any document", kw["pages"])
+        sys.exit(EXIT_FAILED_INPUTS)
     failed = (
         problems or stats.failed_documents or stats.failed_pages or any(r.error for r in results)
     )

@@ -24,9 +24,11 @@ from . import inputs, journal
 from .devices import DevicePool, Planner, make_planner, resolve_devices, run_batch
 from .document import DocumentResult, PageImage, PageResult
 from .engines import Engine, EngineOptions, create_engine
+from .errors import EngineLoadError, OutputError, describe, is_fatal_write_error
 from .figures import crop_figures
 from .inputs import InputDoc, InputError
 from .journal import document_error, fingerprint, output_paths, write_document
+from .lock import locked_output
 from .render import InlineFuture, default_workers, main_is_importable, make_pool, render_task
 from .stats import RunStats
 from .writers import atomic_write, render_page_stream
@@ -52,11 +54,8 @@ class ConvertOptions:
     progress: bool = False
     keep_results: bool = True  # keep page results in the returned DocumentResults
     devices: str | None = None  # "all" or "0,2": one engine replica per GPU (ocrpress.devices)
+    wait: bool = False  # output folder locked by another run: wait for it (else LockedError)
     engine: EngineOptions = field(default_factory=EngineOptions)
-
-
-class EngineLoadError(RuntimeError):
-    """Raised when the engine cannot start; the whole run stops (exit code 3)."""
 
 
 # ------------------------------------------------------------------ per-document state
@@ -123,7 +122,17 @@ class Converter:
     # -------------------------------------------------------------- main loop
 
     def run(self, docs: list[InputDoc]) -> list[DocumentResult]:
-        """Convert ``docs``; returns one DocumentResult per document, in input order."""
+        """Convert ``docs``; returns one DocumentResult per document, in input order.
+
+        With an output folder, the run holds its lock (one run per folder, see lock.py).
+        """
+        if not self.to_dir:
+            return self._run(docs)
+        assert self.opts.output is not None
+        with locked_output(self.opts.output, wait=self.opts.wait):
+            return self._run(docs)
+
+    def _run(self, docs: list[InputDoc]) -> list[DocumentResult]:
         self.stats.start()
         workers = self.opts.workers if self.opts.workers is not None else default_workers()
         if workers and not main_is_importable():
@@ -159,10 +168,11 @@ class Converter:
         self.stats.stop()
         if self.to_dir:
             assert self.opts.output is not None
-            atomic_write(
-                os.path.join(self.opts.output, RUN_STATS_FILE),
-                json.dumps(self.stats.to_dict(), indent=2) + "\n",
-            )
+            with self._output_guard():
+                atomic_write(
+                    os.path.join(self.opts.output, RUN_STATS_FILE),
+                    json.dumps(self.stats.to_dict(), indent=2) + "\n",
+                )
         return [self._document_result(s) for s in states]
 
     def _start_devices(self) -> DevicePool | None:
@@ -285,22 +295,39 @@ class Converter:
                 self._finish(st)
                 continue
             for idx in st.wanted:
+                if st.finished:
+                    break  # failed while its pages were in flight
                 if idx not in st.results:
                     yield st, idx
 
     def _prepare(self, st: _DocState) -> None:
+        """Open a document and its journal; any failure is this document's error."""
+        try:
+            self._open(st)
+        except OutputError:
+            raise
+        except Exception as e:
+            st.error = _doc_error(e, "cannot read")
+            if st.journal is not None:
+                st.journal.close()
+                st.journal = None
+
+    def _open(self, st: _DocState) -> None:
         doc = st.doc
         try:
             count = inputs.count_pages(doc)
         except InputError as e:
             st.error = str(e)
             return
-        except OSError as e:
-            st.error = f"cannot read ({e.strerror or e})"
-            return
         st.wanted = inputs.select_pages(self.page_ranges, count)
         if not st.wanted:
-            st.error = f"--pages {self.opts.pages} selects none of its {count} pages"
+            # Not a failure: a range like 2- over a folder of one-page images selects nothing
+            # from them by design.
+            log.info(
+                "%s: --pages %s selects none of its %d pages", doc.display, self.opts.pages, count
+            )
+            st.skipped = True
+            self.stats.unselected_documents += 1
             return
         if not self.to_dir:
             self._progress_total(len(st.wanted))
@@ -322,18 +349,19 @@ class Converter:
             st.resumed_pages = len(st.results)
             self.stats.resumed_pages += st.resumed_pages
             self._progress.update(st.resumed_pages)
-        os.makedirs(os.path.dirname(journal_path), exist_ok=True)
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(done_path)
-        # Rewrite the journal from what we kept: it drops a torn last line and stale pages.
-        atomic_write(
-            journal_path,
-            "".join(
-                [json.dumps({"fingerprint": st.fingerprint}) + "\n"]
-                + [json.dumps(r.to_dict(keep_raw=True)) + "\n" for r in st.results.values()]
-            ),
-        )
-        st.journal = open(journal_path, "a", encoding="utf-8")  # noqa: SIM115 - closed in _finish
+        with self._output_guard():
+            os.makedirs(os.path.dirname(journal_path), exist_ok=True)
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(done_path)
+            # Rewrite the journal from what we kept: it drops a torn last line and stale pages.
+            atomic_write(
+                journal_path,
+                "".join(
+                    [json.dumps({"fingerprint": st.fingerprint}) + "\n"]
+                    + [json.dumps(r.to_dict(keep_raw=True)) + "\n" for r in st.results.values()]
+                ),
+            )
+            st.journal = open(journal_path, "a", encoding="utf-8")  # noqa: SIM115 - closed in _finish
 
     def _progress_total(self, n: int) -> None:
         self._progress.total = (self._progress.total or 0) + n
@@ -355,6 +383,18 @@ class Converter:
     # -------------------------------------------------------------- results
 
     def _record(self, st: _DocState, res: PageResult, page: PageImage | None) -> None:
+        if st.finished:
+            return  # the document already failed; pages still in flight are dropped
+        try:
+            with self._output_guard():
+                self._keep(st, res, page)
+        except OutputError:
+            raise
+        except Exception as e:
+            st.error = _doc_error(e, "cannot write")
+            self._finish(st)
+
+    def _keep(self, st: _DocState, res: PageResult, page: PageImage | None) -> None:
         if self.to_dir and page is not None:
             assert self.opts.output is not None
             crop_figures(res, page, self.opts.output, st.doc.rel)
@@ -386,14 +426,41 @@ class Converter:
                 self.on_error(f"{st.doc.display}: {st.error}")
             self.stats.failed_documents += 1
         elif not st.skipped:
-            self.stats.add_pages(pages, resumed=st.resumed_pages)
-            if self.to_dir:
-                self._write_outputs(st, pages)
+            if self.to_dir and not self._write_outputs(st, pages):
+                self.stats.failed_documents += 1
+            else:
+                self.stats.add_pages(pages, resumed=st.resumed_pages)
+        if st.error is not None:
+            self.stats.failed.append(st.doc.display)
         self._emit_ready()
 
-    def _write_outputs(self, st: _DocState, pages: list[PageResult]) -> None:
+    def _write_outputs(self, st: _DocState, pages: list[PageResult]) -> bool:
+        """Write a finished document; False (and its one-line error) if that fails."""
         assert self.opts.output is not None
-        write_document(self.opts, st.doc, pages, st.fingerprint)
+        try:
+            with self._output_guard():
+                write_document(self.opts, st.doc, pages, st.fingerprint)
+        except OutputError:
+            raise
+        except Exception as e:
+            st.error = _doc_error(e, "cannot write")
+            self.on_error(f"{st.doc.display}: {st.error}")
+            return False
+        return True
+
+    @contextlib.contextmanager
+    def _output_guard(self) -> Iterator[None]:
+        """A write error every later document would share (disk full, read-only folder)
+        stops the job as OutputError; others stay this document's error."""
+        try:
+            yield
+        except OSError as e:
+            if self.to_dir and (is_fatal_write_error(e) or not _writable(self.opts.output)):
+                raise OutputError(
+                    f"-o {self.opts.output}: {describe(e)}; finished documents are kept,"
+                    " run the same command again to resume"
+                ) from e
+            raise _WriteError(f"cannot write ({describe(e)})") from e
 
     def _emit_ready(self) -> None:
         """Stream finished documents to stdout in input order (only with ``-o -``)."""
@@ -443,6 +510,24 @@ class _InlineRunner:
 
     def result(self, fut: Any) -> tuple[list[PageResult], int]:
         return fut.result(), 0
+
+
+class _WriteError(Exception):
+    """One document's output could not be written (the folder itself is fine)."""
+
+
+def _doc_error(e: Exception, verb: str) -> str:
+    """The one-line error of a document for an unexpected exception (isolation rule)."""
+    if isinstance(e, _WriteError):
+        return str(e)
+    return f"{verb} ({describe(e)})" if isinstance(e, OSError) else describe(e)
+
+
+def _writable(folder: str | None) -> bool:
+    """Can anything still be written into the output folder's state folder?"""
+    if folder is None:
+        return True
+    return os.access(os.path.join(folder, journal.STATE_DIR), os.W_OK | os.X_OK)
 
 
 def _take(buckets: dict[Any, list[Any]], key: Any, n: int) -> list[Any]:

@@ -12,7 +12,7 @@ import sys
 from concurrent.futures import ProcessPoolExecutor
 from typing import Any
 
-from . import inputs
+from . import inputs, procs
 from .document import PageImage
 from .inputs import InputDoc, InputError
 
@@ -61,6 +61,17 @@ def main_is_importable() -> bool:
 
 def make_pool(workers: int) -> ProcessPoolExecutor:
     # forkserver: workers never inherit the engine's threads or CUDA state.
+    from multiprocessing import forkserver
+
     ctx = multiprocessing.get_context("forkserver")
-    ctx.set_forkserver_preload(["ocrpress.inputs"])
-    return ProcessPoolExecutor(max_workers=workers, mp_context=ctx)
+    ctx.set_forkserver_preload(["ocrpress.procs", "ocrpress.inputs"])
+    with procs.forkserver_env():
+        # Started here, from the main thread, so its parent-death signal is tied to the
+        # process's lifetime (not to a thread's), and with a sys.path that skips the cwd.
+        forkserver.ensure_running()
+    return ProcessPoolExecutor(
+        max_workers=workers,
+        mp_context=ctx,
+        initializer=procs.worker_init,
+        initargs=(os.getpid(),),
+    )
