@@ -59,6 +59,15 @@ def _check_engine(value: str) -> str:
     raise click.BadParameter(f"{value!r} is not one of auto, rapid, deepseek, vllm or module:Class")
 
 
+def _check_mode(value: str | None) -> str | None:
+    from .modes import MODE_NAMES
+
+    if value is None or value in MODE_NAMES:
+        return value
+    # Checked here, before any model lookup: an unknown mode is a typo, not a missing model.
+    raise click.BadParameter(f"{value!r} is not one of {', '.join(MODE_NAMES)}")
+
+
 def _check_devices(value: str | None) -> str | None:
     if value is None:
         return None
@@ -103,7 +112,12 @@ def main() -> None:
     " a CUDA GPU with the model available, else rapid.",
 )
 @click.option("--model", default=None, help="Hub id or local folder of a DeepSeek-OCR model.")
-@click.option("--mode", default=None, help="Resolution mode: tiny, small, base, large, gundam.")
+@click.option(
+    "--mode",
+    default=None,
+    callback=lambda ctx, param, v: _check_mode(v),
+    help="Resolution mode: tiny, small, base, large, gundam.",
+)
 @click.option(
     "--task",
     type=click.Choice(["markdown", "text", "figure"]),

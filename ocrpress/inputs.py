@@ -335,14 +335,14 @@ def _assign_rels(found: list[tuple[str, str, str, str]]) -> list[InputDoc]:
             base = os.path.commonpath(sorted(folders))
             for item in group:
                 item[2] = os.path.relpath(os.path.abspath(item[0]), base)
-    stems: dict[str, int] = {}
+    exts: dict[str, set[str]] = {}
     for item in unique:
-        stems[_stem_rel(item[2])] = stems.get(_stem_rel(item[2]), 0) + 1
+        exts.setdefault(_stem_rel(item[2]), set()).add(os.path.splitext(item[2])[1])
     docs = []
     taken = set(RESERVED_NAMES)
     for path, display, rel, kind in unique:
         stem = _stem_rel(rel)
-        if stems[stem] > 1:
+        if len(exts[stem]) > 1:
             stem = rel.replace(os.sep, "/")
         stem = _fit_name(stem.lstrip("/"))
         name, n = stem, 1
@@ -410,7 +410,7 @@ def _open_pdf(path: str) -> pymupdf.Document:
     if b"%PDF-" not in head:
         raise InputError("not a PDF or image (unrecognised content)")
     try:
-        doc = pymupdf.open(path, filetype="pdf")
+        doc = _mupdf_open(path)
     except Exception as e:  # pymupdf raises several types for broken files
         raise InputError(f"corrupt PDF ({_short(e)})") from None
     if doc.needs_pass:
@@ -418,6 +418,20 @@ def _open_pdf(path: str) -> pymupdf.Document:
     if doc.page_count == 0:
         raise InputError("PDF has no pages")
     return doc
+
+
+def _mupdf_open(path: str) -> pymupdf.Document:
+    try:
+        path.encode("utf-8")
+    except UnicodeEncodeError:
+        # MuPDF takes UTF-8 names only; a name with undecodable bytes is opened through its
+        # descriptor (MuPDF opens the file itself at once, so ours can be closed after).
+        fd = os.open(path, os.O_RDONLY)
+        try:
+            return pymupdf.open(f"/proc/self/fd/{fd}", filetype="pdf")
+        finally:
+            os.close(fd)
+    return pymupdf.open(path, filetype="pdf")
 
 
 def _open_image(path: str) -> Image.Image:

@@ -235,6 +235,11 @@ class Converter:
                 while rendering and rendering[0][2].done():
                     st, idx, fut = rendering.popleft()
                     page = fut.result()
+                    if not isinstance(page, str):
+                        try:
+                            key = engine.plan(page).batch_key
+                        except Exception as e:  # isolation rule: this page's error only
+                            page = f"cannot plan the page ({describe(e)})"
                     if isinstance(page, str):
                         self._record(
                             st,
@@ -245,7 +250,7 @@ class Converter:
                         )
                         continue
                     page.doc_key = str(st.order)
-                    buckets.setdefault(engine.plan(page).batch_key, []).append((st, page))
+                    buckets.setdefault(key, []).append((st, page))
                     buffered += 1
                     page = fut = None  # the bucket holds the only reference now
                 limit = self._limit(max_batch)
@@ -278,7 +283,7 @@ class Converter:
             progress.close()
             for st in states:
                 if st.journal is not None:
-                    st.journal.close()
+                    _close_quietly(st.journal)
         self._emit_ready()
         return states
 
@@ -309,7 +314,7 @@ class Converter:
         except Exception as e:
             st.error = _doc_error(e, "cannot read")
             if st.journal is not None:
-                st.journal.close()
+                _close_quietly(st.journal)
                 st.journal = None
 
     def _open(self, st: _DocState) -> None:
@@ -416,7 +421,7 @@ class Converter:
             return
         st.finished = True
         if st.journal is not None:
-            st.journal.close()
+            _close_quietly(st.journal)
             st.journal = None
         pages = [st.results[i] for i in st.wanted if i in st.results]
         if st.error is None:
@@ -510,6 +515,12 @@ class _InlineRunner:
 
     def result(self, fut: Any) -> tuple[list[PageResult], int]:
         return fut.result(), 0
+
+
+def _close_quietly(f: IO[str]) -> None:
+    # Its last flush may fail again (disk full); that error was reported where it happened.
+    with contextlib.suppress(OSError):
+        f.close()
 
 
 class _WriteError(Exception):

@@ -76,3 +76,20 @@ class FlakyEngine(EchoEngine):
         if any(p.index == 1 for p in batch):
             raise RuntimeError("model choked on this page")
         return super().run(batch)
+
+
+class FaultyEngine(EchoEngine):
+    """Echo, except for documents whose name says how to misbehave (fault corpus):
+    ``planfail`` -> ``plan`` raises; ``nanfig`` -> a figure block whose box is NaN."""
+
+    def plan(self, page: PageImage) -> PagePlan:
+        if "planfail" in page.source:
+            raise ValueError("cannot plan this page")
+        return super().plan(page)
+
+    def _one(self, page: PageImage) -> PageResult:
+        res = super()._one(page)
+        if "nanfig" in page.source:
+            nan = float("nan")
+            res.blocks.append(Block("figure", (nan, nan, nan, nan), ""))
+        return res

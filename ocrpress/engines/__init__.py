@@ -104,6 +104,10 @@ BUILTIN_ENGINES = {
 }
 
 
+#: Built-in engines that need an optional extra (engine name -> the module it provides).
+ENGINE_EXTRAS = {"vllm": "vllm"}
+
+
 def engine_spec(name: str) -> str | None:
     """``module:Class`` of a built-in engine name or a plugin spec; None if it is neither."""
     spec = BUILTIN_ENGINES.get(name, name)
@@ -118,6 +122,16 @@ def create_engine(opts: EngineOptions) -> Engine:
     spec = engine_spec(name)
     if spec is None:
         raise EngineError(f"unknown engine {name!r} (choose from {', '.join(ENGINES)})")
+    extra = ENGINE_EXTRAS.get(name)
+    if extra is not None:
+        import importlib.util
+
+        if importlib.util.find_spec(extra) is None:
+            # Said before the model is looked up: "model not found" would point the wrong way.
+            raise EngineError(
+                f"--engine {name} needs the optional {extra} package, which is not installed:"
+                f" pip install 'ocrpress[{extra}]'"
+            )
     return _load_plugin(spec, opts)
 
 
