@@ -14,9 +14,8 @@ import json
 import logging
 import os
 import sys
-from collections import deque
 from collections.abc import Callable, Iterator
-from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
+from concurrent.futures import FIRST_COMPLETED, wait
 from dataclasses import dataclass, field
 from typing import IO, Any, Protocol
 
@@ -29,7 +28,7 @@ from .figures import crop_figures
 from .inputs import InputDoc, InputError
 from .journal import document_error, fingerprint, output_paths, write_document
 from .lock import locked_output
-from .render import InlineFuture, default_workers, main_is_importable, make_pool, render_task
+from .render import InlineFuture, RenderQueue, default_workers, main_is_importable
 from .stats import RunStats
 from .writers import atomic_write, render_page_stream
 
@@ -140,7 +139,7 @@ class Converter:
             # to import, so render in this process instead of failing.
             workers = 0
         devices = self._start_devices()
-        pool = make_pool(workers) if workers > 0 else None
+        renders = RenderQueue(workers, self.opts.dpi)
         try:
             if devices is None:
                 planner: Planner = self.engine  # load the model while the pool spins up
@@ -159,10 +158,9 @@ class Converter:
                 planner.model,
                 planner.mode,
             )
-            states = self._stream(docs, pool, planner, runner, max_batch, window)
+            states = self._stream(docs, renders, planner, runner, max_batch, window)
         finally:
-            if pool is not None:
-                pool.shutdown(wait=True, cancel_futures=True)
+            renders.close()
             if devices is not None:
                 devices.close()
         self.stats.stop()
@@ -195,7 +193,7 @@ class Converter:
     def _stream(
         self,
         docs: list[InputDoc],
-        pool: ProcessPoolExecutor | None,
+        renders: RenderQueue,
         engine: Planner,
         runner: _Runner,
         max_batch: int,
@@ -207,7 +205,6 @@ class Converter:
         self._emit_next = 0
         self._states = states
         tasks = self._page_tasks(states)
-        rendering: deque[tuple[_DocState, int, Future[Any] | InlineFuture]] = deque()
         buckets: dict[Any, list[tuple[_DocState, PageImage]]] = {}
         # Batches in the engine(s): future -> its pages (kept here for figure crops).
         running: dict[Any, list[tuple[_DocState, PageImage]]] = {}
@@ -220,21 +217,19 @@ class Converter:
                     self._collect(runner, fut, running.pop(fut))
                 in_engine = sum(len(b) for b in running.values())
                 # Keep the render window full so the engine never waits for pages.
-                while not exhausted and len(rendering) + buffered + in_engine < window:
+                while (
+                    not exhausted
+                    and renders.accepting
+                    and len(renders) + buffered + in_engine < window
+                ):
                     task = next(tasks, None)
                     if task is None:
                         exhausted = True
                         break
                     st, idx = task
-                    if pool is None:
-                        fut: Any = InlineFuture(render_task(st.doc, idx, self.opts.dpi))
-                    else:
-                        fut = pool.submit(render_task, st.doc, idx, self.opts.dpi)
-                    rendering.append((st, idx, fut))
+                    renders.submit((st, idx), st.doc, idx)
                 # Rendered pages (in order) go into buckets of equal batch key.
-                while rendering and rendering[0][2].done():
-                    st, idx, fut = rendering.popleft()
-                    page = fut.result()
+                for (st, idx), page in renders.ready():
                     if not isinstance(page, str):
                         try:
                             key = engine.plan(page).batch_key
@@ -252,13 +247,13 @@ class Converter:
                     page.doc_key = str(st.order)
                     buckets.setdefault(key, []).append((st, page))
                     buffered += 1
-                    page = fut = None  # the bucket holds the only reference now
+                    page = None  # the bucket holds the only reference now
                 limit = self._limit(max_batch)
                 key = None
                 if len(running) < runner.capacity:
                     key = next((k for k, v in buckets.items() if len(v) >= limit), None)
                     full = buffered + in_engine >= window
-                    if key is None and buckets and not rendering and (exhausted or full):
+                    if key is None and buckets and not len(renders) and (exhausted or full):
                         # Nothing more can arrive (end of input, or the window is all buffered
                         # in buckets of different keys): a partial batch must go.
                         key = max(buckets, key=lambda k: len(buckets[k]))
@@ -269,11 +264,11 @@ class Converter:
                     running[fut] = batch
                     del batch, fut  # a finished batch's images must not outlive it
                     continue
-                if rendering or running:
+                if len(renders) or running:
                     # Wait for the oldest page in flight or any batch, whichever comes first.
                     waits = list(running)
-                    if rendering and isinstance(rendering[0][2], Future):
-                        waits.append(rendering[0][2])
+                    if renders.head() is not None:
+                        waits.append(renders.head())
                     if waits:
                         wait(waits, return_when=FIRST_COMPLETED)
                     continue

@@ -17,10 +17,12 @@ workers) is gone.
 
 from __future__ import annotations
 
+import atexit
 import contextlib
 import ctypes
 import os
 import select
+import shutil
 import signal
 import sys
 import threading
@@ -83,6 +85,7 @@ def worker_init(main_pid: int) -> None:
     # Ctrl-C reaches the whole process group; the main process reports it once, workers stay
     # quiet instead of printing a traceback each.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)  # not the forkserver's handler it inherits
     die_with_parent()
     if not _alive(main_pid):
         os._exit(1)
@@ -90,12 +93,31 @@ def worker_init(main_pid: int) -> None:
 
 
 def _forkserver_guard() -> None:
-    """Runs when the forkserver imports this module (it is preloaded): die with the main."""
+    """Runs when the forkserver imports this module (it is preloaded): die with the main.
+
+    SIGTERM rather than SIGKILL, so the forkserver can first remove its socket's folder
+    (``/tmp/pymp-*``), which the killed main process can no longer remove.
+    """
     main_pid = os.environ.get(MAIN_PID_ENV)
     if main_pid and main_pid.isdigit() and os.getppid() == int(main_pid):
-        die_with_parent()
+        signal.signal(signal.SIGTERM, _forkserver_exit)
+        atexit.register(_remove_socket_folder)  # it also ends by itself when main's pipe closes
+        die_with_parent(signal.SIGTERM)
         if os.getppid() != int(main_pid):  # the main process died before the prctl
             os._exit(1)
+
+
+def _forkserver_exit(signum: int, frame: object) -> None:
+    _remove_socket_folder()
+    os._exit(1)
+
+
+def _remove_socket_folder() -> None:
+    from multiprocessing import forkserver
+
+    address = getattr(forkserver._forkserver, "_forkserver_address", None)
+    if isinstance(address, str) and os.path.basename(os.path.dirname(address)).startswith("pymp-"):
+        shutil.rmtree(os.path.dirname(address), ignore_errors=True)
 
 
 @contextlib.contextmanager

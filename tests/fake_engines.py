@@ -9,6 +9,8 @@ import time
 
 from ocrpress.document import Block, PageImage, PageResult
 from ocrpress.engines import EngineOptions, PagePlan
+from ocrpress.inputs import InputDoc
+from ocrpress.render import render_task
 
 
 class EchoEngine:
@@ -93,3 +95,11 @@ class FaultyEngine(EchoEngine):
             nan = float("nan")
             res.blocks.append(Block("figure", (nan, nan, nan, nan), ""))
         return res
+
+
+def crash_render(doc: InputDoc, index: int, dpi: int) -> PageImage | str:
+    """A render task whose worker dies on page 1 of documents named ``crash*`` (as a MuPDF
+    segfault would kill it): for RenderQueue tests."""
+    if os.path.basename(doc.path).startswith("crash") and index == 0:
+        os._exit(139)
+    return render_task(doc, index, dpi)

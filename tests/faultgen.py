@@ -157,7 +157,8 @@ def _png_header(width: int, height: int) -> bytes:
     """A PNG whose header claims ``width`` x ``height`` (a decompression bomb's first bytes)."""
 
     def chunk(kind: bytes, data: bytes) -> bytes:
-        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+        crc = struct.pack(">I", zlib.crc32(kind + data))
+        return struct.pack(">I", len(data)) + kind + data + crc
 
     ihdr = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
     idat = zlib.compress(b"\0" * 64)
@@ -232,8 +233,8 @@ def _exif(d: Path, tmp: Path) -> Fault:
 
 @case("names-with-spaces-quotes-newlines")
 def _names(d: Path, tmp: Path) -> Fault:
-    labelled_pdf(d / "it's a \"file\" \nwith newline.pdf", 1)
-    return Fault(0, files=files_with("it's a \"file\" \nwith newline.md"))
+    labelled_pdf(d / 'it\'s a "file" \nwith newline.pdf', 1)
+    return Fault(0, files=files_with('it\'s a "file" \nwith newline.md'))
 
 
 @case("non-utf8-name-json")
@@ -383,9 +384,7 @@ def _unreadable_file(d: Path, tmp: Path) -> Fault:
 
 @case("binary-stdin")
 def _binary_stdin(d: Path, tmp: Path) -> Fault:
-    return Fault(
-        1, ("<stdin>", "neither a PDF"), args=["-", str(d)], stdin=b"\x00\x01\xfe" * 100
-    )
+    return Fault(1, ("<stdin>", "neither a PDF"), args=["-", str(d)], stdin=b"\x00\x01\xfe" * 100)
 
 
 @case("stdin-document-with-workers")

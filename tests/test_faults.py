@@ -166,6 +166,22 @@ def _start(
     return proc
 
 
+def _resume_cmd(tmp_path: Path, *extra: str) -> list[str]:
+    """The command that converts d0.pdf into the same folder as _start's run."""
+    out = str(tmp_path / "out")
+    engine = ["--engine", "fake_engines:EchoEngine", *extra]
+    return [
+        sys.executable,
+        "-m",
+        "ocrpress",
+        "convert",
+        str(tmp_path / "d0.pdf"),
+        "-o",
+        out,
+        *engine,
+    ]
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("sig", [signal.SIGKILL, signal.SIGTERM])
 def test_killed_run_leaves_no_process(sig: signal.Signals, tmp_path: Path) -> None:
@@ -177,13 +193,14 @@ def test_killed_run_leaves_no_process(sig: signal.Signals, tmp_path: Path) -> No
     finally:
         for pid in _group(proc.pid):
             os.kill(pid, signal.SIGKILL)
+    # Nothing in the temp folder either: not the forkserver's socket folder (pymp-*).
+    assert not [p.name for p in tmp_path.iterdir() if p.name.startswith(("pymp-", "ocrpress-"))]
     err = proc.stderr.read().decode() if proc.stderr else ""
     if sig == signal.SIGTERM:
         assert proc.returncode == 143 and "terminated" in err and "Traceback" not in err
     # The same command again finishes the job from what was kept.
     done = subprocess.run(
-        [sys.executable, "-m", "ocrpress", "convert", str(tmp_path / "d0.pdf"), "-o"]
-        + [str(tmp_path / "out"), "--engine", "fake_engines:EchoEngine", "-q"],
+        _resume_cmd(tmp_path, "-q"),
         env={**os.environ, "PYTHONPATH": str(TESTS)},
         capture_output=True,
         timeout=120,
@@ -221,16 +238,14 @@ def test_second_run_into_a_locked_folder(tmp_path: Path) -> None:
     proc = _start(tmp_path, delay=0.3)  # still running when the second run starts
     try:
         r = subprocess.run(
-            [sys.executable, "-m", "ocrpress", "convert", str(tmp_path / "d0.pdf"), "-o"]
-            + [str(tmp_path / "out"), "--engine", "fake_engines:EchoEngine"],
+            _resume_cmd(tmp_path),
             env={**os.environ, "PYTHONPATH": str(TESTS)},
             capture_output=True,
             timeout=60,
         )
         assert r.returncode == 5 and f"(pid {proc.pid})".encode() in r.stderr, r.stderr
         waited = subprocess.Popen(
-            [sys.executable, "-m", "ocrpress", "convert", str(tmp_path / "d0.pdf"), "-o"]
-            + [str(tmp_path / "out"), "--engine", "fake_engines:EchoEngine", "--wait"],
+            _resume_cmd(tmp_path, "--wait"),
             env={**os.environ, "PYTHONPATH": str(TESTS)},
             stdout=subprocess.DEVNULL,
             stderr=subprocess.PIPE,
@@ -241,3 +256,88 @@ def test_second_run_into_a_locked_folder(tmp_path: Path) -> None:
     finally:
         if proc.poll() is None:
             os.killpg(proc.pid, signal.SIGKILL)
+
+
+# ------------------------------------------------------------------ dying render workers
+
+
+@pytest.mark.slow
+def test_render_queue_isolates_the_page_that_kills_workers(tmp_path: Path) -> None:
+    from concurrent.futures import wait
+
+    from fake_engines import crash_render
+
+    from ocrpress.inputs import discover
+    from ocrpress.render import CRASH_ERROR, RenderQueue
+
+    paths = [labelled_pdf(tmp_path / n, 3) for n in ("a.pdf", "crash.pdf", "c.pdf")]
+    docs, _ = discover([str(p) for p in paths])
+    queue = RenderQueue(2, 36, task=crash_render)
+    done: dict[tuple[str, int], object] = {}
+    try:
+        for doc in docs:
+            for i in range(3):
+                queue.submit((doc.rel, i), doc, i)
+        deadline = time.monotonic() + 120
+        while len(queue) and time.monotonic() < deadline:
+            done.update(queue.ready())
+            if queue.head() is not None:
+                wait([queue.head()], timeout=1)
+    finally:
+        queue.close()
+    assert done.pop(("crash", 0)) == CRASH_ERROR
+    # Every other page, including those in flight beside the crash, was rendered.
+    assert sorted(done) == [
+        (d, i) for d in ("a", "c", "crash") for i in range(3) if (d, i) != ("crash", 0)
+    ]
+    assert all(not isinstance(v, str) for v in done.values())
+
+
+def _workers_of(main_pid: int) -> list[int]:
+    """Render workers: children of the forkserver, itself a child of the main process."""
+
+    def children(pid: int) -> list[int]:
+        found = []
+        for entry in os.listdir("/proc"):
+            try:
+                fields = Path(f"/proc/{entry}/stat").read_text().rsplit(")", 1)[1].split()
+            except (OSError, IndexError):
+                continue
+            if entry.isdigit() and int(fields[1]) == pid:
+                found.append(int(entry))
+        return found
+
+    return [w for c in children(main_pid) for w in children(c)]
+
+
+@pytest.mark.slow
+def test_killed_render_worker_does_not_fail_the_run(tmp_path: Path) -> None:
+    proc = _start(tmp_path)
+    workers = _workers_of(proc.pid)
+    assert workers, "no render worker found"
+    os.kill(workers[0], signal.SIGKILL)  # as the OOM killer would
+    assert proc.wait(timeout=120) == 0, proc.stderr.read() if proc.stderr else ""
+    md = (tmp_path / "out" / "d1.md").read_text()
+    assert "d1.pdf p12" in md and "error" not in md
+    assert _wait_gone(proc.pid) == []
+
+
+@pytest.mark.slow
+def test_folder_named_ocrpress_in_cwd(tmp_path: Path) -> None:
+    """A checkout's ``ocrpress/`` in the cwd must not shadow the package in render workers."""
+    script = Path(sys.executable).with_name("ocrpress")
+    if not script.exists():
+        pytest.skip("needs the installed console script (python -m puts the cwd first anyway)")
+    (tmp_path / "ocrpress").mkdir()
+    (tmp_path / "ocrpress" / "__init__.py").write_text("")  # an empty package of that name
+    labelled_pdf(tmp_path / "a.pdf", 2)
+    cmd = [str(script), "convert", "a.pdf", "-o", "out", "--engine", "fake_engines:EchoEngine"]
+    r = subprocess.run(
+        [*cmd, "--workers", "1"],
+        cwd=tmp_path,
+        env={**os.environ, "PYTHONPATH": str(TESTS)},
+        capture_output=True,
+        timeout=120,
+    )
+    assert r.returncode == 0, r.stderr.decode()
+    assert "a.pdf p2" in (tmp_path / "out" / "a.md").read_text()
