@@ -172,9 +172,9 @@ def main() -> None:
 @click.option("-v", "--verbose", is_flag=True, help="Debug logging.")
 def convert(inputs: tuple[str, ...], **kw: Any) -> None:
     """Convert PDFs and images (files, folders, 'globs', or - for stdin) to Markdown/JSON/text."""
+    from .discovery import discover
     from .engines import EngineError, EngineOptions
     from .errors import OcrpressError, Terminated
-    from .inputs import discover
     from .pipeline import Converter, ConvertOptions
     from .procs import raise_on_sigterm
     from .writers import parse_formats
@@ -299,7 +299,8 @@ def modes(
 
     _setup_logging(False, False)
     if file:
-        from .inputs import InputError, PageRenderer, discover
+        from .discovery import discover
+        from .inputs import InputError, PageRenderer
 
         docs, problems = discover([file])
         if not docs:

@@ -23,9 +23,10 @@ from . import inputs, journal
 from .devices import DevicePool, Planner, make_planner, resolve_devices, run_batch
 from .document import DocumentResult, PageImage, PageResult
 from .engines import Engine, EngineOptions, create_engine
-from .errors import EngineLoadError, OutputError, describe, is_fatal_write_error
+from .errors import EngineLoadError, OutputError, describe
 from .figures import crop_figures
 from .inputs import InputDoc, InputError
+from .isolation import close_quietly, failure, output_guard
 from .journal import document_error, fingerprint, output_paths, write_document
 from .lock import locked_output
 from .render import InlineFuture, RenderQueue, default_workers, main_is_importable
@@ -95,6 +96,7 @@ class Converter:
         self.stats = RunStats()
         self.page_ranges = inputs.parse_page_ranges(opts.pages)
         self.to_dir = opts.output not in (None, "-")
+        self.out_dir = opts.output if self.to_dir else None  # the folder written to, if any
         self.batch_limit = 0  # lowered after a CUDA out-of-memory error
         self._planner: Planner | None = None
         self.device_pool: DevicePool | None = None
@@ -166,7 +168,7 @@ class Converter:
         self.stats.stop()
         if self.to_dir:
             assert self.opts.output is not None
-            with self._output_guard():
+            with output_guard(self.out_dir):
                 atomic_write(
                     os.path.join(self.opts.output, RUN_STATS_FILE),
                     json.dumps(self.stats.to_dict(), indent=2) + "\n",
@@ -278,7 +280,7 @@ class Converter:
             progress.close()
             for st in states:
                 if st.journal is not None:
-                    _close_quietly(st.journal)
+                    close_quietly(st.journal)
         self._emit_ready()
         return states
 
@@ -307,9 +309,9 @@ class Converter:
         except OutputError:
             raise
         except Exception as e:
-            st.error = _doc_error(e, "cannot read")
+            st.error = failure(e, "cannot read")
             if st.journal is not None:
-                _close_quietly(st.journal)
+                close_quietly(st.journal)
                 st.journal = None
 
     def _open(self, st: _DocState) -> None:
@@ -349,7 +351,7 @@ class Converter:
             st.resumed_pages = len(st.results)
             self.stats.resumed_pages += st.resumed_pages
             self._progress.update(st.resumed_pages)
-        with self._output_guard():
+        with output_guard(self.out_dir):
             os.makedirs(os.path.dirname(journal_path), exist_ok=True)
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(done_path)
@@ -386,12 +388,12 @@ class Converter:
         if st.finished:
             return  # the document already failed; pages still in flight are dropped
         try:
-            with self._output_guard():
+            with output_guard(self.out_dir):
                 self._keep(st, res, page)
         except OutputError:
             raise
         except Exception as e:
-            st.error = _doc_error(e, "cannot write")
+            st.error = failure(e, "cannot write")
             self._finish(st)
 
     def _keep(self, st: _DocState, res: PageResult, page: PageImage | None) -> None:
@@ -416,7 +418,7 @@ class Converter:
             return
         st.finished = True
         if st.journal is not None:
-            _close_quietly(st.journal)
+            close_quietly(st.journal)
             st.journal = None
         pages = [st.results[i] for i in st.wanted if i in st.results]
         if st.error is None:
@@ -438,29 +440,15 @@ class Converter:
         """Write a finished document; False (and its one-line error) if that fails."""
         assert self.opts.output is not None
         try:
-            with self._output_guard():
+            with output_guard(self.out_dir):
                 write_document(self.opts, st.doc, pages, st.fingerprint)
         except OutputError:
             raise
         except Exception as e:
-            st.error = _doc_error(e, "cannot write")
+            st.error = failure(e, "cannot write")
             self.on_error(f"{st.doc.display}: {st.error}")
             return False
         return True
-
-    @contextlib.contextmanager
-    def _output_guard(self) -> Iterator[None]:
-        """A write error every later document would share (disk full, read-only folder)
-        stops the job as OutputError; others stay this document's error."""
-        try:
-            yield
-        except OSError as e:
-            if self.to_dir and (is_fatal_write_error(e) or not _writable(self.opts.output)):
-                raise OutputError(
-                    f"-o {self.opts.output}: {describe(e)}; finished documents are kept,"
-                    " run the same command again to resume"
-                ) from e
-            raise _WriteError(f"cannot write ({describe(e)})") from e
 
     def _emit_ready(self) -> None:
         """Stream finished documents to stdout in input order (only with ``-o -``)."""
@@ -510,30 +498,6 @@ class _InlineRunner:
 
     def result(self, fut: Any) -> tuple[list[PageResult], int]:
         return fut.result(), 0
-
-
-def _close_quietly(f: IO[str]) -> None:
-    # Its last flush may fail again (disk full); that error was reported where it happened.
-    with contextlib.suppress(OSError):
-        f.close()
-
-
-class _WriteError(Exception):
-    """One document's output could not be written (the folder itself is fine)."""
-
-
-def _doc_error(e: Exception, verb: str) -> str:
-    """The one-line error of a document for an unexpected exception (isolation rule)."""
-    if isinstance(e, _WriteError):
-        return str(e)
-    return f"{verb} ({describe(e)})" if isinstance(e, OSError) else describe(e)
-
-
-def _writable(folder: str | None) -> bool:
-    """Can anything still be written into the output folder's state folder?"""
-    if folder is None:
-        return True
-    return os.access(os.path.join(folder, journal.STATE_DIR), os.W_OK | os.X_OK)
 
 
 def _take(buckets: dict[Any, list[Any]], key: Any, n: int) -> list[Any]:
