@@ -208,3 +208,28 @@ def test_watch_process_sees_the_exit() -> None:
     watch_process(child.pid, seen.set)
     child.wait()
     assert seen.wait(5)
+
+
+def test_missing_extra_is_said_first(monkeypatch: pytest.MonkeyPatch) -> None:
+    from ocrpress.engines import EngineError, EngineOptions, create_engine
+
+    monkeypatch.setitem(sys.modules, "vllm", None)  # not installed, whatever the machine has
+    with pytest.raises(EngineError, match=r"^--engine vllm needs the optional vllm package"):
+        create_engine(EngineOptions(engine="vllm", model="/nowhere/model"))
+
+
+def test_unknown_mode_is_a_usage_error() -> None:
+    r = subprocess.run(
+        [sys.executable, "-m", "ocrpress", "convert", "x.pdf", "--mode", "huge"],
+        capture_output=True,
+        timeout=60,
+    )
+    assert r.returncode == 2 and b"'huge' is not one of tiny, small" in r.stderr
+
+
+def test_summary_names_what_failed() -> None:
+    from ocrpress.stats import RunStats
+
+    stats = RunStats(failed_documents=5, failed=[f"in/{c}.pdf" for c in "abcde"])
+    assert "5 failed (in/a.pdf, in/b.pdf, in/c.pdf and 2 more)" in stats.summary()
+    assert "0 failed in" in RunStats().summary()
