@@ -7,6 +7,7 @@ outlived each kill by more than 2 s, plus what was left in the temp folder (goal
 
     python bench/resume.py                 # 20 x kill -9
     python bench/resume.py --signal term   # 20 x SIGTERM
+    python bench/resume.py --echo          # a 0.1 s/page stand-in engine: minutes, not an hour
 """
 
 from __future__ import annotations
@@ -30,6 +31,9 @@ BATCH = 2
 ORPHANS: list[int] = []  # processes of the killed run's group alive 2 s after each kill
 
 
+ENGINE = "counting_engine:CountingRapid"
+
+
 def run_cli(
     docs: list[Path],
     out: Path,
@@ -47,7 +51,7 @@ def run_cli(
     if tmpdir is not None:
         env["TMPDIR"] = str(tmpdir)
     cmd = [sys.executable, "-m", "ocrpress", "convert", *map(str, docs), "-o", str(out), "-q"]
-    cmd += ["--engine", "counting_engine:CountingRapid", "--dpi", "48", "-f", "markdown,json"]
+    cmd += ["--engine", ENGINE, "--dpi", "48", "-f", "markdown,json"]
     cmd += ["--batch-size", str(BATCH)]
     # Its own session, so whatever it started can be found (and counted) afterwards.
     proc = subprocess.Popen(cmd, env=env, start_new_session=True)
@@ -88,13 +92,27 @@ def main() -> None:
     ap.add_argument("--kills", type=int, default=20)
     ap.add_argument("--seed", type=int, default=1)
     ap.add_argument("--signal", choices=["kill", "term"], default="kill")
+    ap.add_argument(
+        "--echo",
+        action="store_true",
+        help="a 0.1 s/page stand-in engine instead of rapid OCR (reliability trials in minutes)",
+    )
     args = ap.parse_args()
+    global ENGINE
+    if args.echo:
+        ENGINE = "counting_engine:CountingEcho"
     sig = signal.SIGKILL if args.signal == "kill" else signal.SIGTERM
     tmp = Path(tempfile.mkdtemp(prefix="ocrpress-resume-"))
     run_tmp = tmp / "tmpdir"  # the runs' TMPDIR: whatever a kill leaves there is counted
     run_tmp.mkdir()
-    docs = [text_pdf(tmp / f"doc{i}.pdf", 12, lines_per_page=15, seed=100 * i) for i in range(4)]
-    total = 4 * 12
+    # The stand-in engine gets a longer job (8 documents, 0.3 s a page) so that 20 kills,
+    # each 0.5 .. 5 s after a start, land before the job is done.
+    n_docs = 8 if args.echo else 4
+    os.environ.setdefault("ECHO_SECONDS", "0.3")
+    docs = [
+        text_pdf(tmp / f"doc{i}.pdf", 12, lines_per_page=15, seed=100 * i) for i in range(n_docs)
+    ]
+    total = n_docs * 12
 
     t0 = time.perf_counter()
     assert run_cli(docs, tmp / "clean", tmp / "clean.count", None)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import sys
@@ -256,11 +257,9 @@ def convert(inputs: tuple[str, ...], **kw: Any) -> None:
         log.error("%s", e)
         sys.exit(e.exit_code)
     except KeyboardInterrupt:
-        log.error("interrupted; finished pages are kept, run the same command again to resume")
-        sys.exit(EXIT_INTERRUPTED)
+        _stop_now("interrupted", EXIT_INTERRUPTED)
     except Terminated:
-        log.error("terminated; finished pages are kept, run the same command again to resume")
-        sys.exit(EXIT_TERMINATED)
+        _stop_now("terminated", EXIT_TERMINATED)
     if not kw["quiet"]:
         log.info("%s", conv.stats.summary())
         if conv.stats.truncated:
@@ -275,6 +274,20 @@ def convert(inputs: tuple[str, ...], **kw: Any) -> None:
         problems or stats.failed_documents or stats.failed_pages or any(r.error for r in results)
     )
     sys.exit(EXIT_FAILED_INPUTS if failed else EXIT_OK)
+
+
+def _stop_now(what: str, code: int) -> None:
+    """Ctrl-C or SIGTERM: one line, then exit at once.
+
+    Every finished page is already journaled and fsync'ed and outputs are written atomically,
+    so there is nothing left to save; interpreter shutdown would only race render workers
+    that are still starting (their tracebacks). The workers die with this process.
+    """
+    log.error("%s; finished pages are kept, run the same command again to resume", what)
+    for stream in (sys.stdout, sys.stderr):
+        with contextlib.suppress(Exception):
+            stream.flush()
+    os._exit(code)
 
 
 @main.command()

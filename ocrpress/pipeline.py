@@ -23,7 +23,7 @@ from . import inputs, journal
 from .devices import DevicePool, Planner, make_planner, resolve_devices, run_batch
 from .document import DocumentResult, PageImage, PageResult
 from .engines import Engine, EngineOptions, create_engine
-from .errors import EngineLoadError, OutputError, describe
+from .errors import EngineLoadError, OutputError, Terminated, describe
 from .figures import crop_figures
 from .inputs import InputDoc, InputError
 from .isolation import close_quietly, failure, output_guard
@@ -142,6 +142,7 @@ class Converter:
             workers = 0
         devices = self._start_devices()
         renders = RenderQueue(workers, self.opts.dpi)
+        interrupted = False
         try:
             if devices is None:
                 planner: Planner = self.engine  # load the model while the pool spins up
@@ -161,8 +162,13 @@ class Converter:
                 planner.mode,
             )
             states = self._stream(docs, renders, planner, runner, max_batch, window)
+        except (KeyboardInterrupt, Terminated):
+            interrupted = True
+            raise
         finally:
-            renders.close()
+            # Interrupted: no waiting for workers (they die with this process); a worker
+            # still starting must not find the pool's semaphores already gone.
+            renders.close(wait=not interrupted)
             if devices is not None:
                 devices.close()
         self.stats.stop()

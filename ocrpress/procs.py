@@ -31,6 +31,7 @@ from collections.abc import Callable, Iterator
 
 #: Set (with the main process's pid) while the forkserver starts, so it knows its parent.
 MAIN_PID_ENV = "OCRPRESS_MAIN_PID"
+TEMPDIR_ENV = "OCRPRESS_MP_TEMPDIR"
 _PR_SET_PDEATHSIG = 1
 
 
@@ -113,11 +114,9 @@ def _forkserver_exit(signum: int, frame: object) -> None:
 
 
 def _remove_socket_folder() -> None:
-    from multiprocessing import forkserver
-
-    address = getattr(forkserver._forkserver, "_forkserver_address", None)
-    if isinstance(address, str) and os.path.basename(os.path.dirname(address)).startswith("pymp-"):
-        shutil.rmtree(os.path.dirname(address), ignore_errors=True)
+    folder = os.environ.get(TEMPDIR_ENV, "")
+    if os.path.basename(folder).startswith("pymp-"):
+        shutil.rmtree(folder, ignore_errors=True)
 
 
 @contextlib.contextmanager
@@ -128,9 +127,19 @@ def forkserver_env() -> Iterator[None]:
     a folder named ``ocrpress`` there (common in a checkout) would shadow the installed
     package in every worker. PYTHONSAFEPATH (Python 3.11+) leaves the cwd out.
     """
-    saved = {k: os.environ.get(k) for k in (MAIN_PID_ENV, "PYTHONSAFEPATH")}
+    from multiprocessing import util
+
+    keys = (MAIN_PID_ENV, TEMPDIR_ENV, "PYTHONSAFEPATH", "PYTHONWARNINGS")
+    saved = {k: os.environ.get(k) for k in keys}
     os.environ[MAIN_PID_ENV] = str(os.getpid())
+    # The main process's multiprocessing folder (/tmp/pymp-*, the forkserver's socket): the
+    # forkserver removes it when the main process dies without removing it itself.
+    os.environ[TEMPDIR_ENV] = util.get_temp_dir()
     os.environ["PYTHONSAFEPATH"] = "1"
+    # The resource tracker (started here too) unlinks the semaphores a killed run leaves,
+    # as it should, but warns about each on stderr: noise after a kill.
+    quiet = "ignore::UserWarning:multiprocessing.resource_tracker"
+    os.environ["PYTHONWARNINGS"] = ",".join(w for w in (saved["PYTHONWARNINGS"], quiet) if w)
     try:
         yield
     finally:

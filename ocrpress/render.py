@@ -190,6 +190,6 @@ class RenderQueue:
         if waiting is not None:
             self._launch(waiting)
 
-    def close(self) -> None:
+    def close(self, wait: bool = True) -> None:
         if self.pool is not None:
-            self.pool.shutdown(wait=True, cancel_futures=True)
+            self.pool.shutdown(wait=wait, cancel_futures=True)
