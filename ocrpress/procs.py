@@ -105,6 +105,7 @@ def _forkserver_guard() -> None:
         atexit.register(_remove_socket_folder)  # it also ends by itself when main's pipe closes
         die_with_parent(signal.SIGTERM)
         if os.getppid() != int(main_pid):  # the main process died before the prctl
+            _remove_socket_folder()
             os._exit(1)
 
 
