@@ -100,13 +100,14 @@ def _forkserver_guard() -> None:
     (``/tmp/pymp-*``), which the killed main process can no longer remove.
     """
     main_pid = os.environ.get(MAIN_PID_ENV)
-    if main_pid and main_pid.isdigit() and os.getppid() == int(main_pid):
-        signal.signal(signal.SIGTERM, _forkserver_exit)
-        atexit.register(_remove_socket_folder)  # it also ends by itself when main's pipe closes
-        die_with_parent(signal.SIGTERM)
-        if os.getppid() != int(main_pid):  # the main process died before the prctl
-            _remove_socket_folder()
-            os._exit(1)
+    if not (main_pid and main_pid.isdigit()) or os.getpid() == int(main_pid):
+        return  # not a forkserver: the variable is set only while one starts
+    signal.signal(signal.SIGTERM, _forkserver_exit)
+    atexit.register(_remove_socket_folder)  # it also ends by itself when main's pipe closes
+    die_with_parent(signal.SIGTERM)
+    if os.getppid() != int(main_pid):  # the main process died before the prctl took effect
+        _remove_socket_folder()
+        os._exit(1)
 
 
 def _forkserver_exit(signum: int, frame: object) -> None:
