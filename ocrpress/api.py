@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 from typing import Any
 
-from . import inputs
+from .discovery import discover
 from .document import DocumentResult
 from .engines import Engine, EngineOptions
 from .pipeline import Converter, ConvertOptions
@@ -40,7 +40,7 @@ def convert(
     conv_kwargs = {k: v for k, v in options.items() if k not in eng_fields}
     fmts = parse_formats(formats) if isinstance(formats, str) else list(formats)
     opts = ConvertOptions(output=output, formats=fmts, engine=eng_opts, **conv_kwargs)
-    docs, problems = inputs.discover(paths)
+    docs, problems = discover(paths)
     for p in problems:
         log.error("%s", p)
     conv = Converter(opts, engine=None if isinstance(engine, str) else engine)

@@ -2,22 +2,27 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
+import os
 import sys
 from typing import Any
 
 import click
 
 from . import __version__
+from .errors import (  # noqa: F401 - the exit codes are this module's documented API
+    EXIT_ENGINE,
+    EXIT_FAILED_INPUTS,
+    EXIT_INTERRUPTED,
+    EXIT_LOCKED,
+    EXIT_OK,
+    EXIT_OUTPUT,
+    EXIT_TERMINATED,
+    EXIT_USAGE,
+)
 
 log = logging.getLogger("ocrpress")
-
-#: Exit codes (documented in README.md).
-EXIT_OK = 0
-EXIT_FAILED_INPUTS = 1  # some inputs or pages failed; the rest were converted
-EXIT_USAGE = 2  # bad options, or no input found (click uses 2 for usage errors too)
-EXIT_ENGINE = 3  # the engine or model could not be loaded; nothing was converted
-EXIT_INTERRUPTED = 130  # Ctrl-C / SIGINT
 
 CONVERT_EXAMPLES = """
 \b
@@ -53,6 +58,15 @@ def _check_engine(value: str) -> str:
     if value in ("auto", "rapid", "deepseek", "vllm") or ":" in value:
         return value
     raise click.BadParameter(f"{value!r} is not one of auto, rapid, deepseek, vllm or module:Class")
+
+
+def _check_mode(value: str | None) -> str | None:
+    from .modes import MODE_NAMES
+
+    if value is None or value in MODE_NAMES:
+        return value
+    # Checked here, before any model lookup: an unknown mode is a typo, not a missing model.
+    raise click.BadParameter(f"{value!r} is not one of {', '.join(MODE_NAMES)}")
 
 
 def _check_devices(value: str | None) -> str | None:
@@ -99,7 +113,12 @@ def main() -> None:
     " a CUDA GPU with the model available, else rapid.",
 )
 @click.option("--model", default=None, help="Hub id or local folder of a DeepSeek-OCR model.")
-@click.option("--mode", default=None, help="Resolution mode: tiny, small, base, large, gundam.")
+@click.option(
+    "--mode",
+    default=None,
+    callback=lambda ctx, param, v: _check_mode(v),
+    help="Resolution mode: tiny, small, base, large, gundam.",
+)
 @click.option(
     "--task",
     type=click.Choice(["markdown", "text", "figure"]),
@@ -143,18 +162,26 @@ def main() -> None:
     help="Run on a Ray cluster: auto (this node's cluster) or its address [env: RAY_ADDRESS].",
 )
 @click.option("--overwrite", is_flag=True, help="Redo documents whose outputs are current.")
+@click.option(
+    "--wait",
+    is_flag=True,
+    help="If another run is writing into -o DIR, wait for it to end (default: exit 5 at once).",
+)
 @click.option("--keep-raw", is_flag=True, help="Keep the model's raw text in JSON output.")
 @click.option("--retry-truncated", is_flag=True, help="Re-run truncated pages once, stricter.")
 @click.option("-q", "--quiet", is_flag=True, help="No progress bar, no summary; errors only.")
 @click.option("-v", "--verbose", is_flag=True, help="Debug logging.")
 def convert(inputs: tuple[str, ...], **kw: Any) -> None:
     """Convert PDFs and images (files, folders, 'globs', or - for stdin) to Markdown/JSON/text."""
+    from .discovery import discover
     from .engines import EngineError, EngineOptions
-    from .inputs import discover
-    from .pipeline import Converter, ConvertOptions, EngineLoadError
+    from .errors import OcrpressError, Terminated
+    from .pipeline import Converter, ConvertOptions
+    from .procs import raise_on_sigterm
     from .writers import parse_formats
 
     _setup_logging(kw["quiet"], kw["verbose"])
+    raise_on_sigterm()
     try:
         formats = parse_formats(kw["formats"])
         if kw["output"] == "-" and len(formats) > 1:
@@ -191,12 +218,22 @@ def convert(inputs: tuple[str, ...], **kw: Any) -> None:
         progress=not kw["quiet"] and sys.stderr.isatty(),
         keep_results=False,
         devices=kw["devices"],
+        wait=kw["wait"],
         engine=eng_opts,
     )
     stdin = sys.stdin.buffer if "-" in inputs else None
     if stdin is not None and sys.stdin.isatty():
         raise click.UsageError("'-' reads paths or a document from stdin, but stdin is a terminal")
-    docs, problems = discover(inputs, stdin=stdin)
+    to_dir = kw["output"] != "-"
+    if to_dir and os.path.exists(kw["output"]) and not os.path.isdir(kw["output"]):
+        raise click.UsageError(f"-o {kw['output']}: exists and is not a folder")
+    notes: list[str] = []
+    # The output folder is never an input: its figure crops would be converted next run.
+    docs, problems = discover(
+        inputs, stdin=stdin, exclude=[kw["output"]] if to_dir else [], notes=notes
+    )
+    for n in notes:
+        log.info("%s", n)
     for p in problems:
         log.error("%s", p)
     if not docs:
@@ -213,12 +250,16 @@ def convert(inputs: tuple[str, ...], **kw: Any) -> None:
         conv = Converter(opts)
     try:
         results = conv.run(docs)
-    except (EngineLoadError, EngineError) as e:
+    except EngineError as e:
         log.error("%s", e)
         sys.exit(EXIT_ENGINE)
+    except OcrpressError as e:
+        log.error("%s", e)
+        sys.exit(e.exit_code)
     except KeyboardInterrupt:
-        log.error("interrupted; finished pages are kept, run the same command again to resume")
-        sys.exit(EXIT_INTERRUPTED)
+        _stop_now("interrupted", EXIT_INTERRUPTED)
+    except Terminated:
+        _stop_now("terminated", EXIT_TERMINATED)
     if not kw["quiet"]:
         log.info("%s", conv.stats.summary())
         if conv.stats.truncated:
@@ -226,10 +267,27 @@ def convert(inputs: tuple[str, ...], **kw: Any) -> None:
                 log.info("truncated: %s", item)
     # Results are not kept (memory), so judge by the run's counters, not by r.ok.
     stats = conv.stats
+    if results and all(r.skipped for r in results) and stats.unselected_documents == len(results):
+        log.error("--pages %s selects no page of any document", kw["pages"])
+        sys.exit(EXIT_FAILED_INPUTS)
     failed = (
         problems or stats.failed_documents or stats.failed_pages or any(r.error for r in results)
     )
     sys.exit(EXIT_FAILED_INPUTS if failed else EXIT_OK)
+
+
+def _stop_now(what: str, code: int) -> None:
+    """Ctrl-C or SIGTERM: one line, then exit at once.
+
+    Every finished page is already journaled and fsync'ed and outputs are written atomically,
+    so there is nothing left to save; interpreter shutdown would only race render workers
+    that are still starting (their tracebacks). The workers die with this process.
+    """
+    log.error("%s; finished pages are kept, run the same command again to resume", what)
+    for stream in (sys.stdout, sys.stderr):
+        with contextlib.suppress(Exception):
+            stream.flush()
+    os._exit(code)
 
 
 @main.command()
@@ -254,7 +312,8 @@ def modes(
 
     _setup_logging(False, False)
     if file:
-        from .inputs import InputError, PageRenderer, discover
+        from .discovery import discover
+        from .inputs import InputError, PageRenderer
 
         docs, problems = discover([file])
         if not docs:

@@ -31,6 +31,7 @@ from .engines import EngineOptions, create_engine
 from .figures import crop_figures
 from .inputs import InputDoc, InputError
 from .journal import STATE_DIR, document_error, fingerprint, is_current, write_document
+from .lock import locked_output
 from .pipeline import RUN_STATS_FILE, ConvertOptions, EngineLoadError
 from .stats import RunStats
 from .writers import atomic_write
@@ -261,6 +262,10 @@ class RayConverter:
                 "RAY_ADDRESS=auto, or submit: ray job submit -- ocrpress convert ... --ray auto"
             )
         ray = import_ray()
+        with locked_output(self.opts.output, wait=self.opts.wait):  # type: ignore[arg-type]
+            return self._run(ray, docs)
+
+    def _run(self, ray: Any, docs: list[InputDoc]) -> list[DocumentResult]:
         self.stats.start()
         try:
             planner, resolved = make_planner(self.opts.engine)

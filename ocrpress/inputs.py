@@ -1,25 +1,18 @@
-"""Inputs: find documents (files, folders, globs, stdin) and render their pages to images.
+"""Inputs: what a document is, how to tell its kind, and how its pages become images.
 
-Everything here runs without torch so that render workers start fast.
+Finding documents (files, folders, globs, stdin) is ocrpress.discovery. Everything here runs
+without torch so that render workers start fast.
 """
 
 from __future__ import annotations
 
-import atexit
-import contextlib
-import glob
 import hashlib
 import os
-import sys
-import tempfile
 import warnings
-from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
-from pathlib import Path
-from typing import BinaryIO
 
 import pymupdf
-from PIL import Image, ImageSequence
+from PIL import Image, ImageOps, ImageSequence
 
 from .document import PageImage
 
@@ -84,145 +77,6 @@ def _kind_for(path: str) -> str | None:
         return None
 
 
-def _hidden(rel_parts: Iterable[str]) -> bool:
-    return any(p.startswith(".") for p in rel_parts)
-
-
-def _walk(folder: str) -> Iterator[tuple[str, str]]:
-    """Yield (path, path relative to folder) for supported files, sorted, hidden ones skipped."""
-    for root, dirs, files in os.walk(folder):
-        dirs[:] = sorted(d for d in dirs if not d.startswith("."))
-        for name in sorted(files):
-            if name.startswith("."):
-                continue
-            path = os.path.join(root, name)
-            if os.path.isfile(path) and _kind_for(path):
-                yield path, os.path.relpath(path, folder)
-
-
-def _glob_base(pattern: str) -> str:
-    """The part of a glob pattern before its first wildcard, as a folder."""
-    parts = Path(pattern).parts
-    base: list[str] = []
-    for part in parts:
-        if glob.has_magic(part):
-            break
-        base.append(part)
-    return os.path.join(*base) if base else "."
-
-
-def _stem_rel(rel: str) -> str:
-    return os.path.splitext(rel)[0].replace(os.sep, "/")
-
-
-def discover(
-    args: Iterable[str], stdin: BinaryIO | None = None
-) -> tuple[list[InputDoc], list[str]]:
-    """Expand CLI arguments into documents.
-
-    Returns (documents, problems): problems are one-line messages for arguments that match
-    nothing. ``-`` reads stdin: a document's raw bytes when stdin starts with PDF or image
-    magic bytes, otherwise newline-separated paths (each expanded like an argument).
-    """
-    found: list[tuple[str, str, str, str]] = []  # path, display, rel-with-ext, kind
-    problems: list[str] = []
-    pending = list(args)
-    while pending:
-        arg = pending.pop(0)
-        if arg == "-":
-            data = (stdin or sys.stdin.buffer).read()
-            kind = sniff(data[:16])
-            if kind:
-                found.append((_spool_stdin(data), "<stdin>", "stdin" + _ext_for(data), kind))
-            else:
-                text = data.decode("utf-8", errors="replace")
-                lines = [ln.strip() for ln in text.splitlines()]
-                pending[0:0] = [ln for ln in lines if ln and ln != "-"]
-            continue
-        if os.path.isdir(arg):
-            entries = list(_walk(arg))
-            if not entries:
-                problems.append(f"{arg}: folder holds no PDF or image files")
-            for path, rel in entries:
-                found.append((path, path, rel, _kind_for(path) or "pdf"))
-            continue
-        if os.path.exists(arg):
-            kind = _kind_for(arg) or _kind_by_extension_fallback(arg)
-            found.append((arg, arg, os.path.basename(arg), kind))
-            continue
-        if glob.has_magic(arg):
-            base = _glob_base(arg)
-            matches = sorted(p for p in glob.glob(arg, recursive=True) if os.path.isfile(p))
-            matches = [p for p in matches if not _hidden(Path(os.path.relpath(p, base)).parts)]
-            matches = [p for p in matches if _kind_for(p)]
-            if not matches:
-                problems.append(f"{arg}: pattern matches no PDF or image files")
-            for path in matches:
-                found.append((path, path, os.path.relpath(path, base), _kind_for(path) or "pdf"))
-            continue
-        problems.append(f"{arg}: no such file or folder")
-    return _assign_rels(found), problems
-
-
-def _kind_by_extension_fallback(path: str) -> str:
-    # A named file with unknown content still gets a try: opening it yields the clear error.
-    return "image" if os.path.splitext(path)[1].lower() in IMAGE_EXTS else "pdf"
-
-
-def _assign_rels(found: list[tuple[str, str, str, str]]) -> list[InputDoc]:
-    """Give every document its own output name; no two inputs may write the same file.
-
-    Names mirror input paths (relative to the folder or glob base they came from; named files
-    by their base name). Inputs that would still share a name keep as much of their folder as
-    tells them apart (``x/a.png``, ``y/a.png``), and ``a.pdf`` beside ``a.png`` keeps its
-    extension (``a.pdf.md``, ``a.png.md``).
-    """
-    seen: set[str] = set()
-    unique: list[list[str]] = []
-    for item in found:
-        key = os.path.realpath(item[0])
-        if key not in seen:
-            seen.add(key)
-            unique.append(list(item))
-    clashes: dict[str, list[list[str]]] = {}
-    for item in unique:
-        clashes.setdefault(_stem_rel(item[2]), []).append(item)
-    for group in clashes.values():
-        folders = {os.path.dirname(os.path.abspath(item[0])) for item in group}
-        if len(group) > 1 and len(folders) > 1:
-            base = os.path.commonpath(sorted(folders))
-            for item in group:
-                item[2] = os.path.relpath(os.path.abspath(item[0]), base)
-    stems: dict[str, int] = {}
-    for item in unique:
-        stems[_stem_rel(item[2])] = stems.get(_stem_rel(item[2]), 0) + 1
-    docs = []
-    for path, display, rel, kind in unique:
-        stem = _stem_rel(rel)
-        if stems[stem] > 1:
-            stem = rel.replace(os.sep, "/")
-        docs.append(InputDoc(path=path, display=display, rel=stem.lstrip("/"), kind=kind))
-    return docs
-
-
-def _ext_for(data: bytes) -> str:
-    return ".pdf" if data.startswith(b"%PDF-") else ".img"
-
-
-def _spool_stdin(data: bytes) -> str:
-    """Keep stdin bytes in a temp file so render workers can open them by path."""
-    fd, path = tempfile.mkstemp(prefix="ocrpress-stdin-", suffix=_ext_for(data))
-    with os.fdopen(fd, "wb") as f:
-        f.write(data)
-    atexit.register(_remove_quietly, path)
-    return path
-
-
-def _remove_quietly(path: str) -> None:
-    with contextlib.suppress(OSError):
-        os.unlink(path)
-
-
 def file_digest(path: str) -> str:
     """SHA-256 of a file's content (resume keys on content, not on mtime)."""
     h = hashlib.sha256()
@@ -243,7 +97,7 @@ def _open_pdf(path: str) -> pymupdf.Document:
     if b"%PDF-" not in head:
         raise InputError("not a PDF or image (unrecognised content)")
     try:
-        doc = pymupdf.open(path, filetype="pdf")
+        doc = _mupdf_open(path)
     except Exception as e:  # pymupdf raises several types for broken files
         raise InputError(f"corrupt PDF ({_short(e)})") from None
     if doc.needs_pass:
@@ -251,6 +105,20 @@ def _open_pdf(path: str) -> pymupdf.Document:
     if doc.page_count == 0:
         raise InputError("PDF has no pages")
     return doc
+
+
+def _mupdf_open(path: str) -> pymupdf.Document:
+    try:
+        path.encode("utf-8")
+    except UnicodeEncodeError:
+        # MuPDF takes UTF-8 names only; a name with undecodable bytes is opened through its
+        # descriptor (MuPDF opens the file itself at once, so ours can be closed after).
+        fd = os.open(path, os.O_RDONLY)
+        try:
+            return pymupdf.open(f"/proc/self/fd/{fd}", filetype="pdf")
+        finally:
+            os.close(fd)
+    return pymupdf.open(path, filetype="pdf")
 
 
 def _open_image(path: str) -> Image.Image:
@@ -304,6 +172,7 @@ class PageRenderer:
             self._pdf = _open_pdf(doc.path)
             self._key = key
         assert self._pdf is not None
+        pymupdf.TOOLS.mupdf_warnings(reset=True)  # what opening said is not this page's
         try:
             page = self._pdf[index]
             w_in, h_in = page.rect.width / 72, page.rect.height / 72
@@ -318,6 +187,9 @@ class PageRenderer:
             raise
         except Exception as e:
             raise InputError(f"cannot render ({_short(e)})") from None
+        damage = page_damage(pymupdf.TOOLS.mupdf_warnings(reset=True))
+        if damage:
+            raise InputError(f"damaged PDF: {damage}")
         return PageImage(source=doc.display, index=index, image=img, dpi=eff_dpi)
 
     def close(self) -> None:
@@ -325,6 +197,31 @@ class PageRenderer:
             self._pdf.close()
         self._pdf = None
         self._key = None
+
+
+#: MuPDF warnings, while a page loads and renders, that mean content was lost. A truncated
+#: PDF opens "repaired" and renders blank pages; doc.is_repaired cannot tell (harmless xref
+#: damage sets it too, with every page intact), but these words come only with lost content.
+DAMAGE_WARNINGS = (
+    "cannot load content stream",
+    "premature end",
+    "object is not a stream",
+    "non-page object in page tree ()",
+    "cannot find object",
+    "object out of range",
+    "unexpected eof",
+    "syntax error in content stream",
+)
+
+
+def page_damage(warnings_text: str) -> str | None:
+    """The first of MuPDF's warnings that says a page lost content (None: page intact)."""
+    lines = warnings_text.splitlines()
+    for word in DAMAGE_WARNINGS:  # the most telling words first
+        for line in lines:
+            if word in line.lower():
+                return line.strip().removeprefix("format error: ").removesuffix(" ()")
+    return None
 
 
 def _render_image(doc: InputDoc, index: int) -> PageImage:
@@ -335,7 +232,8 @@ def _render_image(doc: InputDoc, index: int) -> PageImage:
             frame = ImageSequence.Iterator(img)[index]
         frame.load()
         dpi_info = frame.info.get("dpi")
-        rgb = _to_rgb(frame)
+        # Cameras and scanners store the page's rotation as an EXIF tag, not in the pixels.
+        rgb = _to_rgb(ImageOps.exif_transpose(frame) or frame)
     except InputError:
         raise
     except Image.DecompressionBombError as e:
@@ -400,3 +298,13 @@ def select_pages(ranges: list[tuple[int, int | None]] | None, page_count: int) -
         stop = page_count if end is None else min(end, page_count)
         chosen.update(range(start - 1, stop))
     return sorted(chosen)
+
+
+def __getattr__(name: str) -> object:
+    # discover() moved to ocrpress.discovery; it stays importable from here (lazily, as
+    # discovery imports this module).
+    if name == "discover":
+        from .discovery import discover
+
+        return discover
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

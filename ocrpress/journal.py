@@ -91,7 +91,9 @@ def done_matches(done_path: str, fingerprint: dict[str, Any], outputs: list[str]
     try:
         with open(done_path, encoding="utf-8") as f:
             done = json.load(f)
-    except (OSError, ValueError):
+    except (OSError, ValueError):  # UnicodeDecodeError is a ValueError
+        return False
+    if not isinstance(done, dict):  # a marker holding `[]` or a number: not ours, redo
         return False
     return done.get("fingerprint") == fingerprint and all(os.path.exists(p) for p in outputs)
 
@@ -99,22 +101,22 @@ def done_matches(done_path: str, fingerprint: dict[str, Any], outputs: list[str]
 def read_journal(path: str, fingerprint: dict[str, Any]) -> list[PageResult]:
     """Finished pages of an interrupted run with the same fingerprint (a torn line ends it)."""
     try:
-        f = open(path, encoding="utf-8")  # noqa: SIM115
+        f = open(path, "rb")  # noqa: SIM115 - bytes: a line of invalid UTF-8 must end it, not raise
     except OSError:
         return []
     out: list[PageResult] = []
     with f:
-        header = f.readline()
         try:
-            if json.loads(header).get("fingerprint") != fingerprint:
-                return []
-        except ValueError:
+            header = json.loads(f.readline().decode("utf-8"))
+        except (OSError, ValueError):
+            return []
+        if not isinstance(header, dict) or header.get("fingerprint") != fingerprint:
             return []
         for line in f:
-            if not line.endswith("\n"):
+            if not line.endswith(b"\n"):
                 break  # the write a kill interrupted
             try:
-                out.append(PageResult.from_dict(json.loads(line)))
-            except (ValueError, KeyError, TypeError):
+                out.append(PageResult.from_dict(json.loads(line.decode("utf-8"))))
+            except (ValueError, KeyError, TypeError, AttributeError):
                 break
     return out

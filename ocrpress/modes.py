@@ -92,6 +92,8 @@ _MODES: dict[str, dict[str, ModeSpec]] = {
 }
 
 _FAMILY_NAMES = {"v1": "DeepSeek-OCR", "v2": "DeepSeek-OCR-2"}
+#: Every mode name of any family, in size order (what ``--mode`` may say at all).
+MODE_NAMES = ("tiny", "small", "base", "large", "gundam")
 
 # Why a v1 mode has no v2 counterpart (v2 only has 768- and 1024-px query tables).
 _V2_MISSING = {

@@ -14,9 +14,8 @@ import json
 import logging
 import os
 import sys
-from collections import deque
 from collections.abc import Callable, Iterator
-from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
+from concurrent.futures import FIRST_COMPLETED, wait
 from dataclasses import dataclass, field
 from typing import IO, Any, Protocol
 
@@ -24,11 +23,14 @@ from . import inputs, journal
 from .devices import DevicePool, Planner, make_planner, resolve_devices, run_batch
 from .document import DocumentResult, PageImage, PageResult
 from .engines import Engine, EngineOptions, create_engine
+from .errors import EngineLoadError, OutputError, Terminated, describe
 from .figures import crop_figures
 from .headings import harmonise as harmonise_headings
 from .inputs import InputDoc, InputError
+from .isolation import close_quietly, failure, output_guard
 from .journal import document_error, fingerprint, output_paths, write_document
-from .render import InlineFuture, default_workers, main_is_importable, make_pool, render_task
+from .lock import locked_output
+from .render import InlineFuture, RenderQueue, default_workers, main_is_importable
 from .stats import RunStats
 from .writers import atomic_write, render_page_stream
 
@@ -53,11 +55,8 @@ class ConvertOptions:
     progress: bool = False
     keep_results: bool = True  # keep page results in the returned DocumentResults
     devices: str | None = None  # "all" or "0,2": one engine replica per GPU (ocrpress.devices)
+    wait: bool = False  # output folder locked by another run: wait for it (else LockedError)
     engine: EngineOptions = field(default_factory=EngineOptions)
-
-
-class EngineLoadError(RuntimeError):
-    """Raised when the engine cannot start; the whole run stops (exit code 3)."""
 
 
 # ------------------------------------------------------------------ per-document state
@@ -98,6 +97,7 @@ class Converter:
         self.stats = RunStats()
         self.page_ranges = inputs.parse_page_ranges(opts.pages)
         self.to_dir = opts.output not in (None, "-")
+        self.out_dir = opts.output if self.to_dir else None  # the folder written to, if any
         self.batch_limit = 0  # lowered after a CUDA out-of-memory error
         self._planner: Planner | None = None
         self.device_pool: DevicePool | None = None
@@ -124,7 +124,17 @@ class Converter:
     # -------------------------------------------------------------- main loop
 
     def run(self, docs: list[InputDoc]) -> list[DocumentResult]:
-        """Convert ``docs``; returns one DocumentResult per document, in input order."""
+        """Convert ``docs``; returns one DocumentResult per document, in input order.
+
+        With an output folder, the run holds its lock (one run per folder, see lock.py).
+        """
+        if not self.to_dir:
+            return self._run(docs)
+        assert self.opts.output is not None
+        with locked_output(self.opts.output, wait=self.opts.wait):
+            return self._run(docs)
+
+    def _run(self, docs: list[InputDoc]) -> list[DocumentResult]:
         self.stats.start()
         workers = self.opts.workers if self.opts.workers is not None else default_workers()
         if workers and not main_is_importable():
@@ -132,7 +142,8 @@ class Converter:
             # to import, so render in this process instead of failing.
             workers = 0
         devices = self._start_devices()
-        pool = make_pool(workers) if workers > 0 else None
+        renders = RenderQueue(workers, self.opts.dpi)
+        interrupted = False
         try:
             if devices is None:
                 planner: Planner = self.engine  # load the model while the pool spins up
@@ -151,19 +162,24 @@ class Converter:
                 planner.model,
                 planner.mode,
             )
-            states = self._stream(docs, pool, planner, runner, max_batch, window)
+            states = self._stream(docs, renders, planner, runner, max_batch, window)
+        except (KeyboardInterrupt, Terminated):
+            interrupted = True
+            raise
         finally:
-            if pool is not None:
-                pool.shutdown(wait=True, cancel_futures=True)
+            # Interrupted: no waiting for workers (they die with this process); a worker
+            # still starting must not find the pool's semaphores already gone.
+            renders.close(wait=not interrupted)
             if devices is not None:
                 devices.close()
         self.stats.stop()
         if self.to_dir:
             assert self.opts.output is not None
-            atomic_write(
-                os.path.join(self.opts.output, RUN_STATS_FILE),
-                json.dumps(self.stats.to_dict(), indent=2) + "\n",
-            )
+            with output_guard(self.out_dir):
+                atomic_write(
+                    os.path.join(self.opts.output, RUN_STATS_FILE),
+                    json.dumps(self.stats.to_dict(), indent=2) + "\n",
+                )
         return [self._document_result(s) for s in states]
 
     def _start_devices(self) -> DevicePool | None:
@@ -186,7 +202,7 @@ class Converter:
     def _stream(
         self,
         docs: list[InputDoc],
-        pool: ProcessPoolExecutor | None,
+        renders: RenderQueue,
         engine: Planner,
         runner: _Runner,
         max_batch: int,
@@ -198,7 +214,6 @@ class Converter:
         self._emit_next = 0
         self._states = states
         tasks = self._page_tasks(states)
-        rendering: deque[tuple[_DocState, int, Future[Any] | InlineFuture]] = deque()
         buckets: dict[Any, list[tuple[_DocState, PageImage]]] = {}
         # Batches in the engine(s): future -> its pages (kept here for figure crops).
         running: dict[Any, list[tuple[_DocState, PageImage]]] = {}
@@ -211,21 +226,24 @@ class Converter:
                     self._collect(runner, fut, running.pop(fut))
                 in_engine = sum(len(b) for b in running.values())
                 # Keep the render window full so the engine never waits for pages.
-                while not exhausted and len(rendering) + buffered + in_engine < window:
+                while (
+                    not exhausted
+                    and renders.accepting
+                    and len(renders) + buffered + in_engine < window
+                ):
                     task = next(tasks, None)
                     if task is None:
                         exhausted = True
                         break
                     st, idx = task
-                    if pool is None:
-                        fut: Any = InlineFuture(render_task(st.doc, idx, self.opts.dpi))
-                    else:
-                        fut = pool.submit(render_task, st.doc, idx, self.opts.dpi)
-                    rendering.append((st, idx, fut))
+                    renders.submit((st, idx), st.doc, idx)
                 # Rendered pages (in order) go into buckets of equal batch key.
-                while rendering and rendering[0][2].done():
-                    st, idx, fut = rendering.popleft()
-                    page = fut.result()
+                for (st, idx), page in renders.ready():
+                    if not isinstance(page, str):
+                        try:
+                            key = engine.plan(page).batch_key
+                        except Exception as e:  # isolation rule: this page's error only
+                            page = f"cannot plan the page ({describe(e)})"
                     if isinstance(page, str):
                         self._record(
                             st,
@@ -236,15 +254,15 @@ class Converter:
                         )
                         continue
                     page.doc_key = str(st.order)
-                    buckets.setdefault(engine.plan(page).batch_key, []).append((st, page))
+                    buckets.setdefault(key, []).append((st, page))
                     buffered += 1
-                    page = fut = None  # the bucket holds the only reference now
+                    page = None  # the bucket holds the only reference now
                 limit = self._limit(max_batch)
                 key = None
                 if len(running) < runner.capacity:
                     key = next((k for k, v in buckets.items() if len(v) >= limit), None)
                     full = buffered + in_engine >= window
-                    if key is None and buckets and not rendering and (exhausted or full):
+                    if key is None and buckets and not len(renders) and (exhausted or full):
                         # Nothing more can arrive (end of input, or the window is all buffered
                         # in buckets of different keys): a partial batch must go.
                         key = max(buckets, key=lambda k: len(buckets[k]))
@@ -255,11 +273,11 @@ class Converter:
                     running[fut] = batch
                     del batch, fut  # a finished batch's images must not outlive it
                     continue
-                if rendering or running:
+                if len(renders) or running:
                     # Wait for the oldest page in flight or any batch, whichever comes first.
                     waits = list(running)
-                    if rendering and isinstance(rendering[0][2], Future):
-                        waits.append(rendering[0][2])
+                    if renders.head() is not None:
+                        waits.append(renders.head())
                     if waits:
                         wait(waits, return_when=FIRST_COMPLETED)
                     continue
@@ -269,7 +287,7 @@ class Converter:
             progress.close()
             for st in states:
                 if st.journal is not None:
-                    st.journal.close()
+                    close_quietly(st.journal)
         self._emit_ready()
         return states
 
@@ -286,22 +304,39 @@ class Converter:
                 self._finish(st)
                 continue
             for idx in st.wanted:
+                if st.finished:
+                    break  # failed while its pages were in flight
                 if idx not in st.results:
                     yield st, idx
 
     def _prepare(self, st: _DocState) -> None:
+        """Open a document and its journal; any failure is this document's error."""
+        try:
+            self._open(st)
+        except OutputError:
+            raise
+        except Exception as e:
+            st.error = failure(e, "cannot read")
+            if st.journal is not None:
+                close_quietly(st.journal)
+                st.journal = None
+
+    def _open(self, st: _DocState) -> None:
         doc = st.doc
         try:
             count = inputs.count_pages(doc)
         except InputError as e:
             st.error = str(e)
             return
-        except OSError as e:
-            st.error = f"cannot read ({e.strerror or e})"
-            return
         st.wanted = inputs.select_pages(self.page_ranges, count)
         if not st.wanted:
-            st.error = f"--pages {self.opts.pages} selects none of its {count} pages"
+            # Not a failure: a range like 2- over a folder of one-page images selects nothing
+            # from them by design.
+            log.info(
+                "%s: --pages %s selects none of its %d pages", doc.display, self.opts.pages, count
+            )
+            st.skipped = True
+            self.stats.unselected_documents += 1
             return
         if not self.to_dir:
             self._progress_total(len(st.wanted))
@@ -323,18 +358,19 @@ class Converter:
             st.resumed_pages = len(st.results)
             self.stats.resumed_pages += st.resumed_pages
             self._progress.update(st.resumed_pages)
-        os.makedirs(os.path.dirname(journal_path), exist_ok=True)
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(done_path)
-        # Rewrite the journal from what we kept: it drops a torn last line and stale pages.
-        atomic_write(
-            journal_path,
-            "".join(
-                [json.dumps({"fingerprint": st.fingerprint}) + "\n"]
-                + [json.dumps(r.to_dict(keep_raw=True)) + "\n" for r in st.results.values()]
-            ),
-        )
-        st.journal = open(journal_path, "a", encoding="utf-8")  # noqa: SIM115 - closed in _finish
+        with output_guard(self.out_dir):
+            os.makedirs(os.path.dirname(journal_path), exist_ok=True)
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(done_path)
+            # Rewrite the journal from what we kept: it drops a torn last line and stale pages.
+            atomic_write(
+                journal_path,
+                "".join(
+                    [json.dumps({"fingerprint": st.fingerprint}) + "\n"]
+                    + [json.dumps(r.to_dict(keep_raw=True)) + "\n" for r in st.results.values()]
+                ),
+            )
+            st.journal = open(journal_path, "a", encoding="utf-8")  # noqa: SIM115 - closed in _finish
 
     def _progress_total(self, n: int) -> None:
         self._progress.total = (self._progress.total or 0) + n
@@ -356,6 +392,18 @@ class Converter:
     # -------------------------------------------------------------- results
 
     def _record(self, st: _DocState, res: PageResult, page: PageImage | None) -> None:
+        if st.finished:
+            return  # the document already failed; pages still in flight are dropped
+        try:
+            with output_guard(self.out_dir):
+                self._keep(st, res, page)
+        except OutputError:
+            raise
+        except Exception as e:
+            st.error = failure(e, "cannot write")
+            self._finish(st)
+
+    def _keep(self, st: _DocState, res: PageResult, page: PageImage | None) -> None:
         if self.to_dir and page is not None:
             assert self.opts.output is not None
             crop_figures(res, page, self.opts.output, st.doc.rel)
@@ -377,7 +425,7 @@ class Converter:
             return
         st.finished = True
         if st.journal is not None:
-            st.journal.close()
+            close_quietly(st.journal)
             st.journal = None
         pages = [st.results[i] for i in st.wanted if i in st.results]
         harmonise_headings(pages)
@@ -388,14 +436,27 @@ class Converter:
                 self.on_error(f"{st.doc.display}: {st.error}")
             self.stats.failed_documents += 1
         elif not st.skipped:
-            self.stats.add_pages(pages, resumed=st.resumed_pages)
-            if self.to_dir:
-                self._write_outputs(st, pages)
+            if self.to_dir and not self._write_outputs(st, pages):
+                self.stats.failed_documents += 1
+            else:
+                self.stats.add_pages(pages, resumed=st.resumed_pages)
+        if st.error is not None:
+            self.stats.failed.append(st.doc.display)
         self._emit_ready()
 
-    def _write_outputs(self, st: _DocState, pages: list[PageResult]) -> None:
+    def _write_outputs(self, st: _DocState, pages: list[PageResult]) -> bool:
+        """Write a finished document; False (and its one-line error) if that fails."""
         assert self.opts.output is not None
-        write_document(self.opts, st.doc, pages, st.fingerprint)
+        try:
+            with output_guard(self.out_dir):
+                write_document(self.opts, st.doc, pages, st.fingerprint)
+        except OutputError:
+            raise
+        except Exception as e:
+            st.error = failure(e, "cannot write")
+            self.on_error(f"{st.doc.display}: {st.error}")
+            return False
+        return True
 
     def _emit_ready(self) -> None:
         """Stream finished documents to stdout in input order (only with ``-o -``)."""

@@ -9,10 +9,14 @@ from __future__ import annotations
 import multiprocessing
 import os
 import sys
-from concurrent.futures import ProcessPoolExecutor
+from collections import deque
+from collections.abc import Callable, Iterator
+from concurrent.futures import Future, ProcessPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
+from dataclasses import dataclass
 from typing import Any
 
-from . import inputs
+from . import inputs, procs
 from .document import PageImage
 from .inputs import InputDoc, InputError
 
@@ -61,6 +65,131 @@ def main_is_importable() -> bool:
 
 def make_pool(workers: int) -> ProcessPoolExecutor:
     # forkserver: workers never inherit the engine's threads or CUDA state.
+    from multiprocessing import forkserver
+
     ctx = multiprocessing.get_context("forkserver")
-    ctx.set_forkserver_preload(["ocrpress.inputs"])
-    return ProcessPoolExecutor(max_workers=workers, mp_context=ctx)
+    ctx.set_forkserver_preload(["ocrpress.procs", "ocrpress.inputs"])
+    with procs.forkserver_env():
+        # Started here, from the main thread, so its parent-death signal is tied to the
+        # process's lifetime (not to a thread's), and with a sys.path that skips the cwd.
+        forkserver.ensure_running()
+    return ProcessPoolExecutor(
+        max_workers=workers,
+        mp_context=ctx,
+        initializer=procs.worker_init,
+        initargs=(os.getpid(),),
+    )
+
+
+# ------------------------------------------------------------------ render queue
+
+#: The error of a page whose rendering kills a render worker twice.
+CRASH_ERROR = "render worker crashed on this page (a renderer bug or not enough memory)"
+
+
+#: A run whose render workers die this often stops: something kills them all (memory).
+MAX_RESTARTS = 20
+
+
+@dataclass
+class _Page:
+    tag: Any
+    doc: InputDoc
+    index: int
+    fut: Any = None  # None: waiting to be rendered (again)
+    suspect: bool = False  # in flight when the pool broke
+
+
+class RenderQueue:
+    """Pages being rendered, handed back in submission order; survives a dying worker.
+
+    A worker that dies (MuPDF crashing on a hostile PDF, the OOM killer) breaks the whole
+    ProcessPoolExecutor: every page in flight then fails with BrokenProcessPool, whatever
+    its document. The queue starts a fresh pool and renders those pages again one at a time;
+    a page that breaks the pool while alone is the culprit and becomes an error (its
+    document's, under the isolation rule), the others are rendered as usual.
+    """
+
+    def __init__(
+        self, workers: int, dpi: int, task: Callable[[InputDoc, int, int], Any] = render_task
+    ) -> None:
+        self.workers = workers
+        self.dpi = dpi
+        self.task = task
+        self.pool = make_pool(workers) if workers > 0 else None
+        self.items: deque[_Page] = deque()
+        self.restarts = 0
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+    @property
+    def accepting(self) -> bool:
+        """False while the pages of a broken pool are rendered again, one by one."""
+        return not any(p.suspect for p in self.items)
+
+    def submit(self, tag: Any, doc: InputDoc, index: int) -> None:
+        page = _Page(tag, doc, index)
+        self.items.append(page)
+        self._launch(page)
+
+    def head(self) -> Future[Any] | None:
+        """The oldest page's future, to wait on (None when it is inline)."""
+        fut = self.items[0].fut if self.items else None
+        return fut if isinstance(fut, Future) else None
+
+    def ready(self) -> Iterator[tuple[Any, Any]]:
+        """(tag, the render task's result) of the oldest pages that are done, in order."""
+        while self.items and self.items[0].fut is not None and self.items[0].fut.done():
+            page = self.items[0]
+            try:
+                result = page.fut.result()
+            except BrokenProcessPool:
+                if not page.suspect:
+                    self._broken()
+                    continue
+                result = CRASH_ERROR  # it broke a pool while rendered alone: it is the cause
+                self._restart()
+            self.items.popleft()
+            self._pump()
+            yield page.tag, result
+
+    def _launch(self, page: _Page) -> None:
+        try:
+            if self.pool is None:
+                page.fut = InlineFuture(self.task(page.doc, page.index, self.dpi))
+            else:
+                page.fut = self.pool.submit(self.task, page.doc, page.index, self.dpi)
+        except BrokenProcessPool:
+            self._broken()
+
+    def _broken(self) -> None:
+        """The pool broke: every page without a result is a suspect, rendered again alone."""
+        for page in self.items:
+            fut = page.fut
+            if fut is None or not (fut.done() and fut.exception() is None):
+                page.fut, page.suspect = None, True
+        self._restart()
+        self._pump()
+
+    def _restart(self) -> None:
+        from .errors import OcrpressError
+
+        assert self.pool is not None
+        self.restarts += 1
+        if self.restarts > MAX_RESTARTS:
+            raise OcrpressError(f"render workers died {MAX_RESTARTS} times; is memory short?")
+        self.pool.shutdown(wait=True, cancel_futures=True)
+        self.pool = make_pool(self.workers)
+
+    def _pump(self) -> None:
+        """Render the oldest page waiting to be rendered again, once nothing else runs."""
+        if any(p.fut is not None and not p.fut.done() for p in self.items):
+            return
+        waiting = next((p for p in self.items if p.fut is None), None)
+        if waiting is not None:
+            self._launch(waiting)
+
+    def close(self, wait: bool = True) -> None:
+        if self.pool is not None:
+            self.pool.shutdown(wait=wait, cancel_futures=True)

@@ -23,6 +23,8 @@ class RunStats:
     resumed_pages: int = 0  # taken from a journal of an interrupted run
     skipped_pages: int = 0  # in documents that were already complete
     failed_pages: int = 0
+    unselected_documents: int = 0  # --pages selected none of their pages (not a failure)
+    failed: list[str] = field(default_factory=list)  # documents that failed, as named
     truncated: list[str] = field(default_factory=list)  # "file: page N"
     empty_pages: int = 0
     vision_tokens: int = 0
@@ -67,10 +69,15 @@ class RunStats:
             "engine": self.engine,
             "model": self.model,
             "mode": self.mode,
-            "documents": self.documents + self.failed_documents + self.skipped_documents,
+            "documents": self.documents
+            + self.failed_documents
+            + self.skipped_documents
+            + self.unselected_documents,
             "documents_converted": self.documents,
             "documents_failed": self.failed_documents,
             "documents_skipped": self.skipped_documents,
+            "documents_unselected": self.unselected_documents,
+            "failed": list(self.failed),
             "pages": self.pages,
             "pages_resumed": self.resumed_pages,
             "pages_skipped": self.skipped_pages,
@@ -90,14 +97,21 @@ class RunStats:
 
     def summary(self) -> str:
         """One line for stderr at the end of a run."""
-        total_docs = self.documents + self.failed_documents + self.skipped_documents
+        total_docs = (
+            self.documents
+            + self.failed_documents
+            + self.skipped_documents
+            + self.unselected_documents
+        )
         parts = [f"{total_docs} document{'s' if total_docs != 1 else ''}"]
         parts.append(f"{self.pages} page{'s' if self.pages != 1 else ''}")
         if self.skipped_documents or self.resumed_pages:
             parts.append(
                 f"{self.skipped_documents} skipped (done), {self.resumed_pages} pages resumed"
             )
-        parts.append(f"{self.failed_documents} failed")
+        if self.unselected_documents:
+            parts.append(f"{self.unselected_documents} with no page selected")
+        parts.append(f"{self.failed_documents} failed" + _names(self.failed))
         if self.failed_pages:
             parts.append(f"{self.failed_pages} failed pages")
         if self.truncated:
@@ -113,3 +127,11 @@ class RunStats:
                 f" compression {d['compression']}x"
             )
         return line + ")"
+
+
+def _names(failed: list[str], shown: int = 3) -> str:
+    """`` (a.pdf, b.png and 3 more)``: which documents failed, without a long line."""
+    if not failed:
+        return ""
+    more = f" and {len(failed) - shown} more" if len(failed) > shown else ""
+    return f" ({', '.join(failed[:shown])}{more})"

@@ -9,6 +9,8 @@ import time
 
 from ocrpress.document import Block, PageImage, PageResult
 from ocrpress.engines import EngineOptions, PagePlan
+from ocrpress.inputs import InputDoc
+from ocrpress.render import render_task
 
 
 class EchoEngine:
@@ -76,3 +78,28 @@ class FlakyEngine(EchoEngine):
         if any(p.index == 1 for p in batch):
             raise RuntimeError("model choked on this page")
         return super().run(batch)
+
+
+class FaultyEngine(EchoEngine):
+    """Echo, except for documents whose name says how to misbehave (fault corpus):
+    ``planfail`` -> ``plan`` raises; ``nanfig`` -> a figure block whose box is NaN."""
+
+    def plan(self, page: PageImage) -> PagePlan:
+        if "planfail" in page.source:
+            raise ValueError("cannot plan this page")
+        return super().plan(page)
+
+    def _one(self, page: PageImage) -> PageResult:
+        res = super()._one(page)
+        if "nanfig" in page.source:
+            nan = float("nan")
+            res.blocks.append(Block("figure", (nan, nan, nan, nan), ""))
+        return res
+
+
+def crash_render(doc: InputDoc, index: int, dpi: int) -> PageImage | str:
+    """A render task whose worker dies on page 1 of documents named ``crash*`` (as a MuPDF
+    segfault would kill it): for RenderQueue tests."""
+    if os.path.basename(doc.path).startswith("crash") and index == 0:
+        os._exit(139)
+    return render_task(doc, index, dpi)

@@ -104,6 +104,10 @@ BUILTIN_ENGINES = {
 }
 
 
+#: Built-in engines that need an optional extra (engine name -> the module it provides).
+ENGINE_EXTRAS = {"vllm": "vllm"}
+
+
 def engine_spec(name: str) -> str | None:
     """``module:Class`` of a built-in engine name or a plugin spec; None if it is neither."""
     spec = BUILTIN_ENGINES.get(name, name)
@@ -118,7 +122,24 @@ def create_engine(opts: EngineOptions) -> Engine:
     spec = engine_spec(name)
     if spec is None:
         raise EngineError(f"unknown engine {name!r} (choose from {', '.join(ENGINES)})")
-    return _load_plugin(spec, opts)
+    try:
+        return _load_plugin(spec, opts)
+    except EngineError as e:
+        extra = ENGINE_EXTRAS.get(name)
+        if extra is None or f"ocrpress[{extra}]" in str(e) or _importable(extra):
+            raise
+        # The engine checks its model (and mode) before it needs the extra; "model not found"
+        # alone would send a user without the extra to download a model first.
+        raise EngineError(
+            f"--engine {name} needs the optional {extra} package, which is not installed"
+            f" (pip install 'ocrpress[{extra}]'); besides: {e}"
+        ) from None
+
+
+def _importable(module: str) -> bool:
+    import importlib.util
+
+    return importlib.util.find_spec(module) is not None
 
 
 def _load_plugin(spec: str, opts: EngineOptions) -> Engine:
