@@ -296,7 +296,8 @@ class PageRenderer:
             return self._render_pdf(doc, index, dpi)
         return _render_image(doc, index)
 
-    def _render_pdf(self, doc: InputDoc, index: int, dpi: int) -> PageImage:
+    def pdf_page(self, doc: InputDoc, index: int) -> pymupdf.Page:
+        """Page ``index`` of the PDF ``doc`` (kept open for the next page); raises InputError."""
         st = os.stat(doc.path)
         key = (doc.path, st.st_mtime_ns, st.st_size)  # a rewritten file must be reopened
         if self._key != key:
@@ -305,13 +306,14 @@ class PageRenderer:
             self._key = key
         assert self._pdf is not None
         try:
-            page = self._pdf[index]
-            w_in, h_in = page.rect.width / 72, page.rect.height / 72
-            eff_dpi = int(dpi)
-            if w_in * h_in * dpi * dpi > MAX_PAGE_PIXELS:
-                # A poster-sized page at full dpi would be a decompression bomb of our own
-                # making; render it smaller and record the dpi actually used.
-                eff_dpi = int((MAX_PAGE_PIXELS / (w_in * h_in)) ** 0.5)
+            return self._pdf[index]
+        except Exception as e:
+            raise InputError(f"cannot render ({_short(e)})") from None
+
+    def _render_pdf(self, doc: InputDoc, index: int, dpi: int) -> PageImage:
+        page = self.pdf_page(doc, index)
+        try:
+            eff_dpi = page_dpi(page, dpi)
             pix = page.get_pixmap(dpi=eff_dpi, alpha=False, colorspace=pymupdf.csRGB)
             img = Image.frombytes("RGB", (pix.width, pix.height), pix.samples)
         except InputError:
@@ -325,6 +327,16 @@ class PageRenderer:
             self._pdf.close()
         self._pdf = None
         self._key = None
+
+
+def page_dpi(page: pymupdf.Page, dpi: int) -> int:
+    """The dpi ``page`` is rendered at: ``dpi``, or less for a page too large for it."""
+    w_in, h_in = page.rect.width / 72, page.rect.height / 72
+    if w_in * h_in * dpi * dpi > MAX_PAGE_PIXELS:
+        # A poster-sized page at full dpi would be a decompression bomb of our own making;
+        # render it smaller and record the dpi actually used.
+        return int((MAX_PAGE_PIXELS / (w_in * h_in)) ** 0.5)
+    return int(dpi)
 
 
 def _render_image(doc: InputDoc, index: int) -> PageImage:

@@ -28,6 +28,7 @@ from .figures import crop_figures
 from .inputs import InputDoc, InputError
 from .journal import document_error, fingerprint, output_paths, write_document
 from .render import InlineFuture, default_workers, main_is_importable, make_pool, render_task
+from .routing import OCR_MODES, TextLayerPage
 from .stats import RunStats
 from .writers import atomic_write, render_page_stream
 
@@ -52,6 +53,7 @@ class ConvertOptions:
     progress: bool = False
     keep_results: bool = True  # keep page results in the returned DocumentResults
     devices: str | None = None  # "all" or "0,2": one engine replica per GPU (ocrpress.devices)
+    ocr: str = "auto"  # auto | always | never: PDF pages from their text layer (ocrpress.routing)
     engine: EngineOptions = field(default_factory=EngineOptions)
 
 
@@ -90,6 +92,8 @@ class Converter:
         stdout: IO[str] | None = None,
         on_error: Callable[[str], None] | None = None,
     ) -> None:
+        if opts.ocr not in OCR_MODES:
+            raise ValueError(f"ocr must be one of {', '.join(OCR_MODES)}, not {opts.ocr!r}")
         self.opts = opts
         self._engine = engine
         self.stdout = stdout or sys.stdout
@@ -216,10 +220,11 @@ class Converter:
                         exhausted = True
                         break
                     st, idx = task
+                    args = (st.doc, idx, self.opts.dpi, self.opts.ocr)
                     if pool is None:
-                        fut: Any = InlineFuture(render_task(st.doc, idx, self.opts.dpi))
+                        fut: Any = InlineFuture(render_task(*args))
                     else:
-                        fut = pool.submit(render_task, st.doc, idx, self.opts.dpi)
+                        fut = pool.submit(render_task, *args)
                     rendering.append((st, idx, fut))
                 # Rendered pages (in order) go into buckets of equal batch key.
                 while rendering and rendering[0][2].done():
@@ -233,6 +238,10 @@ class Converter:
                             ),
                             None,
                         )
+                        continue
+                    if isinstance(page, TextLayerPage):
+                        # Read from its text layer: no batch slot, no engine, no GPU.
+                        self._record(st, page.result, page.image)
                         continue
                     page.doc_key = str(st.order)
                     buckets.setdefault(engine.plan(page).batch_key, []).append((st, page))
@@ -355,6 +364,8 @@ class Converter:
     # -------------------------------------------------------------- results
 
     def _record(self, st: _DocState, res: PageResult, page: PageImage | None) -> None:
+        if page is not None and page.notes:
+            res.notes[:0] = page.notes  # e.g. why a page with a text layer went to the engine
         if self.to_dir and page is not None:
             assert self.opts.output is not None
             crop_figures(res, page, self.opts.output, st.doc.rel)

@@ -15,6 +15,7 @@ from typing import Any
 from . import inputs
 from .document import PageImage
 from .inputs import InputDoc, InputError
+from .routing import TextLayerPage, route
 
 
 def default_workers() -> int:
@@ -27,13 +28,16 @@ def default_workers() -> int:
 _RENDERER: inputs.PageRenderer | None = None
 
 
-def render_task(doc: InputDoc, index: int, dpi: int) -> PageImage | str:
-    """Runs in a worker: a rendered page, or the reason it could not be rendered."""
+def render_task(
+    doc: InputDoc, index: int, dpi: int, ocr: str = "always"
+) -> PageImage | TextLayerPage | str:
+    """Runs in a worker: a rendered page, a page finished from its text layer (``ocr`` auto
+    or never, see :mod:`ocrpress.routing`), or the reason it could not be rendered."""
     global _RENDERER
     if _RENDERER is None:
         _RENDERER = inputs.PageRenderer()
     try:
-        return _RENDERER.render(doc, index, dpi)
+        return route(_RENDERER, doc, index, dpi, ocr)
     except InputError as e:
         return str(e)
     except Exception as e:  # never let one page kill the worker pool
@@ -62,5 +66,5 @@ def main_is_importable() -> bool:
 def make_pool(workers: int) -> ProcessPoolExecutor:
     # forkserver: workers never inherit the engine's threads or CUDA state.
     ctx = multiprocessing.get_context("forkserver")
-    ctx.set_forkserver_preload(["ocrpress.inputs"])
+    ctx.set_forkserver_preload(["ocrpress.inputs", "ocrpress.routing"])
     return ProcessPoolExecutor(max_workers=workers, mp_context=ctx)
