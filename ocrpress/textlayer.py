@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import html
 import re
-from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -54,7 +53,6 @@ MIN_TABLE_FILL = 0.4
 # Rule crossings that make a page worth the table finder's time (see _has_grid).
 MIN_CROSSINGS = 6
 
-_CID = re.compile(r"\(cid:\d+\)")
 
 
 @dataclass
@@ -90,21 +88,17 @@ def _scale(rect: pymupdf.Rect, dpi: int) -> Box:
     return (rect.x0 * s, rect.y0 * s, rect.x1 * s, rect.y1 * s)
 
 
-def is_bad_char(ch: str) -> bool:
-    """A character that no real text holds: what an unmapped or unreadable glyph becomes."""
-    o = ord(ch)
-    return (
-        o == 0xFFFD
-        or (o < 0x20 and ch not in "\t\n\r")
-        or 0x7F <= o < 0xA0
-        or 0xE000 <= o <= 0xF8FF
-        or o >= 0xF0000
-    )
+# What an unmapped or unreadable glyph becomes: U+FFFD, C0/C1 control characters,
+# private-use code points (symbol fonts without a map), and pdfminer-style ``(cid:N)`` names.
+_BAD = re.compile(
+    "[\x00-\x08\x0b\x0c\x0e-\x1f\x7f-\x9f\ue000-\uf8ff\ufffd\U000f0000-\U0010ffff]"
+    r"|\(cid:\d+\)"
+)
 
 
 def count_bad(text: str) -> int:
-    """Unusable characters in ``text``; a ``(cid:N)`` name counts as one per name."""
-    return sum(map(is_bad_char, text)) + len(_CID.findall(text))
+    """Characters in ``text`` that no real text holds (a ``(cid:N)`` name counts once)."""
+    return len(_BAD.findall(text))
 
 
 def page_size(page: pymupdf.Page, dpi: int) -> tuple[int, int]:
@@ -125,55 +119,76 @@ def read(page: pymupdf.Page, dpi: int) -> TextLayer:
         for ln in block["lines"]:
             dx, dy = pymupdf.Point(ln["dir"]) * rot - pymupdf.Point(0, 0) * rot
             for piece in _pieces(ln):
-                text = "".join(c["c"] for _, c in piece).strip()
-                spans = [s for s, _ in piece]
-                layer.chars += sum(1 for _, c in piece if not c["c"].isspace())
+                text = "".join(piece.text).strip()
+                layer.chars += piece.inked
                 layer.bad_chars += count_bad(text)
-                inked = [c for _, c in piece if not c["c"].isspace()]
-                box = pymupdf.Rect(inked[0]["bbox"])
-                for c in inked[1:]:
-                    box |= c["bbox"]
+                spans = [sp for sp, _ in piece.spans.values()]
                 # The size of most of the line's characters (not of a superscript in it).
-                span = Counter(id(x) for x in spans).most_common(1)[0][0]
-                span = next(x for x in spans if id(x) == span)
+                main = max(piece.spans.values(), key=lambda v: v[1])[0]
                 layer.lines.append(
                     TextLine(
-                        box=_scale(box * rot, dpi),
+                        box=_scale(pymupdf.Rect(piece.box) * rot, dpi),
                         text=text,
-                        size=float(span["size"]) * dpi / 72,
+                        size=float(main["size"]) * dpi / 72,
                         invisible=all(x.get("alpha", 255) == 0 for x in spans),
                         light=all(_is_light(x["color"]) for x in spans),
                         vertical=abs(dy) > abs(dx),
                     )
                 )
     page_area = float(width * height) or 1.0
-    for info in page.get_image_info():
+    # get_images() only reads the page's resources; get_image_info() parses its content.
+    for info in page.get_image_info() if page.get_images() else []:
         box = _clip(_scale(pymupdf.Rect(info["bbox"]) * rot, dpi), width, height)
         if box is not None and _area(box) / page_area >= MIN_FIGURE_AREA:
             layer.images.append(box)
     return layer
 
 
-def _pieces(line: dict[str, Any]) -> list[list[tuple[dict[str, Any], dict[str, Any]]]]:
-    """A MuPDF line's (span, char) pairs, cut where the gap between two inked characters is
-    wider than :data:`SPLIT_GAP` em (a tab stop or a column gutter, never a word space)."""
+@dataclass
+class _Piece:
+    """Characters of one MuPDF line up to a wide gap, with their inked box."""
+
+    box: list[float]
+    text: list[str] = field(default_factory=list)
+    spans: dict[int, tuple[dict[str, Any], int]] = field(default_factory=dict)  # id -> chars
+    inked: int = 0
+
+
+def _pieces(line: dict[str, Any]) -> list[_Piece]:
+    """A MuPDF line cut where the gap between two inked characters is wider than
+    :data:`SPLIT_GAP` em (a tab stop or a column gutter, never a word space). Boxes hold
+    only inked characters: a trailing space would otherwise narrow a column gutter."""
     ux, uy = line["dir"]
-    pieces: list[list[tuple[dict[str, Any], dict[str, Any]]]] = [[]]
-    last: tuple[dict[str, Any], dict[str, Any]] | None = None
+    out: list[_Piece] = []
+    cur: _Piece | None = None
+    prev: tuple[Any, Any, float] | None = None  # bbox, origin, size of the last inked char
     for span in line["spans"]:
+        size = span["size"]
         for ch in span["chars"]:
-            if not ch["c"].isspace():
-                if last is not None:
-                    ls, lc = last
-                    (x0, y0), (x1, y1) = lc["origin"], ch["origin"]
-                    b = lc["bbox"]
-                    advance = abs((b[2] - b[0]) * ux) + abs((b[3] - b[1]) * uy)
-                    gap = (x1 - x0) * ux + (y1 - y0) * uy - advance
-                    if gap > SPLIT_GAP * max(span["size"], ls["size"]):
-                        pieces.append([])
-                last = (span, ch)
-            pieces[-1].append((span, ch))
-    return [p for p in pieces if any(not c["c"].isspace() for _, c in p)]
+            c = ch["c"]
+            if c.isspace():
+                if cur is not None:
+                    cur.text.append(c)
+                continue
+            b, o = ch["bbox"], ch["origin"]
+            if prev is not None:
+                pb, po, ps = prev
+                advance = abs((pb[2] - pb[0]) * ux) + abs((pb[3] - pb[1]) * uy)
+                gap = (o[0] - po[0]) * ux + (o[1] - po[1]) * uy - advance
+                if gap > SPLIT_GAP * max(size, ps):
+                    cur = None
+            if cur is None:
+                cur = _Piece(box=[b[0], b[1], b[2], b[3]])
+                out.append(cur)
+            box = cur.box
+            box[0], box[1] = min(box[0], b[0]), min(box[1], b[1])
+            box[2], box[3] = max(box[2], b[2]), max(box[3], b[3])
+            cur.text.append(c)
+            cur.inked += 1
+            entry = cur.spans.get(id(span))
+            cur.spans[id(span)] = (span, entry[1] + 1 if entry else 1)
+            prev = (b, o, size)
+    return out
 
 
 def _is_light(color: int) -> bool:

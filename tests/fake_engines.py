@@ -76,3 +76,13 @@ class FlakyEngine(EchoEngine):
         if any(p.index == 1 for p in batch):
             raise RuntimeError("model choked on this page")
         return super().run(batch)
+
+
+class CountingEcho(EchoEngine):
+    """EchoEngine that appends ``source index`` per page it runs to ``$OCRPRESS_COUNT_FILE``:
+    how a test sees, across processes, which pages reached an engine."""
+
+    def run(self, batch: list[PageImage]) -> list[PageResult]:
+        with open(os.environ["OCRPRESS_COUNT_FILE"], "a") as f:
+            f.writelines(f"{os.path.basename(p.source)} {p.index}\n" for p in batch)
+        return super().run(batch)
