@@ -54,7 +54,6 @@ MIN_TABLE_FILL = 0.4
 MIN_CROSSINGS = 6
 
 
-
 @dataclass
 class TextLine:
     """One line of the text layer, in rendered-page pixels."""

@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from docgen import make_pdf, normalize_ws, sample_text
-from fake_engines import EchoEngine
+from fake_engines import CountingEcho, EchoEngine
 from layergen import (
     figure_pdf,
     mixed_pdf,
@@ -289,3 +289,49 @@ def test_pymupdf_prints_nothing_on_stdout(tmp_path: Path) -> None:
     assert r.returncode == 0, r.stderr
     (line,) = r.stdout.decode().splitlines()
     assert json.loads(line)["blocks"][1]["type"] == "table"
+
+
+@pytest.mark.ray
+@pytest.mark.slow
+def test_ray_reads_text_layers_in_the_render_stage(tmp_path: Path) -> None:
+    ray = pytest.importorskip("ray")
+    from ocrpress.cluster import RayConverter
+
+    src = tmp_path / "in"
+    src.mkdir()
+    make_pdf(src / "digital.pdf", [sample_text(30, seed=s) for s in range(3)], two_column=True)
+    mixed_pdf(src / "mixed.pdf")
+    figure_pdf(src / "photo.pdf", photo_image())
+    count = tmp_path / "count.txt"
+    docs, _ = discover([str(src)])
+
+    def opts(out: Path) -> ConvertOptions:
+        engine = EngineOptions(engine="fake_engines:CountingEcho")
+        return ConvertOptions(output=str(out), formats=["markdown", "json"], engine=engine)
+
+    os.environ["OCRPRESS_COUNT_FILE"] = str(count)
+    try:
+        Converter(opts(tmp_path / "single"), engine=CountingEcho()).run(docs)
+        count.unlink()
+        env = {"PYTHONPATH": str(TESTS), "OCRPRESS_COUNT_FILE": str(count)}
+        ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False,
+                 runtime_env={"env_vars": env})  # fmt: skip
+        try:
+            results = RayConverter(opts(tmp_path / "ray")).run(docs)
+        finally:
+            ray.shutdown()
+    finally:
+        del os.environ["OCRPRESS_COUNT_FILE"]
+    assert all(r.ok for r in results)
+    assert count.read_text().splitlines() == ["mixed.pdf 1"]  # only the scan met the engine
+
+    def files(out: Path) -> dict[str, bytes]:
+        skip = (".ocrpress", RUN_STATS_FILE)
+        return {
+            str(p.relative_to(out)): p.read_bytes()
+            for p in sorted(out.rglob("*"))
+            if p.is_file() and not any(s in p.parts for s in skip)
+        }
+
+    assert files(tmp_path / "ray") == files(tmp_path / "single")
+    assert "photo_images/page-0001-figure-1.png" in files(tmp_path / "ray")
