@@ -134,10 +134,13 @@ class Converter:
             # Worker processes re-import __main__; from `python -` or `-c` there is no file
             # to import, so render in this process instead of failing.
             workers = 0
-        devices = self._start_devices()
+        never = self.opts.ocr == "never" and self._engine is None  # no page reaches an engine
+        devices = None if never else self._start_devices()
         pool = make_pool(workers) if workers > 0 else None
         try:
-            if devices is None:
+            if never:
+                planner, max_batch, runner = self._plan_only(), 1, _InlineRunner(self)
+            elif devices is None:
                 planner: Planner = self.engine  # load the model while the pool spins up
                 max_batch = max(1, self.engine.max_batch_size)
                 runner: _Runner = _InlineRunner(self)
@@ -168,6 +171,14 @@ class Converter:
                 json.dumps(self.stats.to_dict(), indent=2) + "\n",
             )
         return [self._document_result(s) for s in states]
+
+    def _plan_only(self) -> Planner:
+        """Name the run and fingerprint it without loading a model (``--ocr never``)."""
+        try:
+            self._planner = make_planner(self.opts.engine)[0]
+        except Exception as e:
+            raise EngineLoadError(str(e)) from e
+        return self._planner
 
     def _start_devices(self) -> DevicePool | None:
         """With ``devices``: plan without the model and start one worker per device."""
@@ -376,8 +387,9 @@ class Converter:
         st.results[res.index] = res
         if st.journal is not None and res.status != "error":
             st.journal.write(json.dumps(res.to_dict(keep_raw=True)) + "\n")
-            st.journal.flush()
-            os.fsync(st.journal.fileno())
+            st.journal.flush()  # survives kill -9; fsync also survives a power cut
+            if res.text_source != "text-layer":  # ...which a text-layer page (~10 ms) need not
+                os.fsync(st.journal.fileno())
         self._progress.update(1)
         if st.complete:
             self._finish(st)

@@ -197,21 +197,25 @@ def route(
     """Runs in a render worker: the page from its text layer, or rendered for the engine.
 
     A page that goes to the engine although it has a text layer carries the reason in its
-    ``notes``. Raises InputError as :meth:`PageRenderer.render` does.
+    ``notes``. With ``mode == "never"`` no page goes to the engine: one without a usable text
+    layer comes back ``empty``, the reason in its notes. Raises InputError as
+    :meth:`PageRenderer.render` does.
     """
-    if mode == "always":
+    if mode == "always" or (doc.kind != "pdf" and mode == "auto"):
         return renderer.render(doc, index, dpi)
     if doc.kind != "pdf":
-        if mode == "auto":
-            return renderer.render(doc, index, dpi)
         image = renderer.render(doc, index, dpi)
-        empty = PageResult.for_page(image, TEXT_LAYER_ENGINE, status="empty")
-        empty.text_source = "text-layer"
-        empty.notes = ["an image has no text layer; --ocr never leaves it unread"]
-        return TextLayerPage(empty)
+        reason = "an image has no text layer"
+        return TextLayerPage(_unread(doc, index, image.width, image.height, image.dpi, reason))
     page = renderer.pdf_page(doc, index)
     eff_dpi = inputs.page_dpi(page, dpi)
-    result, reason = text_layer_result(page, doc.display, index, eff_dpi, mode)
+    try:
+        result, reason = text_layer_result(page, doc.display, index, eff_dpi)
+    except Exception as e:  # a text layer MuPDF cannot parse is a reason to OCR, not an error
+        result, reason = None, f"the text layer cannot be read ({type(e).__name__}: {e})"
+    if result is None and mode == "never":
+        width, height = textlayer.page_size(page, eff_dpi)
+        return TextLayerPage(_unread(doc, index, width, height, eff_dpi, reason))
     if result is None:
         image = renderer.render(doc, index, dpi)
         if reason != NO_TEXT_LAYER:
@@ -222,28 +226,34 @@ def route(
     return TextLayerPage(result)
 
 
-def text_layer_result(
-    page: pymupdf.Page, source: str, index: int, dpi: int, mode: str
-) -> tuple[PageResult | None, str]:
-    """(the page read from its text layer, or None when it must go to the engine; why not).
+def _model() -> str:
+    return f"PyMuPDF {pymupdf.VersionBind}"
 
-    With ``mode == "never"`` there is always a result: an ``empty`` page, with the reason in
-    its notes, when the text layer is unusable.
-    """
+
+def _unread(
+    doc: InputDoc, index: int, width: int, height: int, dpi: float | None, reason: str
+) -> PageResult:
+    """An ``empty`` page that ``--ocr never`` did not send to the engine, and why."""
+    return PageResult(
+        source=doc.display, index=index, width=width, height=height, dpi=dpi,
+        engine=TEXT_LAYER_ENGINE, model=_model(), status="empty", text_source="text-layer",
+        notes=[f"{reason}; --ocr never leaves the page unread"],
+    )  # fmt: skip
+
+
+def text_layer_result(
+    page: pymupdf.Page, source: str, index: int, dpi: int
+) -> tuple[PageResult | None, str]:
+    """(the page read from its text layer, or None when it must go to the engine; why not)."""
     layer = textlayer.read(page, dpi)
     verdict = check(page, layer)
-    base = {
-        "source": source, "index": index, "width": layer.width, "height": layer.height,
-        "dpi": dpi, "engine": TEXT_LAYER_ENGINE, "model": f"PyMuPDF {pymupdf.VersionBind}",
-        "text_source": "text-layer",
-    }  # fmt: skip
     if not verdict.usable:
-        if mode != "never":
-            return None, verdict.reason
-        note = f"{verdict.reason}; --ocr never leaves the page unread"
-        return PageResult(**base, status="empty", notes=[note]), verdict.reason
+        return None, verdict.reason
     extra: list[Block] = textlayer.find_tables(page, layer) + textlayer.figure_blocks(layer)
     blocks = textlayer.to_blocks(layer, verdict.lines, extra)
-    notes = [EARLIER_OCR_NOTE] if verdict.earlier_ocr else []
-    status = "ok" if blocks else "empty"
-    return PageResult(**base, status=status, blocks=blocks, notes=notes), ""
+    return PageResult(
+        source=source, index=index, width=layer.width, height=layer.height, dpi=dpi,
+        engine=TEXT_LAYER_ENGINE, model=_model(), status="ok" if blocks else "empty",
+        text_source="text-layer", blocks=blocks,
+        notes=[EARLIER_OCR_NOTE] if verdict.earlier_ocr else [],
+    ), ""  # fmt: skip

@@ -335,3 +335,23 @@ def test_ray_reads_text_layers_in_the_render_stage(tmp_path: Path) -> None:
 
     assert files(tmp_path / "ray") == files(tmp_path / "single")
     assert "photo_images/page-0001-figure-1.png" in files(tmp_path / "ray")
+
+
+def test_ocr_never_loads_no_model(
+    tmp_path: Path, tiny_v2_model: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """--ocr never plans from the model's config and never builds the engine."""
+    from ocrpress.engines import deepseek
+
+    def refuse(*a: object, **k: object) -> None:
+        raise AssertionError("the model was loaded")
+
+    monkeypatch.setattr(deepseek.DeepSeekEngine, "__init__", refuse)
+    pdf = tmp_path / "mixed.pdf"
+    mixed_pdf(pdf)
+    docs, _ = discover([str(pdf)])
+    engine = EngineOptions(engine="deepseek", model=str(tiny_v2_model), device="cpu")
+    conv = Converter(ConvertOptions(output=str(tmp_path / "out"), ocr="never", engine=engine))
+    (doc,) = conv.run(docs)
+    assert [p.status for p in doc.pages] == ["ok", "empty", "ok"]
+    assert conv.stats.engine == "deepseek"
