@@ -323,7 +323,8 @@ def test_ray_reads_text_layers_in_the_render_stage(tmp_path: Path) -> None:
     finally:
         del os.environ["OCRPRESS_COUNT_FILE"]
     assert all(r.ok for r in results)
-    assert count.read_text().splitlines() == ["mixed.pdf 1"]  # only the scan met the engine
+    # Only the scan met the engine (a set: Ray may run a task again after a worker fault).
+    assert set(count.read_text().splitlines()) == {"mixed.pdf 1"}
 
     def files(out: Path) -> dict[str, bytes]:
         skip = (".ocrpress", RUN_STATS_FILE)
