@@ -20,8 +20,8 @@ it lies on an image and passes the same coverage check; the page notes say where
 from. Near-white text with no ink under it (white-on-white production marks) is not visible
 text and is dropped; white text on a dark band is kept.
 
-``--ocr never`` uses the text layer whatever the check says (an unusable one gives an
-``empty`` page with a note); ``--ocr always`` skips all of this.
+``--ocr never`` never runs the engine: a page that fails the check comes out ``empty``, the
+reason in its notes. ``--ocr always`` skips all of this.
 """
 
 from __future__ import annotations
@@ -53,6 +53,8 @@ MIN_TEXT_ROWS = 2
 MIN_ROW_MARKS = 4
 #: Ink darker than the region's paper (its median) by this many grey levels.
 INK_CONTRAST = 60
+#: Contrast that the darkest pixel of a letter reaches at least (printed or scanned ink).
+CORE_CONTRAST = 100
 #: Contrast a near-white line needs under it to count as visible (white on a dark band).
 LIGHT_CONTRAST = 40
 
@@ -96,9 +98,9 @@ def _on_image(ln: TextLine, images: list[Box]) -> bool:
 
 def _render_grey(page: pymupdf.Page, layer: TextLayer, box: Box) -> np.ndarray:
     """Grey pixels of ``box`` (rendered-page pixels) at :data:`CHECK_DPI`."""
-    # Back from the render's pixels to unrotated page points: clip is in page space.
+    # Back from the render's pixels to points; a clip is in the rotated page's space too.
     s = 72 / layer.dpi
-    clip = pymupdf.Rect(box[0] * s, box[1] * s, box[2] * s, box[3] * s) * page.derotation_matrix
+    clip = pymupdf.Rect(box[0] * s, box[1] * s, box[2] * s, box[3] * s)
     pix = page.get_pixmap(dpi=CHECK_DPI, clip=clip, colorspace=pymupdf.csGRAY, alpha=False)
     return np.frombuffer(pix.samples, np.uint8).reshape(pix.height, pix.width)
 
@@ -120,7 +122,8 @@ def _uncovered_text(
     grey = _render_grey(page, layer, region)
     if grey.size == 0:
         return False
-    ink = grey < max(0, int(np.median(grey)) - INK_CONTRAST)
+    paper = int(np.median(grey))
+    ink = grey < paper - INK_CONTRAST
     scale = CHECK_DPI / layer.dpi
     h, w = ink.shape
     for ln in lines:
@@ -132,25 +135,28 @@ def _uncovered_text(
         y1 = int((ln.box[3] + pad - region[1]) * scale) + 1
         if x1 > 0 and y1 > 0 and x0 < w and y0 < h:
             ink[max(0, y0) : y1, max(0, x0) : x1] = False
-    return text_like(ink)
+    return text_like(ink, core=grey < paper - CORE_CONTRAST)
 
 
-def text_like(ink: np.ndarray) -> bool:
+def text_like(ink: np.ndarray, core: np.ndarray | None = None) -> bool:
     """Does a binary ink mask (True = ink) show rows of text?
 
     Marks (connected components) of letter or word size are grouped into rows: marks of
     similar height whose centres share a row and which follow each other closely. Text makes
     many such rows; a photo's blobs rarely line up :data:`MIN_ROW_MARKS` at a time, and
-    never on :data:`MIN_TEXT_ROWS` rows.
+    never on :data:`MIN_TEXT_ROWS` rows. With ``core`` (a stricter ink mask), a mark counts
+    only if it holds some core ink: printed letters are much darker than their paper, while
+    sensor noise on a mid-grey patch just below the ink threshold makes speckles that do not.
     """
     import cv2
 
     if not ink.any():
         return False
-    n, _, stats, _ = cv2.connectedComponentsWithStats(ink.astype(np.uint8), connectivity=8)
+    n, labels, stats, _ = cv2.connectedComponentsWithStats(ink.astype(np.uint8), connectivity=8)
+    strong = np.ones(n, bool) if core is None else np.isin(np.arange(n), labels[core & ink])
     marks = []
-    for x, y, w, h, area in stats[1:n]:
-        if 3 <= h <= 60 and w <= 25 * h and area >= 4 and area <= 0.95 * w * h:
+    for k, (x, y, w, h, area) in enumerate(stats[1:n], start=1):
+        if strong[k] and 3 <= h <= 60 and w <= 25 * h and 4 <= area <= 0.95 * w * h:
             marks.append((float(x), float(y), float(w), float(h)))
     if len(marks) < MIN_ROW_MARKS * MIN_TEXT_ROWS:
         return False
@@ -158,8 +164,11 @@ def text_like(ink: np.ndarray) -> bool:
     rows: list[list[tuple[float, float, float, float]]] = []
     for m in marks:
         cy = m[1] + m[3] / 2
-        for row in rows:
+        for row in reversed(rows):  # rows are in cy order: only the last few can match
             last = row[-1]
+            if cy - (last[1] + last[3] / 2) > 60:
+                rows.append([m])
+                break
             same_line = abs(cy - (last[1] + last[3] / 2)) <= 0.5 * max(m[3], last[3])
             similar = max(m[3], last[3]) <= 2.0 * min(m[3], last[3])
             if same_line and similar:

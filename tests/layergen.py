@@ -159,12 +159,16 @@ def ocred_scan_pdf(path: Path, *, cover: float = 1.0) -> str:
     return "\n".join(wrapped)
 
 
-def rotated_pdf(path: Path) -> list[str]:
+def rotated_pdf(path: Path, image: Image.Image | None = None) -> list[str]:
     """A landscape page stored as a portrait page with ``/Rotate 90`` and its text drawn
-    turned, so that it reads upright on screen (what landscape LaTeX pages do)."""
+    turned, so that it reads upright on screen (what landscape LaTeX pages do); ``image``, if
+    given, is placed (turned the same way) in the lower half of the screen page."""
     lines = paragraph(80, 600, n=3, fontsize=12)
     doc = pymupdf.open()
     page = doc.new_page(width=A4[0], height=A4[1])
+    if image is not None:
+        turned = image.rotate(90, expand=True)
+        page.insert_image(pymupdf.Rect(300, 300, 560, 800), stream=_png(turned))
     # Upright on the rotated page means running up the unrotated one, starting at its bottom.
     x = MARGIN + 12
     for line in lines:

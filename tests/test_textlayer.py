@@ -102,6 +102,17 @@ def test_rotated_page_reads_upright_in_rendered_pixels(tmp_path: Path) -> None:
     assert all(0 <= b.bbox[0] < b.bbox[2] <= 1684 and 0 <= b.bbox[1] < 200 for b in page.blocks)
 
 
+def test_rotated_page_images_are_checked_where_they_show(tmp_path: Path) -> None:
+    text, photo = tmp_path / "text.pdf", tmp_path / "photo.pdf"
+    rotated_pdf(text, text_image(sample_text(5, seed=4)))
+    rotated_pdf(photo, photo_image())
+    pages, eng, _ = _convert([text, photo])
+    assert _ocred(pages) == [0] and eng.batches == [1]  # the image of text, not the photo
+    assert pages[1].text_source == "text-layer"
+    (figure,) = [b for b in pages[1].blocks if b.type == "figure"]
+    assert figure.bbox[2] <= 1684 and figure.bbox[3] <= 1190  # in the landscape render
+
+
 def test_table_becomes_an_html_table_block_in_reading_order(tmp_path: Path) -> None:
     pdf = tmp_path / "table.pdf"
     before, rows, after = table_pdf(pdf)
@@ -356,3 +367,19 @@ def test_ocr_never_loads_no_model(
     (doc,) = conv.run(docs)
     assert [p.status for p in doc.pages] == ["ok", "empty", "ok"]
     assert conv.stats.engine == "deepseek"
+
+
+@pytest.mark.parametrize("seed", [1, 2, 3, 4])
+def test_coverage_check_over_several_images(tmp_path: Path, seed: int) -> None:
+    """Photos never force OCR; a few lines of text in an image always do (several draws)."""
+    import pymupdf
+
+    from ocrpress.routing import text_layer_result
+
+    photo, text = tmp_path / "photo.pdf", tmp_path / "text.pdf"
+    figure_pdf(photo, photo_image(seed=seed))
+    figure_pdf(text, text_image(sample_text(3, seed), size=(700, 160)))
+    with pymupdf.open(str(photo)) as doc:
+        assert text_layer_result(doc[0], "photo.pdf", 0, 144)[0] is not None
+    with pymupdf.open(str(text)) as doc:
+        assert text_layer_result(doc[0], "text.pdf", 0, 144)[0] is None
