@@ -25,7 +25,8 @@ def convert(
 
     ``paths``: files, folders or glob patterns. ``output``: a folder to write to, or None to only
     return results. ``engine``: a name (``auto``, ``rapid``, ``deepseek``, ``vllm``) or an Engine.
-    Other keywords are :class:`ConvertOptions` fields (``dpi``, ``pages``, ``workers`` ...) or
+    Other keywords are :class:`ConvertOptions` fields (``dpi``, ``pages``, ``workers``, ``ocr``
+    = ``"auto"``, ``"always"`` or ``"never"`` ...) or
     :class:`EngineOptions` fields (``model``, ``mode``, ``task`` ...).
     """
     from .writers import parse_formats

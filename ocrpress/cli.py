@@ -34,6 +34,7 @@ Examples:
   find . -name '*.png' | ocrpress convert - -o out/     # paths on stdin
   curl -s https://example.org/a.pdf | ocrpress convert - -f text   # bytes on stdin
   ocrpress convert docs/ -o out/ --engine deepseek --mode gundam --batch-size 16
+  ocrpress convert report.pdf --ocr always       # OCR even pages that have a text layer
 """
 
 
@@ -128,6 +129,14 @@ def main() -> None:
 )
 @click.option("--prompt", default=None, help="Custom VLM prompt (experts; overrides --task).")
 @click.option("--dpi", default=144, show_default=True, type=click.IntRange(36, 600))
+@click.option(
+    "--ocr",
+    type=click.Choice(["auto", "always", "never"]),
+    default="auto",
+    show_default=True,
+    help="auto: PDF pages whose text layer passes a check are read from it, the rest OCR'd;"
+    " always: OCR every page; never: text layer only.",
+)
 @click.option("--pages", default=None, help="Pages per document, 1-based: 1-3,7,10-")
 @click.option("--batch-size", type=click.IntRange(1, 1024), default=None, help="[auto]")
 @click.option("--max-new-tokens", type=click.IntRange(1), default=8192, show_default=True)
@@ -219,6 +228,7 @@ def convert(inputs: tuple[str, ...], **kw: Any) -> None:
         keep_results=False,
         devices=kw["devices"],
         wait=kw["wait"],
+        ocr=kw["ocr"],
         engine=eng_opts,
     )
     stdin = sys.stdin.buffer if "-" in inputs else None

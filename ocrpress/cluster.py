@@ -33,6 +33,7 @@ from .inputs import InputDoc, InputError
 from .journal import STATE_DIR, document_error, fingerprint, is_current, write_document
 from .lock import locked_output
 from .pipeline import RUN_STATS_FILE, ConvertOptions, EngineLoadError
+from .routing import TextLayerPage, route
 from .stats import RunStats
 from .writers import atomic_write
 
@@ -120,7 +121,7 @@ def _expand(row: dict[str, Any], job: dict[str, Any]) -> list[dict[str, Any]]:
     """A document -> one row per page still to do (or one error row)."""
     opts = _Job(**job).convert_options()
     base = {k: row[k] for k in ("order", "path", "display", "rel", "kind", "fp")}
-    err = {"index": -1, "wanted": "[]", "image": b"", "size": "", "dpi": "null"}
+    err = {"index": -1, "wanted": "[]", "image": b"", "size": "", "dpi": "null", "notes": "[]"}
     try:
         count = inputs.count_pages(_doc(row))
     except InputError as e:
@@ -145,18 +146,29 @@ _RENDERER: inputs.PageRenderer | None = None
 
 
 def _render(row: dict[str, Any], job: dict[str, Any]) -> dict[str, Any]:
-    """Render one page into raw RGB bytes (a render failure becomes the row's error)."""
+    """Render one page into raw RGB bytes (a render failure becomes the row's error).
+
+    A page read from its text layer (``--ocr auto|never``) is stored here, and its row only
+    asks the OCR stage to finish the document: it never takes a place in an engine batch.
+    """
     global _RENDERER
     if row["index"] < 0 or row["error"]:
         return row
     if _RENDERER is None:
         _RENDERER = inputs.PageRenderer()
+    opts = job["opts"]
     try:
-        page = _RENDERER.render(_doc(row), row["index"], job["opts"]["dpi"])
+        page = route(_RENDERER, _doc(row), row["index"], opts["dpi"], opts.get("ocr", "auto"))
+        if isinstance(page, TextLayerPage):
+            if page.image is not None:
+                crop_figures(page.result, page.image, opts["output"], row["rel"])
+            _store_shard(opts["output"], row, page.result)
+            return row | {"index": -1}
         image = page.image if page.image.mode == "RGB" else page.image.convert("RGB")
     except Exception as e:  # one page must never fail the task (and its block)
         return row | {"error": f"cannot render ({e})"}
     return row | {
+        "notes": json.dumps(page.notes),
         "image": image.tobytes(),
         "size": f"{image.width}x{image.height}",
         "dpi": json.dumps(page.dpi),  # JSON keeps int vs float vs None exactly as rendered
@@ -189,6 +201,7 @@ class OcrActor:
             image = Image.frombytes("RGB", (w, h), row["image"])
             dpi = json.loads(row["dpi"])
             page = PageImage(row["display"], row["index"], image, dpi, doc_key=str(row["order"]))
+            page.notes = json.loads(row["notes"])
             pages.append((row, page))
         # Equal batch keys run together (prompt lengths match: no padding).
         groups: dict[Any, list[tuple[dict[str, Any], PageImage]]] = {}
@@ -202,6 +215,7 @@ class OcrActor:
                     self.engine, [p for _, p in chunk], self.opts.retry_truncated, self._lower
                 )
                 for (row, page), res in zip(chunk, results, strict=True):
+                    res.notes[:0] = page.notes  # why a page with a text layer was OCR'd
                     crop_figures(res, page, self.opts.output or "", row["rel"])
                     self._store(row, res)
         touched = {r["order"]: r for r in rows if r["index"] >= 0}
@@ -214,9 +228,7 @@ class OcrActor:
 
     def _store(self, row: dict[str, Any], res: PageResult) -> None:
         assert self.opts.output is not None
-        path = os.path.join(_shard_dir(self.opts.output, row["rel"]), f"{res.index}.json")
-        data = {"fingerprint": json.loads(row["fp"]), "result": res.to_dict(keep_raw=True)}
-        atomic_write(path, json.dumps(data))
+        _store_shard(self.opts.output, row, res)
 
     def _finish(self, row: dict[str, Any], error: str | None) -> dict[str, Any]:
         """The document's row: finished or not, its error, its pages (JSON) when finished."""
@@ -235,6 +247,13 @@ class OcrActor:
             "error": error or "",
             "pages": json.dumps([p.to_dict(keep_raw=True) for p in pages]),
         }
+
+
+def _store_shard(out_dir: str, row: dict[str, Any], res: PageResult) -> None:
+    """Save a finished page for its document (atomic: a killed job resumes page by page)."""
+    path = os.path.join(_shard_dir(out_dir, row["rel"]), f"{res.index}.json")
+    data = {"fingerprint": json.loads(row["fp"]), "result": res.to_dict(keep_raw=True)}
+    atomic_write(path, json.dumps(data))
 
 
 def _failed(row: dict[str, Any], reason: str, engine: Any) -> PageResult:

@@ -15,6 +15,8 @@ BlockType = (
     str  # title, sub_title, text, table, figure, caption, formula, list, header, footer, ...
 )
 PageStatus = Literal["ok", "truncated", "empty", "error"]
+#: Where a page's text came from: the PDF's own text layer, the engine, or both.
+TextSource = Literal["text-layer", "ocr", "hybrid"]
 
 #: Bumped when the JSON layout changes incompatibly.
 SCHEMA_VERSION = 2
@@ -29,6 +31,7 @@ class PageImage:
     image: Image.Image  # RGB
     dpi: float | None  # None for raster inputs without a meaningful dpi
     doc_key: str = ""  # identifies the document inside a run (pipeline-assigned)
+    notes: list[str] = field(default_factory=list)  # for the result, e.g. why it needs OCR
 
     @property
     def width(self) -> int:
@@ -104,6 +107,7 @@ class PageResult:
     blocks: list[Block] = field(default_factory=list)
     raw: str | None = None
     notes: list[str] = field(default_factory=list)  # e.g. "retried with stronger repetition guard"
+    text_source: TextSource = "ocr"
 
     @property
     def compression(self) -> float | None:
@@ -132,6 +136,7 @@ class PageResult:
             "compression": round(self.compression, 3) if self.compression is not None else None,
             "status": self.status,
             "error": self.error,
+            "text_source": self.text_source,
             "notes": list(self.notes),
             "blocks": [b.to_dict() for b in self.blocks],
         }
@@ -156,6 +161,7 @@ class PageResult:
             status=d.get("status", "ok"),
             error=d.get("error"),
             notes=list(d.get("notes") or []),
+            text_source=d.get("text_source", "ocr"),
             blocks=[Block.from_dict(b) for b in d.get("blocks", [])],
             raw=d.get("raw"),
         )

@@ -164,7 +164,8 @@ class PageRenderer:
             return self._render_pdf(doc, index, dpi)
         return _render_image(doc, index)
 
-    def _render_pdf(self, doc: InputDoc, index: int, dpi: int) -> PageImage:
+    def pdf_page(self, doc: InputDoc, index: int) -> pymupdf.Page:
+        """Page ``index`` of the PDF ``doc`` (kept open for the next page); raises InputError."""
         st = os.stat(doc.path)
         key = (doc.path, st.st_mtime_ns, st.st_size)  # a rewritten file must be reopened
         if self._key != key:
@@ -174,13 +175,14 @@ class PageRenderer:
         assert self._pdf is not None
         pymupdf.TOOLS.mupdf_warnings(reset=True)  # what opening said is not this page's
         try:
-            page = self._pdf[index]
-            w_in, h_in = page.rect.width / 72, page.rect.height / 72
-            eff_dpi = int(dpi)
-            if w_in * h_in * dpi * dpi > MAX_PAGE_PIXELS:
-                # A poster-sized page at full dpi would be a decompression bomb of our own
-                # making; render it smaller and record the dpi actually used.
-                eff_dpi = int((MAX_PAGE_PIXELS / (w_in * h_in)) ** 0.5)
+            return self._pdf[index]
+        except Exception as e:
+            raise InputError(f"cannot render ({_short(e)})") from None
+
+    def _render_pdf(self, doc: InputDoc, index: int, dpi: int) -> PageImage:
+        page = self.pdf_page(doc, index)
+        try:
+            eff_dpi = page_dpi(page, dpi)
             pix = page.get_pixmap(dpi=eff_dpi, alpha=False, colorspace=pymupdf.csRGB)
             img = Image.frombytes("RGB", (pix.width, pix.height), pix.samples)
         except InputError:
@@ -222,6 +224,16 @@ def page_damage(warnings_text: str) -> str | None:
             if word in line.lower():
                 return line.strip().removeprefix("format error: ").removesuffix(" ()")
     return None
+
+
+def page_dpi(page: pymupdf.Page, dpi: int) -> int:
+    """The dpi ``page`` is rendered at: ``dpi``, or less for a page too large for it."""
+    w_in, h_in = page.rect.width / 72, page.rect.height / 72
+    if w_in * h_in * dpi * dpi > MAX_PAGE_PIXELS:
+        # A poster-sized page at full dpi would be a decompression bomb of our own making;
+        # render it smaller and record the dpi actually used.
+        return int((MAX_PAGE_PIXELS / (w_in * h_in)) ** 0.5)
+    return int(dpi)
 
 
 def _render_image(doc: InputDoc, index: int) -> PageImage:

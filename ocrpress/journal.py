@@ -51,6 +51,7 @@ def fingerprint(doc: InputDoc, planner: Planner, opts: ConvertOptions) -> dict[s
         "dpi": opts.dpi,
         "pages": opts.pages,
         "keep_raw": opts.keep_raw,
+        "ocr": opts.ocr,
     }
 
 

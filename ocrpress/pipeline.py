@@ -31,6 +31,7 @@ from .isolation import close_quietly, failure, output_guard
 from .journal import document_error, fingerprint, output_paths, write_document
 from .lock import locked_output
 from .render import InlineFuture, RenderQueue, default_workers, main_is_importable
+from .routing import OCR_MODES, TextLayerPage
 from .stats import RunStats
 from .writers import atomic_write, render_page_stream
 
@@ -56,6 +57,7 @@ class ConvertOptions:
     keep_results: bool = True  # keep page results in the returned DocumentResults
     devices: str | None = None  # "all" or "0,2": one engine replica per GPU (ocrpress.devices)
     wait: bool = False  # output folder locked by another run: wait for it (else LockedError)
+    ocr: str = "auto"  # auto | always | never: PDF pages from their text layer (ocrpress.routing)
     engine: EngineOptions = field(default_factory=EngineOptions)
 
 
@@ -90,6 +92,8 @@ class Converter:
         stdout: IO[str] | None = None,
         on_error: Callable[[str], None] | None = None,
     ) -> None:
+        if opts.ocr not in OCR_MODES:
+            raise ValueError(f"ocr must be one of {', '.join(OCR_MODES)}, not {opts.ocr!r}")
         self.opts = opts
         self._engine = engine
         self.stdout = stdout or sys.stdout
@@ -141,11 +145,14 @@ class Converter:
             # Worker processes re-import __main__; from `python -` or `-c` there is no file
             # to import, so render in this process instead of failing.
             workers = 0
-        devices = self._start_devices()
-        renders = RenderQueue(workers, self.opts.dpi)
+        never = self.opts.ocr == "never" and self._engine is None  # no page reaches an engine
+        devices = None if never else self._start_devices()
+        renders = RenderQueue(workers, self.opts.dpi, ocr=self.opts.ocr)
         interrupted = False
         try:
-            if devices is None:
+            if never:
+                planner, max_batch, runner = self._plan_only(), 1, _InlineRunner(self)
+            elif devices is None:
                 planner: Planner = self.engine  # load the model while the pool spins up
                 max_batch = max(1, self.engine.max_batch_size)
                 runner: _Runner = _InlineRunner(self)
@@ -181,6 +188,14 @@ class Converter:
                     json.dumps(self.stats.to_dict(), indent=2) + "\n",
                 )
         return [self._document_result(s) for s in states]
+
+    def _plan_only(self) -> Planner:
+        """Name the run and fingerprint it without loading a model (``--ocr never``)."""
+        try:
+            self._planner = make_planner(self.opts.engine)[0]
+        except Exception as e:
+            raise EngineLoadError(str(e)) from e
+        return self._planner
 
     def _start_devices(self) -> DevicePool | None:
         """With ``devices``: plan without the model and start one worker per device."""
@@ -239,7 +254,7 @@ class Converter:
                     renders.submit((st, idx), st.doc, idx)
                 # Rendered pages (in order) go into buckets of equal batch key.
                 for (st, idx), page in renders.ready():
-                    if not isinstance(page, str):
+                    if not isinstance(page, (str, TextLayerPage)):
                         try:
                             key = engine.plan(page).batch_key
                         except Exception as e:  # isolation rule: this page's error only
@@ -252,6 +267,10 @@ class Converter:
                             ),
                             None,
                         )
+                        continue
+                    if isinstance(page, TextLayerPage):
+                        # Read from its text layer: no batch slot, no engine, no GPU.
+                        self._record(st, page.result, page.image)
                         continue
                     page.doc_key = str(st.order)
                     buckets.setdefault(key, []).append((st, page))
@@ -404,6 +423,8 @@ class Converter:
             self._finish(st)
 
     def _keep(self, st: _DocState, res: PageResult, page: PageImage | None) -> None:
+        if page is not None and page.notes:
+            res.notes[:0] = page.notes  # e.g. why a page with a text layer went to the engine
         if self.to_dir and page is not None:
             assert self.opts.output is not None
             crop_figures(res, page, self.opts.output, st.doc.rel)
@@ -414,8 +435,9 @@ class Converter:
         st.results[res.index] = res
         if st.journal is not None and res.status != "error":
             st.journal.write(json.dumps(res.to_dict(keep_raw=True)) + "\n")
-            st.journal.flush()
-            os.fsync(st.journal.fileno())
+            st.journal.flush()  # survives kill -9; fsync also survives a power cut
+            if res.text_source != "text-layer":  # ...which a text-layer page (~10 ms) need not
+                os.fsync(st.journal.fileno())
         self._progress.update(1)
         if st.complete:
             self._finish(st)

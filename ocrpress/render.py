@@ -19,6 +19,7 @@ from typing import Any
 from . import inputs, procs
 from .document import PageImage
 from .inputs import InputDoc, InputError
+from .routing import TextLayerPage, route
 
 
 def default_workers() -> int:
@@ -31,13 +32,16 @@ def default_workers() -> int:
 _RENDERER: inputs.PageRenderer | None = None
 
 
-def render_task(doc: InputDoc, index: int, dpi: int) -> PageImage | str:
-    """Runs in a worker: a rendered page, or the reason it could not be rendered."""
+def render_task(
+    doc: InputDoc, index: int, dpi: int, ocr: str = "always"
+) -> PageImage | TextLayerPage | str:
+    """Runs in a worker: a rendered page, a page finished from its text layer (``ocr`` auto
+    or never, see :mod:`ocrpress.routing`), or the reason it could not be rendered."""
     global _RENDERER
     if _RENDERER is None:
         _RENDERER = inputs.PageRenderer()
     try:
-        return _RENDERER.render(doc, index, dpi)
+        return route(_RENDERER, doc, index, dpi, ocr)
     except InputError as e:
         return str(e)
     except Exception as e:  # never let one page kill the worker pool
@@ -68,7 +72,7 @@ def make_pool(workers: int) -> ProcessPoolExecutor:
     from multiprocessing import forkserver
 
     ctx = multiprocessing.get_context("forkserver")
-    ctx.set_forkserver_preload(["ocrpress.procs", "ocrpress.inputs"])
+    ctx.set_forkserver_preload(["ocrpress.procs", "ocrpress.inputs", "ocrpress.routing"])
     with procs.forkserver_env():
         # Started here, from the main thread, so its parent-death signal is tied to the
         # process's lifetime (not to a thread's), and with a sys.path that skips the cwd.
@@ -111,10 +115,15 @@ class RenderQueue:
     """
 
     def __init__(
-        self, workers: int, dpi: int, task: Callable[[InputDoc, int, int], Any] = render_task
+        self,
+        workers: int,
+        dpi: int,
+        task: Callable[[InputDoc, int, int, str], Any] = render_task,
+        ocr: str = "always",
     ) -> None:
         self.workers = workers
         self.dpi = dpi
+        self.ocr = ocr
         self.task = task
         self.pool = make_pool(workers) if workers > 0 else None
         self.items: deque[_Page] = deque()
@@ -157,9 +166,9 @@ class RenderQueue:
     def _launch(self, page: _Page) -> None:
         try:
             if self.pool is None:
-                page.fut = InlineFuture(self.task(page.doc, page.index, self.dpi))
+                page.fut = InlineFuture(self.task(page.doc, page.index, self.dpi, self.ocr))
             else:
-                page.fut = self.pool.submit(self.task, page.doc, page.index, self.dpi)
+                page.fut = self.pool.submit(self.task, page.doc, page.index, self.dpi, self.ocr)
         except BrokenProcessPool:
             self._broken()
 

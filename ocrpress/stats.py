@@ -8,6 +8,9 @@ from typing import Any
 
 from .document import PageResult
 
+_SOURCE_ORDER = ("text-layer", "hybrid", "ocr")
+_SOURCE_LABEL = {"text-layer": "from the text layer", "hybrid": "hybrid", "ocr": "OCR"}
+
 
 @dataclass
 class RunStats:
@@ -30,6 +33,8 @@ class RunStats:
     vision_tokens: int = 0
     text_tokens: int = 0
     token_pages: int = 0  # pages that reported token counts
+    # Pages of converted documents by where their text came from ("text-layer", "ocr", ...).
+    text_sources: dict[str, int] = field(default_factory=dict)
     started: float = 0.0
     wall_seconds: float = 0.0
 
@@ -49,6 +54,8 @@ class RunStats:
                 self.truncated.append(f"{p.source}: page {p.index + 1}")
             elif p.status == "empty":
                 self.empty_pages += 1
+            if p.status != "error":
+                self.text_sources[p.text_source] = self.text_sources.get(p.text_source, 0) + 1
             if p.vision_tokens is not None and p.text_tokens is not None:
                 self.vision_tokens += p.vision_tokens
                 self.text_tokens += p.text_tokens
@@ -84,6 +91,7 @@ class RunStats:
             "pages_failed": self.failed_pages,
             "pages_empty": self.empty_pages,
             "pages_truncated": len(self.truncated),
+            "pages_by_text_source": dict(sorted(self.text_sources.items())),
             "truncated": list(self.truncated),
             "wall_seconds": round(self.wall_seconds, 3),
             "pages_per_second": round(self.pages_per_second, 3),
@@ -105,6 +113,9 @@ class RunStats:
         )
         parts = [f"{total_docs} document{'s' if total_docs != 1 else ''}"]
         parts.append(f"{self.pages} page{'s' if self.pages != 1 else ''}")
+        if self.text_sources.keys() - {"ocr"}:
+            by = sorted(self.text_sources.items(), key=lambda kv: _SOURCE_ORDER.index(kv[0]))
+            parts[-1] += " (" + ", ".join(f"{n} {_SOURCE_LABEL[k]}" for k, n in by) + ")"
         if self.skipped_documents or self.resumed_pages:
             parts.append(
                 f"{self.skipped_documents} skipped (done), {self.resumed_pages} pages resumed"

@@ -97,9 +97,19 @@ class FaultyEngine(EchoEngine):
         return res
 
 
-def crash_render(doc: InputDoc, index: int, dpi: int) -> PageImage | str:
+def crash_render(doc: InputDoc, index: int, dpi: int, ocr: str = "always") -> object:
     """A render task whose worker dies on page 1 of documents named ``crash*`` (as a MuPDF
     segfault would kill it): for RenderQueue tests."""
     if os.path.basename(doc.path).startswith("crash") and index == 0:
         os._exit(139)
-    return render_task(doc, index, dpi)
+    return render_task(doc, index, dpi, ocr)
+
+
+class CountingEcho(EchoEngine):
+    """EchoEngine that appends ``source index`` per page it runs to ``$OCRPRESS_COUNT_FILE``:
+    how a test sees, across processes, which pages reached an engine."""
+
+    def run(self, batch: list[PageImage]) -> list[PageResult]:
+        with open(os.environ["OCRPRESS_COUNT_FILE"], "a") as f:
+            f.writelines(f"{os.path.basename(p.source)} {p.index}\n" for p in batch)
+        return super().run(batch)

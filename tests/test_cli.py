@@ -17,6 +17,8 @@ from PIL import Image
 
 TESTS = Path(__file__).parent
 ECHO = "fake_engines:EchoEngine"
+# labelled_pdf's pages have a text layer: --ocr always makes them reach the engine under test.
+ECHO_ARGS = ("--engine", ECHO, "--ocr", "always")
 
 
 def ocrpress(
@@ -48,7 +50,8 @@ def test_version_and_help() -> None:
 def test_rapid_end_to_end_real_text(tmp_path: Path) -> None:
     lines = sample_text(6, seed=3)
     truth = make_pdf(tmp_path / "letter.pdf", [lines], fontsize=14)[0]
-    r = ocrpress("convert", str(tmp_path / "letter.pdf"), "-f", "text", "--engine", "rapid")
+    args = ["-f", "text", "--engine", "rapid", "--ocr", "always"]  # OCR despite the text layer
+    r = ocrpress("convert", str(tmp_path / "letter.pdf"), *args)
     assert r.returncode == 0, r.stderr
     # PP-OCRv6 reads clean 14-pt text almost perfectly; 5% leaves room for punctuation slips.
     assert cer(truth, r.stdout.decode().replace("\f", "")) < 0.05
@@ -61,7 +64,7 @@ def test_every_format_to_folder_mirrors_paths(tmp_path: Path) -> None:
     labelled_pdf(src / "a.pdf")
     Image.new("RGB", (300, 200), "white").save(src / "sub" / "b.png")
     out = tmp_path / "out"
-    r = ocrpress("convert", str(src), "-o", str(out), "-f", "markdown,json,text", "--engine", ECHO)
+    r = ocrpress("convert", str(src), "-o", str(out), "-f", "markdown,json,text", *ECHO_ARGS)
     assert r.returncode == 0, r.stderr
     for rel in ("a", "sub/b"):
         for ext in (".md", ".json", ".txt"):
@@ -78,7 +81,7 @@ def test_every_format_to_folder_mirrors_paths(tmp_path: Path) -> None:
 
 def test_stdout_jsonl_and_pages(tmp_path: Path) -> None:
     pdf = labelled_pdf(tmp_path / "a.pdf", 5)
-    r = ocrpress("convert", str(pdf), "-f", "json", "--pages", "2-3,5", "--engine", ECHO)
+    r = ocrpress("convert", str(pdf), "-f", "json", "--pages", "2-3,5", *ECHO_ARGS)
     assert r.returncode == 0, r.stderr
     pages = [json.loads(line) for line in r.stdout.decode().splitlines()]
     assert [p["page"] for p in pages] == [2, 3, 5]
@@ -87,11 +90,11 @@ def test_stdout_jsonl_and_pages(tmp_path: Path) -> None:
 
 def test_stdin_paths_and_bytes_and_pipe_out(tmp_path: Path) -> None:
     a, b = labelled_pdf(tmp_path / "a.pdf", 1), labelled_pdf(tmp_path / "b.pdf", 1)
-    r = ocrpress("convert", "-", "-f", "text", "--engine", ECHO, stdin=f"{a}\n{b}\n".encode())
+    r = ocrpress("convert", "-", "-f", "text", *ECHO_ARGS, stdin=f"{a}\n{b}\n".encode())
     assert r.returncode == 0, r.stderr
     text = r.stdout.decode()
     assert text.index("a.pdf p1") < text.index("b.pdf p1") and text.count("\f") == 2
-    r = ocrpress("convert", "-", "-f", "markdown", "--engine", ECHO, stdin=a.read_bytes())
+    r = ocrpress("convert", "-", "-f", "markdown", *ECHO_ARGS, stdin=a.read_bytes())
     assert r.returncode == 0, r.stderr
     # Named <stdin>, not by a temp file; a Markdown stream says where each page comes from.
     assert r.stdout.decode().startswith("<!-- <stdin> page 1 -->\n\n<stdin> p1 ")
@@ -104,7 +107,7 @@ def test_glob_is_expanded_by_ocrpress(tmp_path: Path) -> None:
     labelled_pdf(tmp_path / "x1.pdf", 1)
     labelled_pdf(tmp_path / "x2.pdf", 1)
     labelled_pdf(tmp_path / "y.pdf", 1)
-    r = ocrpress("convert", str(tmp_path / "x*.pdf"), "-o", str(tmp_path / "o"), "--engine", ECHO)
+    r = ocrpress("convert", str(tmp_path / "x*.pdf"), "-o", str(tmp_path / "o"), *ECHO_ARGS)
     assert r.returncode == 0, r.stderr
     assert sorted(p.name for p in (tmp_path / "o").glob("*.md")) == ["x1.md", "x2.md"]
 
@@ -124,7 +127,7 @@ def test_bad_inputs_one_line_each_batch_goes_on(tmp_path: Path) -> None:
     (src / "cut.jpg").write_bytes(data[: len(data) // 3])
     (src / "full.jpg").unlink()
     out = tmp_path / "out"
-    r = ocrpress("convert", str(src), "-o", str(out), "-f", "markdown,json", "--engine", ECHO)
+    r = ocrpress("convert", str(src), "-o", str(out), "-f", "markdown,json", *ECHO_ARGS)
     assert r.returncode == 1
     errors = [ln for ln in r.stderr.decode().splitlines() if "error:" in ln]
     expected = {
@@ -163,14 +166,14 @@ def test_exit_codes(tmp_path: Path, args: list[str], code: int) -> None:
 
 
 def test_quiet_prints_no_summary(tmp_path: Path) -> None:
-    r = ocrpress("convert", str(labelled_pdf(tmp_path / "a.pdf", 1)), "-q", "--engine", ECHO)
+    r = ocrpress("convert", str(labelled_pdf(tmp_path / "a.pdf", 1)), "-q", *ECHO_ARGS)
     assert r.returncode == 0 and r.stderr == b""
 
 
 @pytest.mark.slow
 def test_kill_9_then_resume_matches_clean_run(tmp_path: Path) -> None:
     files = [labelled_pdf(tmp_path / f"d{i}.pdf", 4) for i in range(3)]
-    args = [str(f) for f in files] + ["-f", "markdown,json", "--engine", ECHO, "-q"]
+    args = [str(f) for f in files] + ["-f", "markdown,json", *ECHO_ARGS, "-q"]
     clean = ocrpress("convert", *args, "-o", str(tmp_path / "clean"))
     assert clean.returncode == 0, clean.stderr
     out = tmp_path / "out"
@@ -212,7 +215,7 @@ def test_progress_bar_only_on_a_terminal(tmp_path: Path) -> None:
     import termios
 
     pdf = labelled_pdf(tmp_path / "a.pdf", 3)
-    args = [sys.executable, "-m", "ocrpress", "convert", str(pdf), "--engine", ECHO]
+    args = [sys.executable, "-m", "ocrpress", "convert", str(pdf), *ECHO_ARGS]
     args += ["-o", str(tmp_path / "o"), "--batch-size", "1"]
     env = {**os.environ, "PYTHONPATH": str(TESTS)}
     master, slave = pty.openpty()
@@ -237,7 +240,7 @@ def test_progress_bar_only_on_a_terminal(tmp_path: Path) -> None:
 def test_a_failed_page_means_exit_1_and_is_retried_next_run(tmp_path: Path) -> None:
     pdf = labelled_pdf(tmp_path / "a.pdf", 3)
     out = tmp_path / "out"
-    args = ["convert", str(pdf), "-o", str(out), "-f", "markdown", "--engine"]
+    args = ["convert", str(pdf), "-o", str(out), "-f", "markdown", "--ocr", "always", "--engine"]
     r = ocrpress(*args, "fake_engines:FlakyEngine")
     assert r.returncode == 1
     errors = [ln for ln in r.stderr.decode().splitlines() if "error:" in ln]

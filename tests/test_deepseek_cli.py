@@ -35,6 +35,8 @@ def _convert(model: Path, docs: Path, out: Path, *extra: str):  # type: ignore[n
         "markdown,json,text",
         "--engine",
         "deepseek",
+        "--ocr",
+        "always",  # the generated pages have text layers; the model must read them
         "--model",
         str(model),
         "--max-new-tokens",

@@ -30,6 +30,7 @@ def _run(
         formats=list(kw.pop("formats", ["markdown", "json"])),  # type: ignore[call-overload]
         dpi=36,
         workers=workers,
+        ocr=kw.pop("ocr", "always"),  # labelled_pdf pages have text layers: OCR them anyway
         **kw,  # type: ignore[arg-type]
     )
     conv = Converter(opts, engine=engine)
@@ -82,7 +83,9 @@ def test_oom_at_batch_of_one_records_error_and_goes_on(tmp_path: Path) -> None:
     files = [labelled_pdf(tmp_path / "a.pdf", 2), labelled_pdf(tmp_path / "b.pdf", 1)]
     errors: list[str] = []
     docs, _ = discover([str(p) for p in files])
-    opts = ConvertOptions(output=str(tmp_path / "out"), formats=["json"], dpi=36, workers=0)
+    opts = ConvertOptions(
+        output=str(tmp_path / "out"), formats=["json"], dpi=36, workers=0, ocr="always"
+    )
     conv = Converter(opts, engine=OomEngine(limit=0), on_error=errors.append)
     results = conv.run(docs)
     assert [r.error for r in results] == ["CUDA out of memory"] * 2
@@ -123,7 +126,9 @@ def test_corrupt_document_costs_no_other_pages(tmp_path: Path) -> None:
     c = labelled_pdf(tmp_path / "c.pdf", 2)
     errors: list[str] = []
     docs, _ = discover([str(a), str(bad), str(c)])
-    opts = ConvertOptions(output=str(tmp_path / "out"), formats=["markdown"], dpi=36, workers=0)
+    opts = ConvertOptions(
+        output=str(tmp_path / "out"), formats=["markdown"], dpi=36, workers=0, ocr="always"
+    )
     results = Converter(opts, engine=EchoEngine(), on_error=errors.append).run(docs)
     assert [r.ok for r in results] == [True, False, True]
     assert [len(r.pages) for r in results] == [3, 0, 2]
@@ -199,7 +204,7 @@ def test_stdout_streams_jsonl_in_input_order(tmp_path: Path) -> None:
     ]
     docs, _ = discover([str(p) for p in files])
     buf = io.StringIO()
-    opts = ConvertOptions(output="-", formats=["json"], dpi=36, workers=0)
+    opts = ConvertOptions(output="-", formats=["json"], dpi=36, workers=0, ocr="always")
     Converter(opts, engine=EchoEngine(EngineOptions(batch_size=3)), stdout=buf).run(docs)
     lines = [json.loads(x) for x in buf.getvalue().splitlines()]
     assert [(x["source"].split("/")[-1], x["page"]) for x in lines] == [

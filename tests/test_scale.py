@@ -46,7 +46,7 @@ def _opts(out: Path, engine: str, **kw: object) -> ConvertOptions:
         dpi=36,
         workers=0,
         engine=EngineOptions(engine=engine, batch_size=2),
-        **kw,  # type: ignore[arg-type]
+        **{"ocr": "always"} | kw,  # type: ignore[arg-type]  # labelled_pdf pages have text
     )
 
 
