@@ -70,7 +70,7 @@ def test_every_format_to_folder_mirrors_paths(tmp_path: Path) -> None:
         for ext in (".md", ".json", ".txt"):
             assert (out / (rel + ext)).is_file(), rel + ext
     doc = json.loads((out / "a.json").read_text())
-    assert doc["schema"] == 1 and [p["page"] for p in doc["pages"]] == [1, 2]
+    assert doc["schema"] == 2 and [p["page"] for p in doc["pages"]] == [1, 2]
     page = doc["pages"][0]
     assert (page["width"], page["height"], page["dpi"]) == (1190, 1684, 144)
     assert page["blocks"][0]["bbox"] == [0, 0, 1190, 1684]
