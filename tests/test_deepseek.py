@@ -152,11 +152,14 @@ def test_text_task_prompt_and_block(tiny_v2_model: Path) -> None:
     assert eng.prompt == "<image>\nFree OCR."
     p = page(0)
     r = eng.run([p])[0]
-    if r.raw.strip():
-        assert len(r.blocks) == 1
-        assert r.blocks[0].type == "text"
-        assert r.blocks[0].bbox == (0.0, 0.0, float(p.width), float(p.height))
-        assert r.blocks[0].text == r.raw.strip()
+    # The random model's first 8 tokens for this page are not all EOS or whitespace: the
+    # assertions below always run (a model change that empties the page fails here).
+    assert r.raw.strip(), f"tiny model gave no text for the page ({r.status})"
+    assert r.status in ("ok", "truncated")
+    assert len(r.blocks) == 1
+    assert r.blocks[0].type == "text"
+    assert r.blocks[0].bbox == (0.0, 0.0, float(p.width), float(p.height))
+    assert r.blocks[0].text == r.raw.strip()
 
 
 def test_prompts() -> None:
