@@ -260,3 +260,19 @@ def test_v1_checkpoint_dispatch(tiny_v1_model: Path) -> None:
     results = eng.run(pages)
     assert [r.vision_tokens for r in results] == [256 + 200, 256 + 200, 256]
     assert [r.tiles for r in results] == [(2, 1), (2, 1), None]
+
+
+def test_output_is_capped_at_the_context(
+    engine: DeepSeekEngine, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Prompt + new tokens never exceed max_position_embeddings; a page stopped there is
+    truncated and says why."""
+    p = page(0)
+    ids = engine._inputs([p.image], 1)["input_ids"]
+    prompt = ids.shape[1]
+    assert engine.new_token_budget(prompt) == 12  # 4096 positions: the option rules
+    monkeypatch.setattr(engine, "context_limit", lambda: prompt + 5)
+    assert engine.new_token_budget(prompt) == 5
+    r = engine.run([p])[0]
+    assert (r.status, r.text_tokens) == ("truncated", 5)
+    assert any("model's context" in n for n in r.notes)

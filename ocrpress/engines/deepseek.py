@@ -517,6 +517,22 @@ class DeepSeekEngine:
             )
         ]
 
+    def context_limit(self) -> int | None:
+        """Positions the decoder has (``max_position_embeddings``); None if unknown."""
+        cfg = self.hf_model.config
+        text = getattr(cfg, "text_config", None) or getattr(cfg, "language_config", None) or cfg
+        limit = getattr(text, "max_position_embeddings", None)
+        return int(limit) if limit else None
+
+    def new_token_budget(self, prompt_length: int) -> int:
+        """``max_new_tokens``, capped so that prompt + output fit the decoder's context
+        (8,192 new tokens after a 1,121-token A4 prompt would run past its 8,192 positions)."""
+        limit = self.context_limit()
+        budget = self.opts.max_new_tokens
+        if limit is not None:
+            budget = min(budget, limit - prompt_length)
+        return max(1, budget)
+
     def generate_ids(
         self, pages: list[PageImage], plans: list[TokenPlan] | None = None
     ) -> list[list[int]]:
@@ -525,6 +541,11 @@ class DeepSeekEngine:
         All pages should share a prompt length (``plan().batch_key``); otherwise the batch is
         left-padded and, in low precision, outputs may differ from one-page runs.
         """
+        return self._generate_rows(pages, plans)[0]
+
+    def _generate_rows(
+        self, pages: list[PageImage], plans: list[TokenPlan] | None
+    ) -> tuple[list[list[int]], int]:
         from transformers import LogitsProcessorList
 
         torch = self._torch
@@ -551,18 +572,18 @@ class DeepSeekEngine:
                 **inputs,
                 do_sample=False,
                 num_beams=1,
-                max_new_tokens=self.opts.max_new_tokens,
+                max_new_tokens=self.new_token_budget(prompt_length),
                 logits_processor=LogitsProcessorList(processors),
                 eos_token_id=sorted(self.eos_ids),
                 pad_token_id=self.pad_id,
             )
-        return out[:, prompt_length:].tolist()
+        return out[:, prompt_length:].tolist(), prompt_length
 
     def _generate(self, pages: list[PageImage], plans: list[TokenPlan]) -> list[PageResult]:
-        rows = self.generate_ids(pages, plans)
-        max_new = self.opts.max_new_tokens
+        rows, prompt_length = self._generate_rows(pages, plans)
+        budget = self.new_token_budget(prompt_length)
         return [
-            self._result(page, tp, row, max_new)
+            self._result(page, tp, row, budget)
             for page, tp, row in zip(pages, plans, rows, strict=True)
         ]
 
@@ -586,4 +607,7 @@ class DeepSeekEngine:
             status=status,
             blocks=blocks_from_output(text, page.width, page.height, self.grounded),
             raw=text,
+            notes=[f"stopped at the model's context ({self.context_limit()} positions)"]
+            if hit_limit and max_new < self.opts.max_new_tokens
+            else [],
         )
