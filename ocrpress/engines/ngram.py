@@ -2,8 +2,8 @@
 
 transformers' ``no_repeat_ngram_size`` looks at the whole sequence (prompt included) and has
 neither a window nor a whitelist; DeepSeek's own guard (n=30, window 90, ``<td>``/``</td>``
-exempt as the banned token) needs both, so this is a small LogitsProcessor of its own, vectorised over the batch so
-that it adds no host-device synchronisation per step.
+exempt as the banned token) needs both, so this is a small LogitsProcessor of its own,
+vectorised over the batch so that it adds no host-device synchronisation per step.
 """
 
 from __future__ import annotations
