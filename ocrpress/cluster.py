@@ -25,7 +25,8 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from . import inputs
-from .devices import make_planner, run_batch
+from .backoff import BatchLimit, run_batch
+from .devices import make_planner
 from .document import DocumentResult, PageImage, PageResult
 from .engines import EngineOptions, create_engine
 from .figures import crop_figures
@@ -168,7 +169,7 @@ class OcrActor:
     def __init__(self, job: dict[str, Any]) -> None:
         self.opts = _Job(**job).convert_options()
         self.engine = create_engine(self.opts.engine)
-        self.limit = 0  # lowered after a CUDA out-of-memory error in this replica
+        self.limit = BatchLimit()  # lowered after a CUDA out-of-memory error in this replica
 
     def __call__(self, batch: Any) -> Any:
         import pandas as pd
@@ -194,12 +195,18 @@ class OcrActor:
         for item in pages:
             groups.setdefault(self.engine.plan(item[1]).batch_key, []).append(item)
         for group in groups.values():
-            size = self.limit or len(group)
-            for k in range(0, len(group), size):
-                chunk = group[k : k + size]
+            k = 0
+            while k < len(group):
+                chunk = group[k : k + self.limit.cap(len(group))]
+                k += len(chunk)
+                forced: list[int] = []
                 results = run_batch(
-                    self.engine, [p for _, p in chunk], self.opts.retry_truncated, self._lower
+                    self.engine, [p for _, p in chunk], self.opts.retry_truncated, forced.append
                 )
+                if forced:
+                    self.limit.lower(min(forced))
+                else:
+                    self.limit.succeeded(self.engine.max_batch_size)
                 for (row, page), res in zip(chunk, results, strict=True):
                     crop_figures(res, page, self.opts.output or "", row["rel"])
                     self._store(row, res)
@@ -207,9 +214,6 @@ class OcrActor:
         for row in touched.values():
             out.append(self._finish(row, None))
         return pd.DataFrame(out, columns=["order", "finished", "error", "pages"])
-
-    def _lower(self, n: int) -> None:
-        self.limit = n if not self.limit else min(self.limit, n)
 
     def _store(self, row: dict[str, Any], res: PageResult) -> None:
         assert self.opts.output is not None

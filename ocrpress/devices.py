@@ -26,6 +26,7 @@ from concurrent.futures.process import BrokenProcessPool
 from dataclasses import replace
 from typing import Any, Protocol
 
+from .backoff import run_batch
 from .document import PageImage, PageResult
 from .engines import (
     EngineError,
@@ -128,66 +129,6 @@ def make_planner(opts: EngineOptions) -> tuple[Planner, EngineOptions]:
     if factory is None:
         factory = create_engine
     return factory(resolved), resolved
-
-
-# ------------------------------------------------------------------ batches (shared with Ray)
-
-
-def run_with_backoff(
-    engine: Any, pages: list[PageImage], on_limit: Callable[[int], None] | None = None
-) -> list[PageResult]:
-    """Run a batch; halve it on CUDA out-of-memory, isolate a page that breaks a batch."""
-    try:
-        return engine.run(pages)
-    except Exception as e:
-        if is_oom(e):
-            free_cuda_cache()
-            if len(pages) == 1:
-                return [PageResult.failed(pages[0], engine.name, "CUDA out of memory")]
-            half = len(pages) // 2
-            if on_limit is not None:
-                on_limit(max(1, half))
-            log.warning("CUDA out of memory with %d pages; retrying as %d", len(pages), half)
-            return run_with_backoff(engine, pages[:half], on_limit) + run_with_backoff(
-                engine, pages[half:], on_limit
-            )
-        if len(pages) > 1:
-            return [r for p in pages for r in run_with_backoff(engine, [p], on_limit)]
-        return [PageResult.failed(pages[0], engine.name, f"{type(e).__name__}: {e}")]
-
-
-def retry_truncated(engine: Any, pages: list[PageImage], results: list[PageResult]) -> None:
-    """Re-run truncated pages once with the engine's stronger guard (in place)."""
-    retry = getattr(engine, "retry_truncated", None)
-    todo = [i for i, r in enumerate(results) if r.status == "truncated"]
-    if not todo or retry is None:
-        return
-    redone = retry([pages[i] for i in todo])
-    for i, res in zip(todo, redone, strict=True):
-        res.notes.append("retried after truncation with a stronger repetition guard")
-        results[i] = res
-
-
-def run_batch(
-    engine: Any, pages: list[PageImage], retry: bool, on_limit: Callable[[int], None] | None
-) -> list[PageResult]:
-    """One engine batch as the pipeline runs it: back-off, then optional truncation retry."""
-    results = run_with_backoff(engine, pages, on_limit)
-    if retry:
-        retry_truncated(engine, pages, results)
-    return results
-
-
-def is_oom(e: BaseException) -> bool:
-    return type(e).__name__ == "OutOfMemoryError" or "CUDA out of memory" in str(e)
-
-
-def free_cuda_cache() -> None:
-    import sys
-
-    torch = sys.modules.get("torch")
-    if torch is not None and torch.cuda.is_available():
-        torch.cuda.empty_cache()
 
 
 # ------------------------------------------------------------------ worker processes

@@ -21,7 +21,8 @@ from dataclasses import dataclass, field
 from typing import IO, Any, Protocol
 
 from . import inputs, journal
-from .devices import DevicePool, Planner, make_planner, resolve_devices, run_batch
+from .backoff import BatchLimit, run_batch
+from .devices import DevicePool, Planner, make_planner, resolve_devices
 from .document import DocumentResult, PageImage, PageResult
 from .engines import Engine, EngineOptions, create_engine
 from .figures import crop_figures
@@ -97,7 +98,8 @@ class Converter:
         self.stats = RunStats()
         self.page_ranges = inputs.parse_page_ranges(opts.pages)
         self.to_dir = opts.output not in (None, "-")
-        self.batch_limit = 0  # lowered after a CUDA out-of-memory error
+        self.limit = BatchLimit()  # lowered after a CUDA out-of-memory error, may grow back
+        self._max_batch = 1
         self._planner: Planner | None = None
         self.device_pool: DevicePool | None = None
 
@@ -273,7 +275,13 @@ class Converter:
         return states
 
     def _limit(self, max_batch: int) -> int:
-        return min(max_batch, self.batch_limit) if self.batch_limit else max_batch
+        self._max_batch = max_batch
+        return self.limit.cap(max_batch)
+
+    @property
+    def batch_limit(self) -> int:
+        """Pages per batch an out-of-memory error imposed now; 0 for none."""
+        return self.limit.ceiling
 
     # -------------------------------------------------------------- documents
 
@@ -345,12 +353,14 @@ class Converter:
         results, limit = runner.result(fut)
         if limit:
             self._lower_limit(limit)
+        else:
+            self.limit.succeeded(self._max_batch)
         for (st, page), res in zip(batch, results, strict=True):
             self._record(st, res, page)
 
     def _lower_limit(self, n: int) -> None:
         """A CUDA out-of-memory error somewhere: later batches are at most ``n`` pages."""
-        self.batch_limit = n if not self.batch_limit else min(self.batch_limit, n)
+        self.limit.lower(n)
 
     # -------------------------------------------------------------- results
 
@@ -438,11 +448,17 @@ class _InlineRunner:
         self.conv = conv
 
     def submit(self, pages: list[PageImage], retry: bool) -> InlineFuture:
-        # The limit goes straight to the converter; the future carries no limit of its own.
-        return InlineFuture(run_batch(self.conv.engine, pages, retry, self.conv._lower_limit))
+        # Like a device worker: the lowest limit an OOM forced (0: none) comes with the results.
+        lowest = [0]
+
+        def lower(n: int) -> None:
+            lowest[0] = min(lowest[0], n) if lowest[0] else n
+
+        results = run_batch(self.conv.engine, pages, retry, lower)
+        return InlineFuture((results, lowest[0]))
 
     def result(self, fut: Any) -> tuple[list[PageResult], int]:
-        return fut.result(), 0
+        return fut.result()
 
 
 def _take(buckets: dict[Any, list[Any]], key: Any, n: int) -> list[Any]:
