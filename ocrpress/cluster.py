@@ -41,6 +41,11 @@ log = logging.getLogger("ocrpress")
 #: Engines that never use a GPU: their actors ask Ray for CPUs instead.
 CPU_ENGINES = ("rapid",)
 
+#: Rows per Ray batch when neither --batch-size nor the planner says: enough for the largest
+#: automatic DeepSeek batch (``MAX_AUTO_BATCH``); each actor then runs its own engine's batch
+#: size, which it learns only once the model is on its GPU.
+RAY_AUTO_ROWS = 128
+
 
 def import_ray() -> Any:
     """``ray`` (with Ray Data), or EngineLoadError saying how to install it."""
@@ -163,6 +168,16 @@ def _render(row: dict[str, Any], job: dict[str, Any]) -> dict[str, Any]:
     }
 
 
+def ray_batch_rows(opts: ConvertOptions, planner: Any) -> int:
+    """Rows Ray hands an actor at once: --batch-size, else the engine's own batch size when the
+    driver's planner is the engine (rapid, plugins), else :data:`RAY_AUTO_ROWS`. An actor
+    splits what it gets into its engine's batches either way."""
+    if opts.engine.batch_size:
+        return opts.engine.batch_size
+    size = getattr(planner, "max_batch_size", None)
+    return int(size) if isinstance(size, int) and size > 0 else RAY_AUTO_ROWS
+
+
 class OcrActor:
     """One engine replica; Ray gives it its own GPU (CUDA_VISIBLE_DEVICES) when it asks."""
 
@@ -197,7 +212,7 @@ class OcrActor:
         for group in groups.values():
             k = 0
             while k < len(group):
-                chunk = group[k : k + self.limit.cap(len(group))]
+                chunk = group[k : k + self.limit.cap(self.engine.max_batch_size)]
                 k += len(chunk)
                 forced: list[int] = []
                 results = run_batch(
@@ -305,7 +320,8 @@ class RayConverter:
                     # No cluster at that address: one line and exit 3, not a traceback.
                     raise EngineLoadError(f"--ray {self.address}: {e}") from None
             try:
-                for r in self._dataset(ray, rows, job, resolved.engine).iter_rows():
+                ds = self._dataset(ray, rows, job, resolved.engine, ray_batch_rows(opts, planner))
+                for r in ds.iter_rows():
                     if r["finished"]:
                         pages = [PageResult.from_dict(p) for p in json.loads(r["pages"])]
                         done[int(r["order"])] = (r["error"] or None, pages)
@@ -326,13 +342,14 @@ class RayConverter:
         )
         return results
 
-    def _dataset(self, ray: Any, rows: list[dict[str, Any]], job: dict[str, Any], name: str) -> Any:
+    def _dataset(
+        self, ray: Any, rows: list[dict[str, Any]], job: dict[str, Any], name: str, batch: int
+    ) -> Any:
         resources = ray.cluster_resources()
         gpus = int(resources.get("GPU", 0))
         cpus = int(resources.get("CPU", 1))
         use_gpu = gpus > 0 and name not in CPU_ENGINES
         size = self.actors or (gpus if use_gpu else max(1, cpus // 2))
-        batch = self.opts.engine.batch_size or 4
         ctx = ray.data.DataContext.get_current()
         ctx.enable_progress_bars = self.opts.progress
         ds = ray.data.from_items(rows, override_num_blocks=max(1, min(len(rows), 4 * size)))
