@@ -286,8 +286,13 @@ def test_refill_decoding_matches_pages_decoded_alone(
     different steps: finished pages hand their slot on, and every page's greedy output is
     token for token what transformers' generate gives it alone (fp32)."""
     eng = make_engine(
-        tiny_v2_model, mode="gundam", max_tiles=2, max_new_tokens=14, batch_size=2,
-        ngram_size=2, ngram_window=6,
+        tiny_v2_model,
+        mode="gundam",
+        max_tiles=2,
+        max_new_tokens=14,
+        batch_size=2,
+        ngram_size=2,
+        ngram_window=6,
     )
     sizes = [SMALL_PAGE, (1000, 700), (700, 1000), SMALL_PAGE, (1000, 700)]
     pages = [page(i, s) for i, s in enumerate(sizes)]
