@@ -13,12 +13,14 @@ from __future__ import annotations
 import gc
 import logging
 import sys
+import time
 import traceback
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Protocol, runtime_checkable
 
 from .document import PageImage, PageResult
+from .engines import ReportsUsage, Usage
 
 log = logging.getLogger("ocrpress")
 
@@ -124,6 +126,19 @@ def run_batch(
     if retry:
         retry_truncated(engine, pages, results, on_limit)
     return results
+
+
+def measured_batch(
+    engine: Any, pages: list[PageImage], retry: bool, on_limit: Callable[[int], None] | None
+) -> tuple[list[PageResult], Usage]:
+    """:func:`run_batch` and what the device did meanwhile: the engine's own counters when it
+    reports them (VLMs: forward passes only), else the time spent in the engine's calls."""
+    before = engine.usage() if isinstance(engine, ReportsUsage) else None
+    t0 = time.perf_counter()
+    results = run_batch(engine, pages, retry, on_limit)
+    if before is None:
+        return results, Usage(device_seconds=time.perf_counter() - t0)
+    return results, engine.usage().minus(before)
 
 
 @dataclass

@@ -25,10 +25,10 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from . import inputs
-from .backoff import BatchLimit, run_batch
+from .backoff import BatchLimit, measured_batch
 from .devices import make_planner
 from .document import DocumentResult, PageImage, PageResult
-from .engines import EngineOptions, create_engine
+from .engines import EngineOptions, Usage, create_engine
 from .figures import crop_figures
 from .inputs import InputDoc, InputError
 from .journal import STATE_DIR, document_error, fingerprint, is_current, write_document
@@ -45,6 +45,8 @@ CPU_ENGINES = ("rapid",)
 #: automatic DeepSeek batch (``MAX_AUTO_BATCH``); each actor then runs its own engine's batch
 #: size, which it learns only once the model is on its GPU.
 RAY_AUTO_ROWS = 128
+
+USAGE_FIELDS = ("device_seconds", "slot_tokens", "slot_capacity")
 
 
 def import_ray() -> Any:
@@ -185,6 +187,7 @@ class OcrActor:
         self.opts = _Job(**job).convert_options()
         self.engine = create_engine(self.opts.engine)
         self.limit = BatchLimit()  # lowered after a CUDA out-of-memory error in this replica
+        self.usage = Usage()  # device use since the last batch of rows went back
 
     def __call__(self, batch: Any) -> Any:
         import pandas as pd
@@ -215,9 +218,12 @@ class OcrActor:
                 chunk = group[k : k + self.limit.cap(self.engine.max_batch_size)]
                 k += len(chunk)
                 forced: list[int] = []
-                results = run_batch(
+                results, usage = measured_batch(
                     self.engine, [p for _, p in chunk], self.opts.retry_truncated, forced.append
                 )
+                self.usage.device_seconds += usage.device_seconds
+                self.usage.slot_tokens += usage.slot_tokens
+                self.usage.slot_capacity += usage.slot_capacity
                 if forced:
                     self.limit.lower(min(forced))
                 else:
@@ -228,7 +234,11 @@ class OcrActor:
         touched = {r["order"]: r for r in rows if r["index"] >= 0}
         for row in touched.values():
             out.append(self._finish(row, None))
-        return pd.DataFrame(out, columns=["order", "finished", "error", "pages"])
+        for i, r in enumerate(out):  # this call's device use rides on its first row
+            r |= asdict(self.usage) if i == 0 else asdict(Usage())
+        if out:
+            self.usage = Usage()
+        return pd.DataFrame(out, columns=["order", "finished", "error", "pages", *USAGE_FIELDS])
 
     def _store(self, row: dict[str, Any], res: PageResult) -> None:
         assert self.opts.output is not None
@@ -322,6 +332,7 @@ class RayConverter:
             try:
                 ds = self._dataset(ray, rows, job, resolved.engine, ray_batch_rows(opts, planner))
                 for r in ds.iter_rows():
+                    self.stats.add_usage(Usage(*(r[k] for k in USAGE_FIELDS)))
                     if r["finished"]:
                         pages = [PageResult.from_dict(p) for p in json.loads(r["pages"])]
                         done[int(r["order"])] = (r["error"] or None, pages)
@@ -350,6 +361,7 @@ class RayConverter:
         cpus = int(resources.get("CPU", 1))
         use_gpu = gpus > 0 and name not in CPU_ENGINES
         size = self.actors or (gpus if use_gpu else max(1, cpus // 2))
+        self.stats.engine_replicas = size
         ctx = ray.data.DataContext.get_current()
         ctx.enable_progress_bars = self.opts.progress
         ds = ray.data.from_items(rows, override_num_blocks=max(1, min(len(rows), 4 * size)))

@@ -26,12 +26,13 @@ from concurrent.futures.process import BrokenProcessPool
 from dataclasses import replace
 from typing import Any, Protocol
 
-from .backoff import run_batch
+from .backoff import measured_batch
 from .document import PageImage, PageResult
 from .engines import (
     EngineError,
     EngineOptions,
     PagePlan,
+    Usage,
     create_engine,
     engine_spec,
     resolve_engine_name,
@@ -165,15 +166,16 @@ def _worker_info() -> dict[str, Any]:
     }
 
 
-def _worker_run(pages: list[PageImage], retry: bool) -> tuple[list[PageResult], int, str]:
-    """A batch in a worker: (results, lowest batch limit an OOM forced or 0, device)."""
+def _worker_run(pages: list[PageImage], retry: bool) -> tuple[list[PageResult], int, str, Usage]:
+    """A batch in a worker: (results, lowest batch limit an OOM forced or 0, device, usage)."""
     engine = _engine()
     limit = [0]
 
     def lower(n: int) -> None:
         limit[0] = n if not limit[0] else min(limit[0], n)
 
-    return run_batch(engine, pages, retry, lower), limit[0], _WORKER["device"]
+    results, usage = measured_batch(engine, pages, retry, lower)
+    return results, limit[0], _WORKER["device"], usage
 
 
 class DevicePool:
@@ -206,10 +208,10 @@ class DevicePool:
     def submit(self, pages: list[PageImage], retry: bool) -> Future[Any]:
         return self._pool.submit(_worker_run, pages, retry)
 
-    def result(self, fut: Future[Any]) -> tuple[list[PageResult], int]:
-        results, limit, device = self._result(fut)
+    def result(self, fut: Future[Any]) -> tuple[list[PageResult], int, Usage]:
+        results, limit, device, usage = self._result(fut)
         self.pages_per_device[device] = self.pages_per_device.get(device, 0) + len(results)
-        return results, limit
+        return results, limit, usage
 
     def _result(self, fut: Future[Any]) -> Any:
         try:

@@ -21,10 +21,10 @@ from dataclasses import dataclass, field
 from typing import IO, Any, Protocol
 
 from . import inputs, journal
-from .backoff import BatchLimit, run_batch
+from .backoff import BatchLimit, measured_batch
 from .devices import DevicePool, Planner, make_planner, resolve_devices
 from .document import DocumentResult, PageImage, PageResult
-from .engines import Engine, EngineOptions, create_engine
+from .engines import Engine, EngineOptions, Usage, create_engine
 from .figures import crop_figures
 from .inputs import InputDoc, InputError
 from .journal import document_error, fingerprint, output_paths, write_document
@@ -143,6 +143,7 @@ class Converter:
                 planner = self.planner
                 max_batch = self.opts.engine.batch_size or devices.max_batch_size()
                 runner = devices
+            self.stats.engine_replicas = runner.capacity
             window = self.opts.window or (
                 max(2 * max_batch, max_batch + 2 * max(workers, 1))
                 + (runner.capacity - 1) * max_batch  # one more batch per extra replica
@@ -350,7 +351,8 @@ class Converter:
     # -------------------------------------------------------------- engine calls
 
     def _collect(self, runner: _Runner, fut: Any, batch: list[tuple[_DocState, PageImage]]) -> None:
-        results, limit = runner.result(fut)
+        results, limit, usage = runner.result(fut)
+        self.stats.add_usage(usage)
         if limit:
             self._lower_limit(limit)
         else:
@@ -436,7 +438,7 @@ class _Runner(Protocol):
 
     def submit(self, pages: list[PageImage], retry: bool) -> Any: ...
 
-    def result(self, fut: Any) -> tuple[list[PageResult], int]: ...
+    def result(self, fut: Any) -> tuple[list[PageResult], int, Usage]: ...
 
 
 class _InlineRunner:
@@ -454,10 +456,10 @@ class _InlineRunner:
         def lower(n: int) -> None:
             lowest[0] = min(lowest[0], n) if lowest[0] else n
 
-        results = run_batch(self.conv.engine, pages, retry, lower)
-        return InlineFuture((results, lowest[0]))
+        results, usage = measured_batch(self.conv.engine, pages, retry, lower)
+        return InlineFuture((results, lowest[0], usage))
 
-    def result(self, fut: Any) -> tuple[list[PageResult], int]:
+    def result(self, fut: Any) -> tuple[list[PageResult], int, Usage]:
         return fut.result()
 
 

@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from .document import PageResult
+from .engines import Usage
 
 
 @dataclass
@@ -30,6 +31,11 @@ class RunStats:
     token_pages: int = 0  # pages that reported token counts
     started: float = 0.0
     wall_seconds: float = 0.0
+    # Device use: engine step time over wall time (x replicas); decode slots filled (VLMs).
+    engine_seconds: float = 0.0
+    engine_replicas: int = 1
+    slot_tokens: int = 0
+    slot_capacity: int = 0
 
     def start(self) -> None:
         self.started = time.perf_counter()
@@ -52,6 +58,22 @@ class RunStats:
                 self.text_tokens += p.text_tokens
                 self.token_pages += 1
         self.pages += len(pages) - resumed
+
+    def add_usage(self, u: Usage) -> None:
+        """Count one batch's device time and decode-slot counters."""
+        self.engine_seconds += u.device_seconds
+        self.slot_tokens += u.slot_tokens
+        self.slot_capacity += u.slot_capacity
+
+    @property
+    def engine_busy_fraction(self) -> float | None:
+        span = self.wall_seconds * max(1, self.engine_replicas)
+        return round(min(1.0, self.engine_seconds / span), 3) if span > 0 else None
+
+    @property
+    def decode_slot_utilisation(self) -> float | None:
+        cap = self.slot_capacity
+        return round(self.slot_tokens / cap, 3) if cap else None
 
     @property
     def pages_per_second(self) -> float:
@@ -86,6 +108,8 @@ class RunStats:
             "compression": round(self.text_tokens / self.vision_tokens, 3)
             if self.vision_tokens
             else None,
+            "engine_busy_fraction": self.engine_busy_fraction,
+            "decode_slot_utilisation": self.decode_slot_utilisation,
         }
 
     def summary(self) -> str:
@@ -112,4 +136,9 @@ class RunStats:
                 f" {d['vision_tokens_per_page']} vision / {d['text_tokens_per_page']} text tokens,"
                 f" compression {d['compression']}x"
             )
+        busy, slots = self.engine_busy_fraction, self.decode_slot_utilisation
+        if busy is not None and self.pages:
+            line += f"; engine busy {busy:.0%}"
+            if slots is not None:
+                line += f", decode slots {slots:.0%} used"
         return line + ")"

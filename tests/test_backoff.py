@@ -103,3 +103,17 @@ def test_limit_grows_back_then_pins() -> None:
     for _ in range(3 * GROW_AFTER):
         lim.succeeded(16)
     assert lim.cap(16) == 8
+
+
+def test_usage_becomes_busy_fraction_and_slot_utilisation() -> None:
+    from ocrpress.engines import Usage
+    from ocrpress.stats import RunStats
+
+    s = RunStats(wall_seconds=10.0, pages=4, engine_replicas=2)
+    s.add_usage(Usage(device_seconds=6.0, slot_tokens=90, slot_capacity=100))
+    s.add_usage(Usage(device_seconds=8.0, slot_tokens=0, slot_capacity=0))
+    d = s.to_dict()
+    assert d["engine_busy_fraction"] == 0.7  # 14 s of 2 replicas x 10 s
+    assert d["decode_slot_utilisation"] == 0.9
+    assert "engine busy 70%, decode slots 90% used" in s.summary()
+    assert RunStats().to_dict()["decode_slot_utilisation"] is None

@@ -178,7 +178,8 @@ class DeepSeekEngine:
         """OCR ``batch`` (any prompt lengths) with refill decoding; results in input order."""
         if not batch:
             return []
-        slots = min(self._slot_limit.cap(self.slots), len(batch))
+        capacity = self._slot_limit.cap(self.slots)
+        slots = min(capacity, len(batch))
         plans = [self.token_plan(p) for p in batch]
         prepared = [self._pool.submit(self.prepare, p, key=i) for i, p in enumerate(batch)]
         finished: dict[int, Future[PageResult]] = {}
@@ -204,7 +205,9 @@ class DeepSeekEngine:
                 self._slot_limit.lower(max(1, slots // 2))
             raise
         finally:
-            decoder.stats.slots = slots
+            # Utilisation counts the slots the device has, not just those this call filled:
+            # a short call leaves the rest idle.
+            decoder.stats.slot_steps = decoder.stats.steps * capacity
             self.decode_stats.add(decoder.stats)
         self._slot_limit.succeeded(self.slots)
         return [finished[i].result() for i in range(len(batch))]
