@@ -14,6 +14,7 @@ import json
 import logging
 import os
 import sys
+import time
 from collections import deque
 from collections.abc import Callable, Iterator
 from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
@@ -144,6 +145,7 @@ class Converter:
                 max_batch = self.opts.engine.batch_size or devices.max_batch_size()
                 runner = devices
             self.stats.engine_replicas = runner.capacity
+            self.stats.engine_ready = time.perf_counter()
             window = self.opts.window or (
                 max(2 * max_batch, max_batch + 2 * max(workers, 1))
                 + (runner.capacity - 1) * max_batch  # one more batch per extra replica

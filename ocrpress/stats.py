@@ -34,6 +34,8 @@ class RunStats:
     # Device use: engine step time over wall time (x replicas); decode slots filled (VLMs).
     engine_seconds: float = 0.0
     engine_replicas: int = 1
+    engine_ready: float = 0.0  # perf_counter when the engine(s) had loaded; 0: at start
+    serving_seconds: float = 0.0  # wall time from then on
     slot_tokens: int = 0
     slot_capacity: int = 0
 
@@ -41,7 +43,9 @@ class RunStats:
         self.started = time.perf_counter()
 
     def stop(self) -> None:
-        self.wall_seconds = time.perf_counter() - self.started
+        now = time.perf_counter()
+        self.wall_seconds = now - self.started
+        self.serving_seconds = now - (self.engine_ready or self.started)
 
     def add_pages(self, pages: list[PageResult], resumed: int = 0) -> None:
         """Count a finished document's pages (the first ``resumed`` came from a journal)."""
@@ -67,7 +71,8 @@ class RunStats:
 
     @property
     def engine_busy_fraction(self) -> float | None:
-        span = self.wall_seconds * max(1, self.engine_replicas)
+        # Model loading is not the engine waiting for pages: count from when it was ready.
+        span = (self.serving_seconds or self.wall_seconds) * max(1, self.engine_replicas)
         return round(min(1.0, self.engine_seconds / span), 3) if span > 0 else None
 
     @property
