@@ -19,6 +19,7 @@ from __future__ import annotations
 import logging
 import sys
 import time
+from collections import deque
 from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any
@@ -181,12 +182,13 @@ class DeepSeekEngine:
         capacity = self._slot_limit.cap(self.slots)
         slots = min(capacity, len(batch))
         plans = [self.token_plan(p) for p in batch]
-        prepared = [self._pool.submit(self.prepare, p, key=i) for i, p in enumerate(batch)]
+        budgets: dict[int, int] = {}
         finished: dict[int, Future[PageResult]] = {}
 
         def post(key: int, tokens: list[int]) -> None:
-            budget = prepared[key].result().budget
-            finished[key] = self._pool.submit(self._result, batch[key], plans[key], tokens, budget)
+            finished[key] = self._pool.submit(
+                self._result, batch[key], plans[key], tokens, budgets[key]
+            )
 
         decoder = RefillDecoder(
             self.hf_model,
@@ -199,7 +201,7 @@ class DeepSeekEngine:
             step_hook=self.step_hook(batch) if self.step_hook is not None else None,
         )
         try:
-            decoder.run(_in_order(prepared), on_done=post)
+            decoder.run(self._prepared(batch, slots, budgets), on_done=post)
         except Exception as e:
             if is_oom(e):
                 self._slot_limit.lower(max(1, slots // 2))
@@ -221,6 +223,26 @@ class DeepSeekEngine:
 
     # -- stages -------------------------------------------------------------------------
 
+    def _prepared(
+        self, batch: list[PageImage], ahead: int, budgets: dict[int, int]
+    ) -> Iterator[Prepared]:
+        """Prepared pages in call order, prepared on the thread pool at most ``ahead`` pages
+        before the decoder takes them (an A4 gundam page is ~30 MB of bf16 pixels)."""
+        queue: deque[Future[Prepared]] = deque()
+        todo = iter(enumerate(batch))
+        while True:
+            while len(queue) < ahead and (nxt := next(todo, None)) is not None:
+                queue.append(self._pool.submit(self.prepare, nxt[1], nxt[0]))
+            if not queue:
+                return
+            t0 = time.perf_counter()
+            item = queue.popleft().result()
+            waited = time.perf_counter() - t0
+            if waited > 0.05:
+                log.debug("decoder waited %.2f s for page preparation", waited)
+            budgets[item.key] = item.budget
+            yield item
+
     def prepare(self, page: PageImage, key: int = 0) -> Prepared:
         """CPU work of one page: views, tiles, normalised pixels and prompt ids (pinned
         memory when the model is on CUDA, so the copy to the device does not block)."""
@@ -237,10 +259,12 @@ class DeepSeekEngine:
                 placed,
                 tp.positions,
             )
-        if self.device.startswith("cuda"):
-            inputs = {
-                k: v.pin_memory() if self._torch.is_tensor(v) else v for k, v in inputs.items()
-            }
+        torch = self._torch
+        for k, v in inputs.items():
+            if torch.is_tensor(v):
+                if v.is_floating_point():
+                    v = v.to(self.dtype)  # half the bytes to hold and copy in bf16
+                inputs[k] = v.pin_memory() if self.device.startswith("cuda") else v
         length = int(ids.shape[1])
         return Prepared(key, inputs, length, self.new_token_budget(length))
 
@@ -371,14 +395,3 @@ class DeepSeekEngine:
                 pad_token_id=self.pad_id,
             )
         return out[:, prompt_length:].tolist()
-
-
-def _in_order(futures: list[Future[Prepared]]) -> Iterator[Prepared]:
-    """Prepared pages in call order, each as soon as its thread is done with it."""
-    for f in futures:
-        t0 = time.perf_counter()
-        item = f.result()
-        waited = time.perf_counter() - t0
-        if waited > 0.05:
-            log.debug("decoder waited %.2f s for page preparation", waited)
-        yield item
