@@ -171,13 +171,17 @@ def _render(row: dict[str, Any], job: dict[str, Any]) -> dict[str, Any]:
 
 
 def ray_batch_rows(opts: ConvertOptions, planner: Any) -> int:
-    """Rows Ray hands an actor at once: --batch-size, else the engine's own batch size when the
-    driver's planner is the engine (rapid, plugins), else :data:`RAY_AUTO_ROWS`. An actor
-    splits what it gets into its engine's batches either way."""
-    if opts.engine.batch_size:
-        return opts.engine.batch_size
+    """Rows Ray hands an actor at once: the engine's own batch size when the driver's planner
+    is the engine (rapid, plugins; it honours --batch-size), else (DeepSeek, whose actors size
+    their batches from their own GPU) :data:`RAY_AUTO_ROWS` or --batch-size decode slots'
+    worth of pages to refill from, whichever is more. An actor splits what it gets into its
+    engine's batches either way."""
     size = getattr(planner, "max_batch_size", None)
-    return int(size) if isinstance(size, int) and size > 0 else RAY_AUTO_ROWS
+    if isinstance(size, int) and size > 0:
+        return size
+    from .engines.deepseek_spec import REFILL_DEPTH
+
+    return max(RAY_AUTO_ROWS, (opts.engine.batch_size or 0) * REFILL_DEPTH)
 
 
 class OcrActor:

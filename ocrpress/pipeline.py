@@ -142,7 +142,8 @@ class Converter:
                 runner: _Runner = _InlineRunner(self)
             else:
                 planner = self.planner
-                max_batch = self.opts.engine.batch_size or devices.max_batch_size()
+                # The replicas' own pages per call (for DeepSeek, 4x --batch-size decode slots).
+                max_batch = devices.max_batch_size()
                 runner = devices
             self.stats.engine_replicas = runner.capacity
             self.stats.engine_ready = time.perf_counter()

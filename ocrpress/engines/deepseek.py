@@ -34,6 +34,7 @@ from .deepseek_spec import (  # noqa: F401 - re-exported: the engine module's pu
     DTYPE_NAMES,
     NGRAM_WHITELIST,
     PROMPTS,
+    REFILL_DEPTH,
     DeepSeekPlanner,
     _resolve_dir,
     family_of_config,
@@ -50,9 +51,6 @@ from .refill import DecodeStats, Prepared, RefillDecoder, StepHook
 
 log = logging.getLogger("ocrpress")
 
-#: Pages per call = slots x REFILL_DEPTH: a call's last pages still leave slots idle while
-#: they finish, so a call carries several slots' worth of pages to refill from.
-REFILL_DEPTH = 4
 PREPARE_THREADS = 2
 
 

@@ -25,6 +25,10 @@ from . import TASKS, EngineError, EngineOptions, PagePlan
 
 DEFAULT_MODEL = "deepseek-community/DeepSeek-OCR-2"
 
+#: Pages per engine call = decode slots x REFILL_DEPTH: a call's last pages still leave slots
+#: idle while they finish, so a call carries several slots' worth of pages to refill from.
+REFILL_DEPTH = 4
+
 PROMPTS = {
     "markdown": "<image>\n<|grounding|>Convert the document to markdown.",
     "text": "<image>\nFree OCR.",
