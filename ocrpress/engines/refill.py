@@ -131,7 +131,7 @@ class RefillDecoder:
         self.slots = max(1, slots)
         self.device = device
         self.dtype = dtype
-        self.eos = torch.tensor(sorted(eos_ids), device=device)
+        self.eos_ids = set(eos_ids)
         self.step_hook = step_hook
         self.guard = (
             WindowedNoRepeatNGramLogitsProcessor(
@@ -248,11 +248,15 @@ class RefillDecoder:
     # ---------------------------------------------------------------- decode
 
     def _choose(
-        self, scores: torch.Tensor, history: torch.Tensor, keys: list[int], counts: torch.Tensor
+        self,
+        scores: torch.Tensor,
+        history: torch.Tensor,
+        keys: list[int],
+        counts: torch.Tensor | None,
     ) -> torch.Tensor:
         if self.guard is not None:
             scores = self.guard(history, scores)
-        if self.step_hook is not None:
+        if self.step_hook is not None and counts is not None:
             scores = self.step_hook(keys, counts, scores)
         return scores.argmax(dim=-1)
 
@@ -271,7 +275,7 @@ class RefillDecoder:
         rows.cache = getattr(out, "cache", None) or out.past_key_values
         logits = out.logits[:, -1, :].float()
         del out
-        counts = torch.tensor([len(t) for t in rows.tokens])
+        counts = torch.tensor([len(t) for t in rows.tokens]) if self.step_hook else None
         nxt = self._choose(logits, rows.history, rows.keys, counts)
         assert rows.history is not None
         rows.history = torch.cat([rows.history[:, 1:], nxt[:, None]], dim=1)
@@ -291,7 +295,7 @@ class RefillDecoder:
         on_done: Callable[[int, list[int]], None] | None,
     ) -> None:
         """Drop rows that ended (EOS, budget) from the running set and the cache."""
-        eos = set(self.eos.tolist())
+        eos = self.eos_ids
         keep = []
         for i, (key, toks, budget) in enumerate(
             zip(rows.keys, rows.tokens, rows.budgets, strict=True)
