@@ -25,9 +25,10 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from . import inputs
-from .devices import make_planner, run_batch
+from .backoff import BatchLimit, measured_batch
+from .devices import make_planner
 from .document import DocumentResult, PageImage, PageResult
-from .engines import EngineOptions, create_engine
+from .engines import EngineOptions, Usage, create_engine
 from .figures import crop_figures
 from .inputs import InputDoc, InputError
 from .journal import STATE_DIR, document_error, fingerprint, is_current, write_document
@@ -41,6 +42,13 @@ log = logging.getLogger("ocrpress")
 
 #: Engines that never use a GPU: their actors ask Ray for CPUs instead.
 CPU_ENGINES = ("rapid",)
+
+#: Rows per Ray batch when neither --batch-size nor the planner says: enough for the largest
+#: automatic DeepSeek batch (``MAX_AUTO_BATCH``); each actor then runs its own engine's batch
+#: size, which it learns only once the model is on its GPU.
+RAY_AUTO_ROWS = 128
+
+USAGE_FIELDS = ("device_seconds", "slot_tokens", "slot_capacity")
 
 
 def import_ray() -> Any:
@@ -175,13 +183,28 @@ def _render(row: dict[str, Any], job: dict[str, Any]) -> dict[str, Any]:
     }
 
 
+def ray_batch_rows(opts: ConvertOptions, planner: Any) -> int:
+    """Rows Ray hands an actor at once: the engine's own batch size when the driver's planner
+    is the engine (rapid, plugins; it honours --batch-size), else (DeepSeek, whose actors size
+    their batches from their own GPU) :data:`RAY_AUTO_ROWS` or --batch-size decode slots'
+    worth of pages to refill from, whichever is more. An actor splits what it gets into its
+    engine's batches either way."""
+    size = getattr(planner, "max_batch_size", None)
+    if isinstance(size, int) and size > 0:
+        return size
+    from .engines.deepseek_spec import REFILL_DEPTH
+
+    return max(RAY_AUTO_ROWS, (opts.engine.batch_size or 0) * REFILL_DEPTH)
+
+
 class OcrActor:
     """One engine replica; Ray gives it its own GPU (CUDA_VISIBLE_DEVICES) when it asks."""
 
     def __init__(self, job: dict[str, Any]) -> None:
         self.opts = _Job(**job).convert_options()
         self.engine = create_engine(self.opts.engine)
-        self.limit = 0  # lowered after a CUDA out-of-memory error in this replica
+        self.limit = BatchLimit()  # lowered after a CUDA out-of-memory error in this replica
+        self.usage = Usage()  # device use since the last batch of rows went back
 
     def __call__(self, batch: Any) -> Any:
         import pandas as pd
@@ -208,12 +231,21 @@ class OcrActor:
         for item in pages:
             groups.setdefault(self.engine.plan(item[1]).batch_key, []).append(item)
         for group in groups.values():
-            size = self.limit or len(group)
-            for k in range(0, len(group), size):
-                chunk = group[k : k + size]
-                results = run_batch(
-                    self.engine, [p for _, p in chunk], self.opts.retry_truncated, self._lower
+            k = 0
+            while k < len(group):
+                chunk = group[k : k + self.limit.cap(self.engine.max_batch_size)]
+                k += len(chunk)
+                forced: list[int] = []
+                results, usage = measured_batch(
+                    self.engine, [p for _, p in chunk], self.opts.retry_truncated, forced.append
                 )
+                self.usage.device_seconds += usage.device_seconds
+                self.usage.slot_tokens += usage.slot_tokens
+                self.usage.slot_capacity += usage.slot_capacity
+                if forced:
+                    self.limit.lower(min(forced))
+                else:
+                    self.limit.succeeded(self.engine.max_batch_size)
                 for (row, page), res in zip(chunk, results, strict=True):
                     res.notes[:0] = page.notes  # why a page with a text layer was OCR'd
                     crop_figures(res, page, self.opts.output or "", row["rel"])
@@ -221,10 +253,11 @@ class OcrActor:
         touched = {r["order"]: r for r in rows if r["index"] >= 0}
         for row in touched.values():
             out.append(self._finish(row, None))
-        return pd.DataFrame(out, columns=["order", "finished", "error", "pages"])
-
-    def _lower(self, n: int) -> None:
-        self.limit = n if not self.limit else min(self.limit, n)
+        for i, r in enumerate(out):  # this call's device use rides on its first row
+            r |= asdict(self.usage) if i == 0 else asdict(Usage())
+        if out:
+            self.usage = Usage()
+        return pd.DataFrame(out, columns=["order", "finished", "error", "pages", *USAGE_FIELDS])
 
     def _store(self, row: dict[str, Any], res: PageResult) -> None:
         assert self.opts.output is not None
@@ -325,7 +358,9 @@ class RayConverter:
                     # No cluster at that address: one line and exit 3, not a traceback.
                     raise EngineLoadError(f"--ray {self.address}: {e}") from None
             try:
-                for r in self._dataset(ray, rows, job, resolved.engine).iter_rows():
+                ds = self._dataset(ray, rows, job, resolved.engine, ray_batch_rows(opts, planner))
+                for r in ds.iter_rows():
+                    self.stats.add_usage(Usage(*(r[k] for k in USAGE_FIELDS)))
                     if r["finished"]:
                         pages = [PageResult.from_dict(p) for p in json.loads(r["pages"])]
                         done[int(r["order"])] = (r["error"] or None, pages)
@@ -346,13 +381,15 @@ class RayConverter:
         )
         return results
 
-    def _dataset(self, ray: Any, rows: list[dict[str, Any]], job: dict[str, Any], name: str) -> Any:
+    def _dataset(
+        self, ray: Any, rows: list[dict[str, Any]], job: dict[str, Any], name: str, batch: int
+    ) -> Any:
         resources = ray.cluster_resources()
         gpus = int(resources.get("GPU", 0))
         cpus = int(resources.get("CPU", 1))
         use_gpu = gpus > 0 and name not in CPU_ENGINES
         size = self.actors or (gpus if use_gpu else max(1, cpus // 2))
-        batch = self.opts.engine.batch_size or 4
+        self.stats.engine_replicas = size
         ctx = ray.data.DataContext.get_current()
         ctx.enable_progress_bars = self.opts.progress
         ds = ray.data.from_items(rows, override_num_blocks=max(1, min(len(rows), 4 * size)))

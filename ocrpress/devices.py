@@ -26,11 +26,13 @@ from concurrent.futures.process import BrokenProcessPool
 from dataclasses import replace
 from typing import Any, Protocol
 
+from .backoff import measured_batch
 from .document import PageImage, PageResult
 from .engines import (
     EngineError,
     EngineOptions,
     PagePlan,
+    Usage,
     create_engine,
     engine_spec,
     resolve_engine_name,
@@ -130,66 +132,6 @@ def make_planner(opts: EngineOptions) -> tuple[Planner, EngineOptions]:
     return factory(resolved), resolved
 
 
-# ------------------------------------------------------------------ batches (shared with Ray)
-
-
-def run_with_backoff(
-    engine: Any, pages: list[PageImage], on_limit: Callable[[int], None] | None = None
-) -> list[PageResult]:
-    """Run a batch; halve it on CUDA out-of-memory, isolate a page that breaks a batch."""
-    try:
-        return engine.run(pages)
-    except Exception as e:
-        if is_oom(e):
-            free_cuda_cache()
-            if len(pages) == 1:
-                return [PageResult.failed(pages[0], engine.name, "CUDA out of memory")]
-            half = len(pages) // 2
-            if on_limit is not None:
-                on_limit(max(1, half))
-            log.warning("CUDA out of memory with %d pages; retrying as %d", len(pages), half)
-            return run_with_backoff(engine, pages[:half], on_limit) + run_with_backoff(
-                engine, pages[half:], on_limit
-            )
-        if len(pages) > 1:
-            return [r for p in pages for r in run_with_backoff(engine, [p], on_limit)]
-        return [PageResult.failed(pages[0], engine.name, f"{type(e).__name__}: {e}")]
-
-
-def retry_truncated(engine: Any, pages: list[PageImage], results: list[PageResult]) -> None:
-    """Re-run truncated pages once with the engine's stronger guard (in place)."""
-    retry = getattr(engine, "retry_truncated", None)
-    todo = [i for i, r in enumerate(results) if r.status == "truncated"]
-    if not todo or retry is None:
-        return
-    redone = retry([pages[i] for i in todo])
-    for i, res in zip(todo, redone, strict=True):
-        res.notes.append("retried after truncation with a stronger repetition guard")
-        results[i] = res
-
-
-def run_batch(
-    engine: Any, pages: list[PageImage], retry: bool, on_limit: Callable[[int], None] | None
-) -> list[PageResult]:
-    """One engine batch as the pipeline runs it: back-off, then optional truncation retry."""
-    results = run_with_backoff(engine, pages, on_limit)
-    if retry:
-        retry_truncated(engine, pages, results)
-    return results
-
-
-def is_oom(e: BaseException) -> bool:
-    return type(e).__name__ == "OutOfMemoryError" or "CUDA out of memory" in str(e)
-
-
-def free_cuda_cache() -> None:
-    import sys
-
-    torch = sys.modules.get("torch")
-    if torch is not None and torch.cuda.is_available():
-        torch.cuda.empty_cache()
-
-
 # ------------------------------------------------------------------ worker processes
 
 _WORKER: dict[str, Any] = {}
@@ -224,15 +166,16 @@ def _worker_info() -> dict[str, Any]:
     }
 
 
-def _worker_run(pages: list[PageImage], retry: bool) -> tuple[list[PageResult], int, str]:
-    """A batch in a worker: (results, lowest batch limit an OOM forced or 0, device)."""
+def _worker_run(pages: list[PageImage], retry: bool) -> tuple[list[PageResult], int, str, Usage]:
+    """A batch in a worker: (results, lowest batch limit an OOM forced or 0, device, usage)."""
     engine = _engine()
     limit = [0]
 
     def lower(n: int) -> None:
         limit[0] = n if not limit[0] else min(limit[0], n)
 
-    return run_batch(engine, pages, retry, lower), limit[0], _WORKER["device"]
+    results, usage = measured_batch(engine, pages, retry, lower)
+    return results, limit[0], _WORKER["device"], usage
 
 
 class DevicePool:
@@ -265,10 +208,10 @@ class DevicePool:
     def submit(self, pages: list[PageImage], retry: bool) -> Future[Any]:
         return self._pool.submit(_worker_run, pages, retry)
 
-    def result(self, fut: Future[Any]) -> tuple[list[PageResult], int]:
-        results, limit, device = self._result(fut)
+    def result(self, fut: Future[Any]) -> tuple[list[PageResult], int, Usage]:
+        results, limit, device, usage = self._result(fut)
         self.pages_per_device[device] = self.pages_per_device.get(device, 0) + len(results)
-        return results, limit
+        return results, limit, usage
 
     def _result(self, fut: Future[Any]) -> Any:
         try:

@@ -14,15 +14,17 @@ import json
 import logging
 import os
 import sys
+import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import FIRST_COMPLETED, wait
 from dataclasses import dataclass, field
 from typing import IO, Any, Protocol
 
 from . import inputs, journal
-from .devices import DevicePool, Planner, make_planner, resolve_devices, run_batch
+from .backoff import BatchLimit, measured_batch
+from .devices import DevicePool, Planner, make_planner, resolve_devices
 from .document import DocumentResult, PageImage, PageResult
-from .engines import Engine, EngineOptions, create_engine
+from .engines import Engine, EngineOptions, Usage, create_engine
 from .errors import EngineLoadError, OutputError, Terminated, describe
 from .figures import crop_figures
 from .headings import harmonise as harmonise_headings
@@ -102,7 +104,8 @@ class Converter:
         self.page_ranges = inputs.parse_page_ranges(opts.pages)
         self.to_dir = opts.output not in (None, "-")
         self.out_dir = opts.output if self.to_dir else None  # the folder written to, if any
-        self.batch_limit = 0  # lowered after a CUDA out-of-memory error
+        self.limit = BatchLimit()  # lowered after a CUDA out-of-memory error, may grow back
+        self._max_batch = 1
         self._planner: Planner | None = None
         self.device_pool: DevicePool | None = None
 
@@ -158,8 +161,11 @@ class Converter:
                 runner: _Runner = _InlineRunner(self)
             else:
                 planner = self.planner
-                max_batch = self.opts.engine.batch_size or devices.max_batch_size()
+                # The replicas' own pages per call (for DeepSeek, 4x --batch-size decode slots).
+                max_batch = devices.max_batch_size()
                 runner = devices
+            self.stats.engine_replicas = runner.capacity
+            self.stats.engine_ready = time.perf_counter()
             window = self.opts.window or (
                 max(2 * max_batch, max_batch + 2 * max(workers, 1))
                 + (runner.capacity - 1) * max_batch  # one more batch per extra replica
@@ -311,7 +317,13 @@ class Converter:
         return states
 
     def _limit(self, max_batch: int) -> int:
-        return min(max_batch, self.batch_limit) if self.batch_limit else max_batch
+        self._max_batch = max_batch
+        return self.limit.cap(max_batch)
+
+    @property
+    def batch_limit(self) -> int:
+        """Pages per batch an out-of-memory error imposed now; 0 for none."""
+        return self.limit.ceiling
 
     # -------------------------------------------------------------- documents
 
@@ -398,15 +410,18 @@ class Converter:
     # -------------------------------------------------------------- engine calls
 
     def _collect(self, runner: _Runner, fut: Any, batch: list[tuple[_DocState, PageImage]]) -> None:
-        results, limit = runner.result(fut)
+        results, limit, usage = runner.result(fut)
+        self.stats.add_usage(usage)
         if limit:
             self._lower_limit(limit)
+        else:
+            self.limit.succeeded(self._max_batch)
         for (st, page), res in zip(batch, results, strict=True):
             self._record(st, res, page)
 
     def _lower_limit(self, n: int) -> None:
         """A CUDA out-of-memory error somewhere: later batches are at most ``n`` pages."""
-        self.batch_limit = n if not self.batch_limit else min(self.batch_limit, n)
+        self.limit.lower(n)
 
     # -------------------------------------------------------------- results
 
@@ -511,7 +526,7 @@ class _Runner(Protocol):
 
     def submit(self, pages: list[PageImage], retry: bool) -> Any: ...
 
-    def result(self, fut: Any) -> tuple[list[PageResult], int]: ...
+    def result(self, fut: Any) -> tuple[list[PageResult], int, Usage]: ...
 
 
 class _InlineRunner:
@@ -523,11 +538,17 @@ class _InlineRunner:
         self.conv = conv
 
     def submit(self, pages: list[PageImage], retry: bool) -> InlineFuture:
-        # The limit goes straight to the converter; the future carries no limit of its own.
-        return InlineFuture(run_batch(self.conv.engine, pages, retry, self.conv._lower_limit))
+        # Like a device worker: the lowest limit an OOM forced (0: none) comes with the results.
+        lowest = [0]
 
-    def result(self, fut: Any) -> tuple[list[PageResult], int]:
-        return fut.result(), 0
+        def lower(n: int) -> None:
+            lowest[0] = min(lowest[0], n) if lowest[0] else n
+
+        results, usage = measured_batch(self.conv.engine, pages, retry, lower)
+        return InlineFuture((results, lowest[0], usage))
+
+    def result(self, fut: Any) -> tuple[list[PageResult], int, Usage]:
+        return fut.result()
 
 
 def _take(buckets: dict[Any, list[Any]], key: Any, n: int) -> list[Any]:

@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from .document import PageResult
+from .engines import Usage
 
 _SOURCE_ORDER = ("text-layer", "hybrid", "ocr")
 _SOURCE_LABEL = {"text-layer": "from the text layer", "hybrid": "hybrid", "ocr": "OCR"}
@@ -37,12 +38,21 @@ class RunStats:
     text_sources: dict[str, int] = field(default_factory=dict)
     started: float = 0.0
     wall_seconds: float = 0.0
+    # Device use: engine step time over wall time (x replicas); decode slots filled (VLMs).
+    engine_seconds: float = 0.0
+    engine_replicas: int = 1
+    engine_ready: float = 0.0  # perf_counter when the engine(s) had loaded; 0: at start
+    serving_seconds: float = 0.0  # wall time from then on
+    slot_tokens: int = 0
+    slot_capacity: int = 0
 
     def start(self) -> None:
         self.started = time.perf_counter()
 
     def stop(self) -> None:
-        self.wall_seconds = time.perf_counter() - self.started
+        now = time.perf_counter()
+        self.wall_seconds = now - self.started
+        self.serving_seconds = now - (self.engine_ready or self.started)
 
     def add_pages(self, pages: list[PageResult], resumed: int = 0) -> None:
         """Count a finished document's pages (the first ``resumed`` came from a journal)."""
@@ -61,6 +71,23 @@ class RunStats:
                 self.text_tokens += p.text_tokens
                 self.token_pages += 1
         self.pages += len(pages) - resumed
+
+    def add_usage(self, u: Usage) -> None:
+        """Count one batch's device time and decode-slot counters."""
+        self.engine_seconds += u.device_seconds
+        self.slot_tokens += u.slot_tokens
+        self.slot_capacity += u.slot_capacity
+
+    @property
+    def engine_busy_fraction(self) -> float | None:
+        # Model loading is not the engine waiting for pages: count from when it was ready.
+        span = (self.serving_seconds or self.wall_seconds) * max(1, self.engine_replicas)
+        return round(min(1.0, self.engine_seconds / span), 3) if span > 0 else None
+
+    @property
+    def decode_slot_utilisation(self) -> float | None:
+        cap = self.slot_capacity
+        return round(self.slot_tokens / cap, 3) if cap else None
 
     @property
     def pages_per_second(self) -> float:
@@ -101,6 +128,8 @@ class RunStats:
             "compression": round(self.text_tokens / self.vision_tokens, 3)
             if self.vision_tokens
             else None,
+            "engine_busy_fraction": self.engine_busy_fraction,
+            "decode_slot_utilisation": self.decode_slot_utilisation,
         }
 
     def summary(self) -> str:
@@ -137,6 +166,11 @@ class RunStats:
                 f" {d['vision_tokens_per_page']} vision / {d['text_tokens_per_page']} text tokens,"
                 f" compression {d['compression']}x"
             )
+        busy, slots = self.engine_busy_fraction, self.decode_slot_utilisation
+        if busy is not None and self.pages:
+            line += f"; engine busy {busy:.0%}"
+            if slots is not None:
+                line += f", decode slots {slots:.0%} used"
         return line + ")"
 
 

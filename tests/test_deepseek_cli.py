@@ -78,8 +78,12 @@ def test_convert_end_to_end(
         assert isinstance(p["raw"], str)
     stats = json.loads((out / "_ocrpress_run.json").read_text())
     assert stats["pages"] == 3 and stats["vision_tokens_per_page"] == vision_tokens
+    # three pages in slots of four: at most 3/4 of the decode slots can be used
+    assert 0 < stats["decode_slot_utilisation"] <= 0.75
+    assert 0 < stats["engine_busy_fraction"] <= 1
     summary = r.stderr.decode()
     assert "vision" in summary and "compression" in summary
+    assert "engine busy" in summary and "decode slots" in summary
 
 
 def test_retry_truncated_is_recorded(tiny_v2_model: Path, docs: Path, tmp_path: Path) -> None:

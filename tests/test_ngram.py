@@ -31,7 +31,7 @@ def reference(tokens: list[int], n: int, window: int, prompt: int, whitelist: se
     out = set()
     for i in range(max(0, len(gen) - window), len(gen) - n + 1):
         gram = gen[i : i + n]
-        if gram[:-1] == prefix and not set(gram) & whitelist:
+        if gram[:-1] == prefix and gram[-1] not in whitelist:
             out.add(gram[-1])
     return out
 
@@ -81,7 +81,7 @@ def test_prompt_length_inferred_from_first_call() -> None:
     assert banned(proc, [[4, 4, 4, 4, 6, 7, 6]]) == [{7}]
 
 
-def test_whitelisted_ngrams_never_ban() -> None:
+def test_whitelisted_tokens_are_never_banned() -> None:
     td, end_td = 40, 41
     seq = [td, 5, end_td, td, 5]  # a repeated table cell: "<td> 5 </td> <td> 5"
     plain = WindowedNoRepeatNGramLogitsProcessor(ngram_size=3, window=90, prompt_length=0)
@@ -92,6 +92,28 @@ def test_whitelisted_ngrams_never_ban() -> None:
     assert banned(white, [seq]) == [set()]
     # n-grams without whitelisted tokens are still guarded
     assert banned(white, [[1, 2, 3, td, 1, 2]]) == [{3}]
+
+
+def test_a_looping_table_is_stopped() -> None:
+    """Rows "<tr><td> 7 </td><td> 8 </td></tr>" repeating: every 4-gram holds a cell tag, yet
+    the guard stops the loop (DeepSeek exempts tags only as the banned next token)."""
+    tr, end_tr, td, end_td, other = 30, 31, 40, 41, 49
+    row = [tr, td, 7, end_td, td, 8, end_td, end_tr]
+    guard = WindowedNoRepeatNGramLogitsProcessor(
+        ngram_size=4, window=90, prompt_length=0, whitelist_token_ids={td, end_td}
+    )
+    # after "</tr> <tr> <td>" the loop would write 7 again: banned
+    assert banned(guard, [row * 3 + [tr, td]]) == [{7}]
+    # ... but a cell tag as the next token never is
+    assert banned(guard, [row * 3 + [tr, td, 7]]) == [set()]
+    # A greedy "model" that always prefers to continue the loop, else writes `other`.
+    seq = row * 2
+    for _ in range(40):
+        scores = torch.zeros(1, VOCAB)
+        scores[0, other] = 0.5
+        scores[0, row[len(seq) % len(row)]] = 1.0
+        seq.append(int(guard(torch.tensor([seq]), scores).argmax()))
+    assert other in seq[len(row) * 2 :], "the table loop was never broken"
 
 
 def test_batch_rows_are_independent() -> None:

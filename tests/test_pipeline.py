@@ -220,4 +220,7 @@ def test_run_stats_file(tmp_path: Path) -> None:
     stats = json.loads((tmp_path / "out" / RUN_STATS_FILE).read_text())
     assert stats["pages"] == 3 and stats["documents"] == 1 and stats["pages_failed"] == 0
     assert stats["vision_tokens_per_page"] == 100
+    # an engine without usage counters is timed around its calls; it decodes nothing
+    assert 0 < stats["engine_busy_fraction"] <= 1
+    assert stats["decode_slot_utilisation"] is None
     assert stats["compression"] == pytest.approx(stats["text_tokens_per_page"] / 100, abs=1e-3)

@@ -260,3 +260,23 @@ def test_ray_two_node_cluster(corpus: list[Path], tmp_path: Path) -> None:
     finally:
         ray.shutdown()
         cluster.shutdown()
+
+
+def test_ray_batches_follow_the_engine(tiny_v2_model: Path) -> None:
+    """Ray hands actors --batch-size rows, else the engine's own batch size (not a fixed 4)."""
+    from ocrpress.cluster import RAY_AUTO_ROWS, ray_batch_rows
+    from ocrpress.devices import make_planner
+
+    echo = EngineOptions(engine="fake_engines:EchoEngine", batch_size=None)
+    planner, _ = make_planner(echo)
+    planner.max_batch_size = 12
+    assert ray_batch_rows(ConvertOptions(engine=echo), planner) == 12
+    sized = EngineOptions(engine="fake_engines:EchoEngine", batch_size=3)
+    sized_planner, _ = make_planner(sized)
+    assert ray_batch_rows(ConvertOptions(engine=sized), sized_planner) == 3
+    # DeepSeek's planner holds no model: the actors learn their batch size on their GPU
+    ds = EngineOptions(engine="deepseek", model=str(tiny_v2_model))
+    ds_planner, _ = make_planner(ds)
+    assert ray_batch_rows(ConvertOptions(engine=ds), ds_planner) == RAY_AUTO_ROWS
+    big = EngineOptions(engine="deepseek", model=str(tiny_v2_model), batch_size=64)
+    assert ray_batch_rows(ConvertOptions(engine=big), ds_planner) == 256  # 64 slots x 4

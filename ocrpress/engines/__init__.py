@@ -60,6 +60,34 @@ class EngineOptions:
         return d
 
 
+@dataclass
+class Usage:
+    """What an engine's device has done so far (cumulative; the run's stats take deltas).
+
+    ``device_seconds``: time the device step ran (forward passes, synchronised).
+    ``slot_tokens`` / ``slot_capacity``: tokens decode steps produced / steps x decode slots.
+    """
+
+    device_seconds: float = 0.0
+    slot_tokens: int = 0
+    slot_capacity: int = 0
+
+    def minus(self, before: Usage) -> Usage:
+        return Usage(
+            self.device_seconds - before.device_seconds,
+            self.slot_tokens - before.slot_tokens,
+            self.slot_capacity - before.slot_capacity,
+        )
+
+
+@runtime_checkable
+class ReportsUsage(Protocol):
+    """Optional engine method: device time and decode-slot counters (VLM engines). Engines
+    without it are timed around their ``run`` calls instead."""
+
+    def usage(self) -> Usage: ...
+
+
 @runtime_checkable
 class Engine(Protocol):
     name: str

@@ -156,8 +156,10 @@ class V1Processor:
         mode: str,
         min_tiles: int = 2,
         max_tiles: int = 6,
+        on_device: bool = True,
     ) -> BatchFeature:
-        """Tensors for ``model.generate(**inputs)``: ids, mask, global and tile pixels."""
+        """Tensors for ``model.generate(**inputs)``: ids, mask, global and tile pixels (on the
+        model's device, or on the CPU with ``on_device=False``: page preparation)."""
         from transformers.feature_extraction_utils import BatchFeature
 
         get_mode(mode)  # an unknown mode fails before any image work
@@ -202,7 +204,7 @@ class V1Processor:
         for key in ("pixel_values", "pixel_values_local"):
             if key in data and self.dtype is not None:
                 data[key] = data[key].to(self.dtype)
-        if self.device is not None:
+        if self.device is not None and on_device:
             data = {k: v.to(self.device) if torch.is_tensor(v) else v for k, v in data.items()}
         return BatchFeature(data=data)
 
@@ -421,7 +423,11 @@ def _load_tokenizer(path: Path) -> Any:
 
 
 def load_v1(
-    path: str | Path, *, device: str = "cpu", dtype: torch.dtype = torch.float32
+    path: str | Path,
+    *,
+    device: str = "cpu",
+    dtype: torch.dtype = torch.float32,
+    attn_implementation: str | dict[str, str] = "sdpa",
 ) -> tuple[Any, V1Processor]:
     """Load a local DeepSeek-OCR v1 folder as ``UnlimitedOcrForConditionalGeneration``.
 
@@ -454,9 +460,15 @@ def load_v1(
         raise V1LoadError(f"{config_file}: missing field {exc}") from exc
     try:
         model, info = UnlimitedOcrForConditionalGeneration.from_pretrained(
-            str(path), config=config, dtype=dtype, output_loading_info=True
+            str(path),
+            config=config,
+            dtype=dtype,
+            attn_implementation=attn_implementation,
+            output_loading_info=True,
         )
     except (OSError, RuntimeError, ValueError) as exc:
+        if isinstance(exc, ValueError) and attn_implementation != "sdpa":
+            raise  # the attention setting was refused: the caller retries with SDPA
         raise V1LoadError(f"{path}: weights do not fit the v1 architecture ({exc})") from exc
     # transformers only warns about missing weights and leaves them random: refuse instead.
     missing = sorted(info.get("missing_keys") or [])

@@ -2,8 +2,8 @@
 
 transformers' ``no_repeat_ngram_size`` looks at the whole sequence (prompt included) and has
 neither a window nor a whitelist; DeepSeek's own guard (n=30, window 90, ``<td>``/``</td>``
-exempt) needs both, so this is a small LogitsProcessor of its own, vectorised over the batch so
-that it adds no host-device synchronisation per step.
+exempt as the banned token) needs both, so this is a small LogitsProcessor of its own,
+vectorised over the batch so that it adds no host-device synchronisation per step.
 """
 
 from __future__ import annotations
@@ -18,9 +18,10 @@ class WindowedNoRepeatNGramLogitsProcessor(LogitsProcessor):
     """Ban a token that would repeat an n-gram seen in the last ``window`` generated tokens.
 
     Only generated tokens count: the first ``prompt_length`` columns of ``input_ids`` are the
-    prompt (image placeholders repeat by design). An n-gram containing any
-    ``whitelist_token_ids`` never bans anything, so table cells may repeat freely. Each batch
-    row is judged on its own tokens.
+    prompt (image placeholders repeat by design). A ``whitelist_token_ids`` token is never
+    banned, as in DeepSeek's own guard: a table may always open or close a cell, but an n-gram
+    that merely *contains* ``<td>`` still bans its other continuations, so a table whose rows
+    repeat forever is stopped. Each batch row is judged on its own tokens.
 
     ``prompt_length=None`` takes the width of ``input_ids`` at the first call as the prompt
     length; use a fresh instance per ``generate`` call then. Left padding keeps all rows'
@@ -61,7 +62,7 @@ class WindowedNoRepeatNGramLogitsProcessor(LogitsProcessor):
         if self.whitelist_token_ids:
             if self._whitelist is None or self._whitelist.device != input_ids.device:
                 self._whitelist = torch.tensor(self.whitelist_token_ids, device=input_ids.device)
-            match &= ~torch.isin(grams, self._whitelist).any(dim=-1)
+            match &= ~torch.isin(grams[:, :, -1], self._whitelist)
         vocab = scores.shape[-1]
         # Unmatched n-grams point at a spare column so that every scatter writes True
         # (scatter with duplicate indices and mixed values is nondeterministic).

@@ -32,7 +32,7 @@ from ..document import PageImage, PageResult
 from ..grounding import blocks_from_output
 from ..modes import DEFAULT_MODE, ModeSpec, TokenPlan, get_mode
 from . import EngineError, EngineOptions, PagePlan
-from .deepseek import (
+from .deepseek_spec import (
     DTYPE_NAMES,
     NGRAM_WHITELIST,
     DeepSeekPlanner,

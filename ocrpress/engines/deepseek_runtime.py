@@ -1,0 +1,153 @@
+"""Loading DeepSeek-OCR(-2) into transformers: device, dtype, attention kernels, batch size.
+
+Flash attention 2 goes to the language model only: SAM's relative-position attention has no
+flash kernel, so full-model ``flash_attention_2`` is refused; a per-part setting gives the
+decoder flash attention and keeps SDPA for the vision stack. It is asked for when the
+``flash_attn`` package is importable and the model goes to a CUDA device; when the load
+refuses it, the engine falls back to SDPA with one warning. Without flash-attn, one debug line
+says so.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import logging
+from typing import Any
+
+from . import EngineError
+from .deepseek_spec import DTYPE_NAMES
+
+log = logging.getLogger("ocrpress")
+
+CPU_BATCH_SIZE = 4
+MAX_AUTO_BATCH = 128
+
+#: Decoder on flash attention 2, vision stack (SAM, encoder) and the rest on SDPA.
+FLASH_DECODER = {"text_config": "flash_attention_2", "vision_config": "sdpa", "": "sdpa"}
+
+
+def pick_device(requested: str | None) -> str:
+    if requested:
+        return requested
+    import torch
+
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def pick_dtype(requested: str | None, device: str) -> Any:
+    import torch
+
+    if requested is None:
+        return torch.bfloat16 if device.startswith("cuda") else torch.float32
+    name = DTYPE_NAMES.get(requested.lower())
+    if name is None:
+        raise EngineError(f"unknown dtype {requested!r} (use bf16, fp16 or fp32)")
+    return getattr(torch, name)
+
+
+def flash_attn_installed() -> bool:
+    return importlib.util.find_spec("flash_attn") is not None
+
+
+def attention_attempts(device: str) -> list[Any]:
+    """Attention settings to try, best first (both families share the per-part layout)."""
+    if not device.startswith("cuda"):
+        return ["sdpa"]
+    if not flash_attn_installed():
+        log.debug("flash-attn is not installed: the decoder uses SDPA")
+        return ["sdpa"]
+    return [FLASH_DECODER, "sdpa"]
+
+
+def describe_attention(attn: Any) -> str:
+    return "flash_attention_2 (text) + sdpa (vision)" if isinstance(attn, dict) else str(attn)
+
+
+def load_with_fallback(load: Any, device: str, what: str) -> tuple[Any, str]:
+    """``load(attn_implementation)`` with each of :func:`attention_attempts` in turn; returns
+    the model and the attention it got. ``load`` raises EngineError for fatal problems."""
+    attempts = attention_attempts(device)
+    for i, attn in enumerate(attempts):
+        try:
+            return load(attn), describe_attention(attn)
+        except (ValueError, ImportError) as e:
+            if i + 1 == len(attempts):
+                raise EngineError(f"cannot load {what!r}: {e}") from e
+            log.warning("flash attention unavailable for the decoder (%s); using SDPA", e)
+    raise AssertionError("unreachable")  # pragma: no cover
+
+
+def load_v2(folder: str, model_name: str, device: str, dtype: Any) -> tuple[Any, Any, str]:
+    """(model, processor, attention) of a DeepSeek-OCR-2 checkpoint folder."""
+    from transformers import AutoModelForImageTextToText, AutoProcessor
+
+    def load(attn: Any) -> Any:
+        try:
+            return AutoModelForImageTextToText.from_pretrained(
+                folder, dtype=dtype, attn_implementation=attn, local_files_only=True
+            )
+        except OSError as e:
+            raise EngineError(f"cannot load {model_name!r}: {e}") from e
+
+    model, attention = load_with_fallback(load, device, model_name)
+    # No device_map: that would make accelerate a dependency.
+    model = model.to(device)
+    try:
+        processor = AutoProcessor.from_pretrained(folder, local_files_only=True)
+    except (OSError, ValueError) as e:
+        raise EngineError(f"cannot load the processor of {model_name!r}: {e}") from e
+    processor.tokenizer.padding_side = "left"
+    return model, processor, attention
+
+
+def load_v1(folder: str, model_name: str, device: str, dtype: Any) -> tuple[Any, Any, str]:
+    """(model, processor, attention) of a DeepSeek-OCR (v1) checkpoint folder."""
+    from .deepseek_v1 import V1LoadError
+    from .deepseek_v1 import load_v1 as load_folder
+
+    def load(attn: Any) -> Any:
+        try:
+            return load_folder(folder, device=device, dtype=dtype, attn_implementation=attn)
+        except V1LoadError as e:
+            raise EngineError(f"cannot load {model_name!r}: {e}") from e
+
+    (model, processor), attention = load_with_fallback(load, device, model_name)
+    return model, processor, attention
+
+
+def text_config(model: Any) -> Any:
+    cfg = model.config
+    return getattr(cfg, "text_config", None) or getattr(cfg, "language_config", None) or cfg
+
+
+def kv_bytes_per_token(model: Any, dtype: Any) -> int:
+    text = text_config(model)
+    layers = getattr(text, "num_hidden_layers", 12)
+    heads = getattr(text, "num_key_value_heads", None) or getattr(text, "num_attention_heads", 10)
+    head_dim = getattr(text, "head_dim", None) or (
+        getattr(text, "hidden_size", 1280) // getattr(text, "num_attention_heads", 10)
+    )
+    return 2 * layers * heads * head_dim * dtype.itemsize
+
+
+def auto_batch_size(
+    model: Any, device: str, dtype: Any, mode_spec: Any, worst_positions: int, opts: Any
+) -> int:
+    """Pages decoded at once that fit the GPU's free memory (a fixed small number on CPU)."""
+    if not device.startswith("cuda"):
+        return CPU_BATCH_SIZE
+    import torch
+
+    free, _total = torch.cuda.mem_get_info(torch.device(device))
+    decode = kv_bytes_per_token(model, dtype) * (worst_positions + opts.max_new_tokens)
+    # Prefill peak: SAM's SDPA path materialises a (heads, HW, HW) relative-position bias
+    # per view (0.4 GB for a 1024-px view in bf16), for all views of the batch at once.
+    itemsize = dtype.itemsize
+    patches = (mode_spec.base_size // 16) ** 2
+    vision = 12 * patches * patches * itemsize
+    if mode_spec.tile_size:
+        tile_patches = (mode_spec.tile_size // 16) ** 2
+        vision += opts.max_tiles * 12 * tile_patches * tile_patches * itemsize
+    per_page = max(decode, vision) * 1.25  # allocator slack; the pipeline halves on OOM
+    budget = 0.9 * free - 2 * 2**30
+    return max(1, min(MAX_AUTO_BATCH, int(budget // per_page)))

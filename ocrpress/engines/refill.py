@@ -1,0 +1,331 @@
+"""Refill decoding: a running set of up to N pages; when one ends its slot takes the next page.
+
+Static batches decode until their longest page: with outputs of 300..1,500 tokens about a
+third of the decode slots go to pages that already finished, and one page looping to the limit
+holds its whole batch. Here a finished page (EOS, its token budget, or the context cap) leaves
+the running set at once, and waiting pages are prefilled (pages of equal prompt length
+together, as one batch: the shape grouping still pays for the prefill) and joined to the
+running decode.
+
+How rows of different lengths share one decode step: each row keeps its own positions (its
+keys were rotated at the positions it had when decoded alone) and the cache is left-padded to
+a common length with masked columns. Padding keys are masked out exactly, so greedy outputs
+are those of decoding each page alone (token for token in fp32; tested). Finished rows are
+dropped from the cache, and columns that only padding uses any more are cut off.
+
+Works with transformers' ``DynamicCache`` (``cache.layers[i].keys/values``) and either name of
+the cache argument (``cache`` in transformers >= 5.24, ``past_key_values`` before).
+"""
+
+from __future__ import annotations
+
+import inspect
+import time
+from collections import deque
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+
+from .ngram import WindowedNoRepeatNGramLogitsProcessor
+
+#: ``(keys of the running rows, tokens each has generated, scores) -> scores``: a seam for
+#: benchmarks that force output lengths.
+StepHook = Callable[[list[int], torch.Tensor, torch.Tensor], torch.Tensor]
+
+
+@dataclass
+class Prepared:
+    """One page ready for the device: model inputs with batch dimension 1 (CPU tensors,
+    pinned when the model is on CUDA) and what decoding needs to know about it."""
+
+    key: int
+    inputs: dict[str, Any]
+    prompt_length: int
+    budget: int  # new tokens allowed: max_new_tokens capped at the context
+
+
+@dataclass
+class DecodeStats:
+    """Counters of one or more decoding runs (summed by the engine)."""
+
+    slots: int = 0
+    steps: int = 0  # batched decode forward passes
+    slot_steps: int = 0  # steps x slots: what the steps could have produced
+    step_tokens: int = 0  # tokens the steps produced (rows running)
+    prefills: int = 0
+    device_seconds: float = 0.0  # prefill and decode forward passes, synchronised
+
+    def add(self, other: DecodeStats) -> None:
+        for name in ("steps", "slot_steps", "step_tokens", "prefills", "device_seconds"):
+            setattr(self, name, getattr(self, name) + getattr(other, name))
+
+    @property
+    def utilisation(self) -> float | None:
+        return self.step_tokens / self.slot_steps if self.slot_steps else None
+
+
+def collate(items: list[Prepared], device: str, dtype: torch.dtype) -> dict[str, Any]:
+    """One prefill batch from single-page inputs (equal prompt lengths): tensors concatenated
+    and copied without blocking, floating tensors cast to the model's dtype."""
+    out: dict[str, Any] = {}
+    non_blocking = device.startswith("cuda")
+    for name in items[0].inputs:
+        values = [it.inputs[name] for it in items]
+        if any(v is None for v in values):
+            present = [v for v in values if v is not None]
+            if not present:
+                continue
+            values = present  # tiles of the pages that have them (num_local_patches says whose)
+        if torch.is_tensor(values[0]):
+            t = torch.cat(values, dim=0)
+            if t.is_floating_point():
+                t = t.to(device, dtype=dtype, non_blocking=non_blocking)
+            else:
+                t = t.to(device, non_blocking=non_blocking)
+            out[name] = t
+        else:
+            out[name] = [x for v in values for x in v]
+    return out
+
+
+@dataclass
+class _Rows:
+    """The running set: one entry per row of the cache."""
+
+    keys: list[int] = field(default_factory=list)
+    tokens: list[list[int]] = field(default_factory=list)
+    budgets: list[int] = field(default_factory=list)
+    positions: torch.Tensor | None = None  # (rows,) next position id
+    mask: torch.Tensor | None = None  # (rows, cache length): 0 for padding
+    history: torch.Tensor | None = None  # (rows, window) last tokens, for the n-gram guard
+    cache: Any = None
+    last: torch.Tensor | None = None  # (rows,) token to feed next
+
+
+def _pad_left(t: torch.Tensor, n: int, dim: int) -> torch.Tensor:
+    if n == 0:
+        return t
+    shape = list(t.shape)
+    shape[dim] = n
+    return torch.cat([t.new_zeros(shape), t], dim=dim)
+
+
+class RefillDecoder:
+    """Greedy decoding of a stream of prepared pages with up to ``slots`` rows running."""
+
+    def __init__(
+        self,
+        model: Any,
+        *,
+        slots: int,
+        eos_ids: set[int],
+        device: str,
+        dtype: torch.dtype,
+        guard: tuple[int, int] | None,
+        whitelist_ids: Iterable[int] = (),
+        step_hook: StepHook | None = None,
+    ) -> None:
+        self.model = model
+        self.slots = max(1, slots)
+        self.device = device
+        self.dtype = dtype
+        self.eos_ids = set(eos_ids)
+        self.step_hook = step_hook
+        self.guard = (
+            WindowedNoRepeatNGramLogitsProcessor(
+                ngram_size=guard[0],
+                window=guard[1],
+                prompt_length=0,
+                whitelist_token_ids=whitelist_ids,
+            )
+            if guard and guard[0] > 0 and guard[1] > 0
+            else None
+        )
+        self.window = guard[1] if self.guard and guard else 1
+        params = inspect.signature(model.forward).parameters
+        self.cache_arg = "cache" if "cache" in params else "past_key_values"
+        self.stats = DecodeStats(slots=self.slots)
+
+    # ---------------------------------------------------------------- public
+
+    def run(
+        self, items: Iterable[Prepared], on_done: Callable[[int, list[int]], None] | None = None
+    ) -> dict[int, list[int]]:
+        """Generated tokens per page key (EOS included when emitted). ``on_done(key, tokens)``
+        is called as each page finishes, so post-processing can overlap decoding."""
+        source: Iterator[Prepared] = iter(items)
+        pending: deque[Prepared] = deque()
+        rows = _Rows()
+        done: dict[int, list[int]] = {}
+        exhausted = False
+        with torch.inference_mode():
+            while True:
+                free = self.slots - len(rows.keys)
+                while not exhausted and len(pending) < free:
+                    nxt = next(source, None)
+                    if nxt is None:
+                        exhausted = True
+                    else:
+                        pending.append(nxt)
+                if free and pending:
+                    self._admit(rows, [pending.popleft() for _ in range(min(free, len(pending)))])
+                    self._retire(rows, done, on_done)
+                    continue
+                if not rows.keys:
+                    break
+                self._step(rows)
+                self._retire(rows, done, on_done)
+        return done
+
+    # ---------------------------------------------------------------- prefill and join
+
+    def _admit(self, rows: _Rows, items: list[Prepared]) -> None:
+        groups: dict[int, list[Prepared]] = {}
+        for it in items:
+            groups.setdefault(it.prompt_length, []).append(it)
+        for group in groups.values():
+            self._prefill(rows, group)
+
+    def _prefill(self, rows: _Rows, group: list[Prepared]) -> None:
+        t0 = time.perf_counter()
+        inputs = collate(group, self.device, self.dtype)
+        out = self.model(**inputs, use_cache=True, logits_to_keep=1)
+        cache = getattr(out, "cache", None) or out.past_key_values
+        logits = out.logits[:, -1, :].float()
+        del out
+        n, length = len(group), group[0].prompt_length
+        mask = inputs.get("attention_mask")
+        if mask is None:
+            mask = torch.ones(n, length, dtype=torch.long, device=self.device)
+        positions = torch.full((n,), length, dtype=torch.long, device=self.device)
+        history = self._fresh_history(n)
+        keys = [it.key for it in group]
+        first = self._choose(logits, history, keys, torch.zeros(n, dtype=torch.long))
+        self._join(rows, cache, mask.long(), positions, history, first)
+        rows.keys += keys
+        rows.budgets += [it.budget for it in group]
+        rows.tokens += [[t] for t in first.tolist()]  # synchronises: counts as device time
+        self.stats.prefills += 1
+        self.stats.device_seconds += time.perf_counter() - t0
+
+    def _fresh_history(self, n: int) -> torch.Tensor:
+        # Distinct negative fillers per column: no n-gram holding one can equal the prefix.
+        fill = -1 - torch.arange(self.window, device=self.device)
+        return fill.unsqueeze(0).repeat(n, 1)
+
+    def _join(
+        self,
+        rows: _Rows,
+        cache: Any,
+        mask: torch.Tensor,
+        positions: torch.Tensor,
+        history: torch.Tensor,
+        first: torch.Tensor,
+    ) -> None:
+        history = torch.cat([history[:, 1:], first[:, None]], dim=1)
+        if rows.cache is None:
+            rows.cache, rows.mask, rows.positions = cache, mask, positions
+            rows.history, rows.last = history, first
+            return
+        old, new = rows.mask.shape[1], mask.shape[1]
+        width = max(old, new)
+        for mine, theirs in zip(rows.cache.layers, cache.layers, strict=True):
+            mine.keys = torch.cat(
+                [_pad_left(mine.keys, width - old, 2), _pad_left(theirs.keys, width - new, 2)]
+            )
+            mine.values = torch.cat(
+                [_pad_left(mine.values, width - old, 2), _pad_left(theirs.values, width - new, 2)]
+            )
+        rows.mask = torch.cat(
+            [_pad_left(rows.mask, width - old, 1), _pad_left(mask, width - new, 1)]
+        )
+        rows.positions = torch.cat([rows.positions, positions])
+        rows.history = torch.cat([rows.history, history])
+        rows.last = torch.cat([rows.last, first])
+
+    # ---------------------------------------------------------------- decode
+
+    def _choose(
+        self,
+        scores: torch.Tensor,
+        history: torch.Tensor,
+        keys: list[int],
+        counts: torch.Tensor | None,
+    ) -> torch.Tensor:
+        if self.guard is not None:
+            scores = self.guard(history, scores)
+        if self.step_hook is not None and counts is not None:
+            scores = self.step_hook(keys, counts, scores)
+        return scores.argmax(dim=-1)
+
+    def _step(self, rows: _Rows) -> None:
+        t0 = time.perf_counter()
+        assert rows.mask is not None and rows.positions is not None and rows.last is not None
+        n = len(rows.keys)
+        rows.mask = torch.cat([rows.mask, rows.mask.new_ones(n, 1)], dim=1)
+        out = self.model(
+            input_ids=rows.last[:, None],
+            attention_mask=rows.mask,
+            position_ids=rows.positions[:, None],
+            use_cache=True,
+            **{self.cache_arg: rows.cache},
+        )
+        rows.cache = getattr(out, "cache", None) or out.past_key_values
+        logits = out.logits[:, -1, :].float()
+        del out
+        counts = torch.tensor([len(t) for t in rows.tokens]) if self.step_hook else None
+        nxt = self._choose(logits, rows.history, rows.keys, counts)
+        assert rows.history is not None
+        rows.history = torch.cat([rows.history[:, 1:], nxt[:, None]], dim=1)
+        rows.positions = rows.positions + 1
+        rows.last = nxt
+        for toks, t in zip(rows.tokens, nxt.tolist(), strict=True):
+            toks.append(t)
+        self.stats.steps += 1
+        self.stats.slot_steps += self.slots
+        self.stats.step_tokens += n
+        self.stats.device_seconds += time.perf_counter() - t0
+
+    def _retire(
+        self,
+        rows: _Rows,
+        done: dict[int, list[int]],
+        on_done: Callable[[int, list[int]], None] | None,
+    ) -> None:
+        """Drop rows that ended (EOS, budget) from the running set and the cache."""
+        eos = self.eos_ids
+        keep = []
+        for i, (key, toks, budget) in enumerate(
+            zip(rows.keys, rows.tokens, rows.budgets, strict=True)
+        ):
+            if toks[-1] in eos or len(toks) >= budget:
+                done[key] = toks
+                if on_done is not None:
+                    on_done(key, toks)
+            else:
+                keep.append(i)
+        if len(keep) == len(rows.keys):
+            return
+        if not keep:
+            # Nothing left running: drop the cache entirely.
+            rows.__dict__.update(_Rows().__dict__)
+            return
+        idx = torch.tensor(keep, device=self.device)
+        rows.keys = [rows.keys[i] for i in keep]
+        rows.tokens = [rows.tokens[i] for i in keep]
+        rows.budgets = [rows.budgets[i] for i in keep]
+        assert rows.mask is not None and rows.positions is not None and rows.history is not None
+        mask = rows.mask.index_select(0, idx)
+        # Columns only finished rows used: cut them off (the mask is left-aligned padding).
+        used = mask.any(dim=0).nonzero()
+        start = int(used[0]) if len(used) else 0
+        rows.mask = mask[:, start:]
+        for layer in rows.cache.layers:
+            layer.keys = layer.keys.index_select(0, idx)[:, :, start:]
+            layer.values = layer.values.index_select(0, idx)[:, :, start:]
+        rows.positions = rows.positions.index_select(0, idx)
+        rows.history = rows.history.index_select(0, idx)
+        assert rows.last is not None
+        rows.last = rows.last.index_select(0, idx)
