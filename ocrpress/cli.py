@@ -88,7 +88,8 @@ def main() -> None:
     "formats",
     default="markdown",
     show_default=True,
-    help="markdown, json, text; several comma-separated with -o DIR.",
+    help="markdown, json, text, layout (pictures of each page's blocks, needs -o DIR); "
+    "several comma-separated with -o DIR.",
 )
 @click.option(
     "--engine",
@@ -152,11 +153,12 @@ def convert(inputs: tuple[str, ...], **kw: Any) -> None:
     from .engines import EngineError, EngineOptions
     from .inputs import discover
     from .pipeline import Converter, ConvertOptions, EngineLoadError
-    from .writers import parse_formats
+    from .writers import check_output, parse_formats
 
     _setup_logging(kw["quiet"], kw["verbose"])
     try:
         formats = parse_formats(kw["formats"])
+        check_output(formats, kw["output"])
         if kw["output"] == "-" and len(formats) > 1:
             raise click.UsageError("stdout takes one format; use -o DIR for several")
         from .inputs import parse_page_ranges
