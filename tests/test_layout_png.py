@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -20,7 +21,7 @@ ECHO = "fake_engines:EchoEngine"
 
 
 def ocrpress(*args: str) -> subprocess.CompletedProcess[bytes]:
-    env = {**__import__("os").environ, "PYTHONPATH": str(TESTS)}
+    env = {**os.environ, "PYTHONPATH": str(TESTS)}
     return subprocess.run(
         [sys.executable, "-m", "ocrpress", *args], capture_output=True, env=env, timeout=300
     )
@@ -149,6 +150,6 @@ def test_rapid_layout_picture_shows_each_line_block(tmp_path: Path) -> None:
         pic = im.convert("RGB")
     assert pic.size == (page["width"], page["height"])
     for block in page["blocks"]:
-        x0, y0, x1, y1 = (round(v) for v in block["bbox"])
+        _x0, y0, x1, y1 = (round(v) for v in block["bbox"])
         # The right edge of every box, halfway down, carries its type's colour.
         assert pic.getpixel((min(x1, pic.width - 1), (y0 + y1) // 2)) == color_of(block["type"])

@@ -16,7 +16,7 @@ import re
 from PIL import Image, ImageDraw, ImageFont
 
 from ..document import PageResult
-from ..inputs import InputDoc, InputError, PageRenderer
+from ..inputs import DEFAULT_DPI, InputDoc, InputError, PageRenderer
 from . import atomic_write
 
 log = logging.getLogger("ocrpress")
@@ -101,12 +101,9 @@ def write_layout_pictures(doc: InputDoc, pages: list[PageResult], folder: str) -
             if page.status == "error" or not page.width or not page.height:
                 continue
             try:
-                dpi = round(page.dpi) if page.dpi else None
-                rendered = (
-                    renderer.render(doc, page.index, dpi)
-                    if dpi
-                    else renderer.render(doc, page.index)
-                )
+                # Images ignore the dpi; PDFs are drawn at the one their boxes were made at.
+                dpi = round(page.dpi) if page.dpi else DEFAULT_DPI
+                rendered = renderer.render(doc, page.index, dpi)
             except InputError as e:
                 log.warning("%s: page %d: no layout picture: %s", doc.display, page.index + 1, e)
                 continue
