@@ -153,3 +153,17 @@ def test_rapid_layout_picture_shows_each_line_block(tmp_path: Path) -> None:
         _x0, y0, x1, y1 = (round(v) for v in block["bbox"])
         # The right edge of every box, halfway down, carries its type's colour.
         assert pic.getpixel((min(x1, pic.width - 1), (y0 + y1) // 2)) == color_of(block["type"])
+
+
+def test_failed_pages_get_no_picture(tmp_path: Path) -> None:
+    pdf = labelled_pdf(tmp_path / "a.pdf", 3)
+    out = tmp_path / "out"
+    r = ocrpress(
+        "convert", str(pdf), "-o", str(out), "-f", "json,layout",
+        "--engine", "fake_engines:FlakyEngine",
+    )  # fmt: skip
+    assert r.returncode == 1
+    pages = json.loads((out / "a.json").read_text())["pages"]
+    ok = {f"page-{p['page']:04d}.png" for p in pages if p["status"] != "error"}
+    assert "page-0002.png" not in ok and ok
+    assert {p.name for p in (out / "a_layout").iterdir()} == ok
