@@ -41,6 +41,11 @@ format: install
 examples: install
 	$(BIN)/python examples/make_examples.py
 	$(BIN)/ocrpress convert examples/documents -o examples/output -f markdown,json,text --overwrite
+	# One layout picture (a photo's would be megabytes): made aside so it leaves the run's stats alone.
+	tmp=$$(mktemp -d) && $(BIN)/ocrpress convert examples/documents/two-column-report.pdf \
+		-o $$tmp -f layout --pages 1 && mkdir -p examples/output/two-column-report_layout && \
+		cp $$tmp/two-column-report_layout/page-0001.png examples/output/two-column-report_layout/; \
+		rc=$$?; rm -rf $$tmp; exit $$rc
 
 bench: install
 	$(BIN)/python bench/cpu_pipeline.py

@@ -29,7 +29,7 @@ def convert(
     = ``"auto"``, ``"always"`` or ``"never"`` ...) or
     :class:`EngineOptions` fields (``model``, ``mode``, ``task`` ...).
     """
-    from .writers import parse_formats
+    from .writers import check_output, parse_formats
 
     if isinstance(paths, str):
         paths = [paths]
@@ -40,6 +40,7 @@ def convert(
     )
     conv_kwargs = {k: v for k, v in options.items() if k not in eng_fields}
     fmts = parse_formats(formats) if isinstance(formats, str) else list(formats)
+    check_output(fmts, output)
     opts = ConvertOptions(output=output, formats=fmts, engine=eng_opts, **conv_kwargs)
     docs, problems = discover(paths)
     for p in problems:

@@ -103,7 +103,8 @@ def main() -> None:
     "formats",
     default="markdown",
     show_default=True,
-    help="markdown, json, text; several comma-separated with -o DIR.",
+    help="markdown, json, text, layout (pictures of each page's blocks, needs -o DIR); "
+    "several comma-separated with -o DIR.",
 )
 @click.option(
     "--engine",
@@ -187,12 +188,13 @@ def convert(inputs: tuple[str, ...], **kw: Any) -> None:
     from .errors import OcrpressError, Terminated
     from .pipeline import Converter, ConvertOptions
     from .procs import raise_on_sigterm
-    from .writers import parse_formats
+    from .writers import check_output, parse_formats
 
     _setup_logging(kw["quiet"], kw["verbose"])
     raise_on_sigterm()
     try:
         formats = parse_formats(kw["formats"])
+        check_output(formats, kw["output"])
         if kw["output"] == "-" and len(formats) > 1:
             raise click.UsageError("stdout takes one format; use -o DIR for several")
         from .inputs import parse_page_ranges

@@ -16,7 +16,8 @@ from typing import TYPE_CHECKING, Any
 from . import inputs
 from .document import SCHEMA_VERSION, DocumentResult, PageResult
 from .inputs import InputDoc
-from .writers import FORMATS, atomic_write, render_document
+from .writers import FORMATS, PICTURE_FORMATS, atomic_write, render_document
+from .writers.layout_png import write_layout_pictures
 
 if TYPE_CHECKING:
     from .devices import Planner
@@ -32,7 +33,7 @@ def state_paths(out_dir: str, rel: str) -> tuple[str, str]:
 
 
 def output_paths(out_dir: str, rel: str, formats: list[str]) -> list[str]:
-    """Final output files of a document."""
+    """Final output files of a document (``layout``: its pictures' folder)."""
     return [os.path.join(out_dir, rel + FORMATS[f]) for f in formats]
 
 
@@ -78,7 +79,10 @@ def write_document(
     result = DocumentResult(source=doc.display, pages=pages, rel=doc.rel)
     outputs = output_paths(opts.output, doc.rel, opts.formats)
     for fmt, path in zip(opts.formats, outputs, strict=True):
-        atomic_write(path, render_document(result, fmt, opts.keep_raw))
+        if fmt in PICTURE_FORMATS:
+            write_layout_pictures(doc, pages, path)  # a folder: page pictures written one by one
+        else:
+            atomic_write(path, render_document(result, fmt, opts.keep_raw))
     journal_path, done_path = state_paths(opts.output, doc.rel)
     if result.ok:
         # Only a clean document is "done": failed pages are retried by the next run.

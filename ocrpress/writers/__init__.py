@@ -12,9 +12,11 @@ from .json import document_json, page_jsonl
 from .markdown import document_markdown, page_markdown
 from .text import document_text, page_text
 
-#: format name -> file suffix
-FORMATS: dict[str, str] = {"markdown": ".md", "json": ".json", "text": ".txt"}
+#: format name -> file suffix (``layout`` is a folder of pictures, see writers.layout_png)
+FORMATS: dict[str, str] = {"markdown": ".md", "json": ".json", "text": ".txt", "layout": "_layout"}
 FORMAT_ALIASES = {"md": "markdown", "txt": "text", "jsonl": "json"}
+#: Formats written as picture folders: they need -o DIR and the input file itself.
+PICTURE_FORMATS = frozenset({"layout"})
 
 # mkstemp creates 0600 files; outputs should get the user's usual permissions.
 _UMASK = os.umask(0)
@@ -57,8 +59,18 @@ def parse_formats(spec: str) -> list[str]:
     return out
 
 
+def check_output(formats: list[str], output: str | None) -> None:
+    """Raise ValueError when ``formats`` cannot go where ``output`` points (stdout, memory)."""
+    pictures = [f for f in formats if f in PICTURE_FORMATS]
+    if pictures and output in (None, "-"):
+        why = "and cannot go to stdout" if output == "-" else "but no output folder was given"
+        raise ValueError(f"-f {pictures[0]} writes pictures into a folder {why}: give -o DIR")
+
+
 def render_document(doc: DocumentResult, fmt: str, keep_raw: bool = False) -> str:
-    """The whole file content of ``doc`` in format ``fmt``."""
+    """The whole file content of ``doc`` in format ``fmt`` (not for picture formats)."""
+    if fmt in PICTURE_FORMATS:
+        raise ValueError(f"{fmt} is a folder of pictures, not a file: see writers.layout_png")
     return _DOC[fmt](doc, keep_raw)
 
 
