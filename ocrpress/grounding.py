@@ -16,7 +16,7 @@ import re
 from dataclasses import dataclass, field
 
 from .document import Block
-from .writers.plain import plain_markdown
+from .plain_markdown import plain_markdown
 
 #: Labels seen in DeepSeek-OCR output, mapped to ocrpress block types.
 LABEL_TYPES: dict[str, str] = {

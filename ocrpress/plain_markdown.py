@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import re
 
-from ..document import Block
+from .document import Block
 
 _INLINE = re.compile(r"([\\`*_\[\]<>|])")
 _ENTITY = re.compile(r"&(?=#?\w+;)")
