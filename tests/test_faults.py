@@ -33,7 +33,7 @@ def _cli(
 ) -> subprocess.CompletedProcess[bytes]:
     env = {**os.environ, "PYTHONPATH": str(TESTS), "TMPDIR": str(tmpdir), **fault.env}
     cmd = [sys.executable, "-m", "ocrpress", "convert", *args, "-o", str(out)]
-    cmd += ["--engine", fault.engine, "--workers", "0", *fault.extra]
+    cmd += ["--engine", fault.engine, "--workers", "0", "--ocr", "always", *fault.extra]
     if fault.extra.count("--workers"):
         cmd = cmd[: cmd.index("--workers")] + cmd[cmd.index("--workers") + 2 :]
     return subprocess.run(
@@ -143,6 +143,7 @@ def _start(
     env["TMPDIR"] = str(tmp_path)
     cmd = [sys.executable, "-m", "ocrpress", "convert", *map(str, docs), *extra]
     cmd += ["-o", str(tmp_path / "out"), "--engine", "fake_engines:EchoEngine", "--workers", "2"]
+    cmd += ["--ocr", "always"]  # the fault handling is under test, not text-layer routing
     # Its own session: the test can look for every process of its group afterwards.
     proc = subprocess.Popen(
         cmd,
@@ -169,7 +170,7 @@ def _start(
 def _resume_cmd(tmp_path: Path, *extra: str) -> list[str]:
     """The command that converts d0.pdf into the same folder as _start's run."""
     out = str(tmp_path / "out")
-    engine = ["--engine", "fake_engines:EchoEngine", *extra]
+    engine = ["--engine", "fake_engines:EchoEngine", "--ocr", "always", *extra]
     return [
         sys.executable,
         "-m",
@@ -332,6 +333,7 @@ def test_folder_named_ocrpress_in_cwd(tmp_path: Path) -> None:
     (tmp_path / "ocrpress" / "__init__.py").write_text("")  # an empty package of that name
     labelled_pdf(tmp_path / "a.pdf", 2)
     cmd = [str(script), "convert", "a.pdf", "-o", "out", "--engine", "fake_engines:EchoEngine"]
+    cmd += ["--ocr", "always"]
     r = subprocess.run(
         [*cmd, "--workers", "1"],
         cwd=tmp_path,

@@ -69,7 +69,18 @@ def test_cli_writes_pictures_for_pdf_and_image_and_resume_skips(tmp_path: Path) 
     pdf = labelled_pdf(src / "a.pdf", 2)
     Image.new("RGB", (300, 200), (250, 250, 240)).save(src / "b.png")
     out = tmp_path / "out"
-    args = ("convert", str(src), "-o", str(out), "-f", "json,layout", "--engine", ECHO)
+    args = (
+        "convert",
+        str(src),
+        "-o",
+        str(out),
+        "-f",
+        "json,layout",
+        "--engine",
+        ECHO,
+        "--ocr",
+        "always",
+    )
     r = ocrpress(*args)
     assert r.returncode == 0, r.stderr
     doc = json.loads((out / "a.json").read_text())
@@ -110,7 +121,18 @@ def test_cli_writes_pictures_for_pdf_and_image_and_resume_skips(tmp_path: Path) 
 def test_fewer_pages_remove_stale_pictures(tmp_path: Path) -> None:
     pdf = labelled_pdf(tmp_path / "a.pdf", 3)
     out = tmp_path / "out"
-    base = ("convert", str(pdf), "-o", str(out), "-f", "layout", "--engine", ECHO)
+    base = (
+        "convert",
+        str(pdf),
+        "-o",
+        str(out),
+        "-f",
+        "layout",
+        "--engine",
+        ECHO,
+        "--ocr",
+        "always",
+    )
     assert ocrpress(*base).returncode == 0
     assert len(list((out / "a_layout").glob("page-*.png"))) == 3
     r = ocrpress(*base, "--pages", "2")
@@ -141,7 +163,7 @@ def test_rapid_layout_picture_shows_each_line_block(tmp_path: Path) -> None:
     out = tmp_path / "out"
     r = ocrpress(
         "convert", str(tmp_path / "p.pdf"), "-o", str(out), "-f", "json,layout",
-        "--engine", "rapid", "--dpi", "100",
+        "--engine", "rapid", "--dpi", "100", "--ocr", "always",
     )  # fmt: skip
     assert r.returncode == 0, r.stderr
     page = json.loads((out / "p.json").read_text())["pages"][0]
@@ -160,7 +182,7 @@ def test_failed_pages_get_no_picture(tmp_path: Path) -> None:
     out = tmp_path / "out"
     r = ocrpress(
         "convert", str(pdf), "-o", str(out), "-f", "json,layout",
-        "--engine", "fake_engines:FlakyEngine",
+        "--engine", "fake_engines:FlakyEngine", "--ocr", "always",
     )  # fmt: skip
     assert r.returncode == 1
     pages = json.loads((out / "a.json").read_text())["pages"]
