@@ -8,12 +8,15 @@ from __future__ import annotations
 
 import multiprocessing
 import os
+import pickle
 import sys
+import uuid
 from collections import deque
 from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass
+from multiprocessing import util as mp_util
 from typing import Any
 
 from . import inputs, procs
@@ -46,6 +49,41 @@ def render_task(
         return str(e)
     except Exception as e:  # never let one page kill the worker pool
         return f"cannot render ({type(e).__name__}: {e})"
+
+
+@dataclass(frozen=True)
+class Spooled:
+    """A worker's result left in a file: only this small handle goes through the pipe."""
+
+    path: str
+
+    def load(self) -> Any:
+        try:
+            with open(self.path, "rb") as f:
+                return pickle.load(f)
+        finally:
+            os.unlink(self.path)
+
+
+def spooled_call(
+    task: Callable[[InputDoc, int, int, str], Any],
+    folder: str,
+    doc: InputDoc,
+    index: int,
+    dpi: int,
+    ocr: str,
+) -> Spooled:
+    """Runs in a worker: ``task``'s result is written to ``folder`` and returned by name.
+
+    A worker killed (OOM killer, MuPDF crash) while it writes a multi-megabyte page image
+    into the result pipe leaves half a message there, and ProcessPoolExecutor's reader then
+    waits forever for the rest: the run hangs instead of seeing a broken pool. A handle of a
+    few dozen bytes is written in one atomic pipe write, so it either arrives or does not.
+    """
+    path = os.path.join(folder, f"page-{os.getpid()}-{uuid.uuid4().hex}.pickle")
+    with open(path, "wb") as f:
+        pickle.dump(task(doc, index, dpi, ocr), f, protocol=pickle.HIGHEST_PROTOCOL)
+    return Spooled(path)
 
 
 class InlineFuture:
@@ -126,6 +164,9 @@ class RenderQueue:
         self.ocr = ocr
         self.task = task
         self.pool = make_pool(workers) if workers > 0 else None
+        # The multiprocessing temp folder: removed at exit, and by the forkserver when the
+        # main process is killed (see procs), so spooled pages never outlive the run.
+        self.spool = mp_util.get_temp_dir() if workers > 0 else ""
         self.items: deque[_Page] = deque()
         self.restarts = 0
 
@@ -153,6 +194,8 @@ class RenderQueue:
             page = self.items[0]
             try:
                 result = page.fut.result()
+                if isinstance(result, Spooled):
+                    result = result.load()
             except BrokenProcessPool:
                 if not page.suspect:
                     self._broken()
@@ -168,7 +211,9 @@ class RenderQueue:
             if self.pool is None:
                 page.fut = InlineFuture(self.task(page.doc, page.index, self.dpi, self.ocr))
             else:
-                page.fut = self.pool.submit(self.task, page.doc, page.index, self.dpi, self.ocr)
+                page.fut = self.pool.submit(
+                    spooled_call, self.task, self.spool, page.doc, page.index, self.dpi, self.ocr
+                )
         except BrokenProcessPool:
             self._broken()
 

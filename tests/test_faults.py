@@ -343,3 +343,22 @@ def test_folder_named_ocrpress_in_cwd(tmp_path: Path) -> None:
     )
     assert r.returncode == 0, r.stderr.decode()
     assert "a.pdf p2" in (tmp_path / "out" / "a.md").read_text()
+
+
+def test_render_results_cross_the_pipe_in_one_atomic_write(tmp_path: Path) -> None:
+    """A worker killed mid-send must not leave half a page in the result pipe (that hangs
+    ProcessPoolExecutor's reader forever): pages go through a file, only a handle is sent."""
+    import pickle
+    import select
+
+    from ocrpress.inputs import discover
+    from ocrpress.render import Spooled, render_task, spooled_call
+
+    docs, _ = discover([str(labelled_pdf(tmp_path / "a.pdf", 1))])
+    handle = spooled_call(render_task, str(tmp_path), docs[0], 0, 150, "always")
+    assert isinstance(handle, Spooled)
+    # What the executor sends is a (work id, exception, result) item around the handle.
+    assert len(pickle.dumps((12345, None, handle))) < select.PIPE_BUF
+    page = handle.load()
+    assert page.image.width > 1000  # the whole 150 dpi page came back through the file
+    assert list(tmp_path.iterdir()) == [tmp_path / "a.pdf"]  # and the file is gone
