@@ -22,7 +22,7 @@ from .writers.layout_png import write_layout_pictures
 if TYPE_CHECKING:
     from .devices import Planner
     from .engines import EngineOptions
-    from .pipeline import ConvertOptions
+    from .options import ConvertOptions
 
 STATE_DIR = ".ocrpress"
 

@@ -7,12 +7,14 @@ stray file (no temp file under -o, nothing left in the temp folder).
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import signal
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -135,6 +137,21 @@ def _wait_gone(pgid: int, seconds: float = 5.0) -> list[int]:
     return _group(pgid)
 
 
+_STARTED: list[subprocess.Popen[bytes]] = []
+
+
+@pytest.fixture(autouse=True)
+def _no_run_left_behind() -> Iterator[None]:
+    """A test that fails (a timeout, an assertion) still leaves no run or worker behind."""
+    yield
+    while _STARTED:
+        proc = _STARTED.pop()
+        for pid in _group(proc.pid):
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+        proc.wait()
+
+
 def _start(
     tmp_path: Path, *extra: str, stdin: bytes | None = None, delay: float = 0.1
 ) -> subprocess.Popen[bytes]:
@@ -153,6 +170,7 @@ def _start(
         stderr=subprocess.PIPE,
         start_new_session=True,
     )
+    _STARTED.append(proc)
     assert proc.stdin is not None
     proc.stdin.write(stdin or b"")
     proc.stdin.close()

@@ -1,0 +1,176 @@
+"""The batcher: rendered pages -> buckets of equal batch key -> engine batches -> results.
+
+It keeps the render window full so the engine never waits for pages, never holds more than
+``window`` pages in flight (rendering, buffered in a bucket, or in the engine), sends a full
+batch as soon as one bucket has it and a partial one only when nothing more can arrive, and
+hands every result to the :class:`~ocrpress.ledger.Ledger`. Where batches run is a
+:class:`Runner`: the engine in this process, or a pool of device workers.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from concurrent.futures import FIRST_COMPLETED, wait
+from typing import Any, Protocol
+
+from .backoff import BatchLimit, measured_batch
+from .devices import Planner
+from .document import PageImage, PageResult
+from .engines import Engine, Usage
+from .errors import describe
+from .ledger import DocState, Ledger
+from .render import InlineFuture, RenderQueue
+from .routing import TextLayerPage
+from .stats import RunStats
+
+Batch = list[tuple[DocState, PageImage]]
+
+
+class Runner(Protocol):
+    """Where batches run: ``capacity`` batches at once; ``submit`` returns a future."""
+
+    capacity: int
+
+    def submit(self, pages: list[PageImage], retry: bool) -> Any: ...
+
+    def result(self, fut: Any) -> tuple[list[PageResult], int, Usage]: ...
+
+
+class InlineRunner:
+    """The engine in this process: one batch at a time, run synchronously on submit."""
+
+    capacity = 1
+
+    def __init__(self, engine: Callable[[], Engine]) -> None:
+        self.engine = engine  # a getter: the model loads on the first batch, if any comes
+
+    def submit(self, pages: list[PageImage], retry: bool) -> InlineFuture:
+        # Like a device worker: the lowest limit an OOM forced (0: none) comes with the results.
+        lowest = [0]
+
+        def lower(n: int) -> None:
+            lowest[0] = min(lowest[0], n) if lowest[0] else n
+
+        results, usage = measured_batch(self.engine(), pages, retry, lower)
+        return InlineFuture((results, lowest[0], usage))
+
+    def result(self, fut: Any) -> tuple[list[PageResult], int, Usage]:
+        return fut.result()
+
+
+class Batcher:
+    """One run's main loop; see the module docstring."""
+
+    def __init__(
+        self,
+        ledger: Ledger,
+        renders: RenderQueue,
+        planner: Planner,
+        runner: Runner,
+        limit: BatchLimit,
+        stats: RunStats,
+        retry_truncated: bool = False,
+    ) -> None:
+        self.ledger = ledger
+        self.renders = renders
+        self.planner = planner
+        self.runner = runner
+        self.limit = limit  # lowered after a CUDA out-of-memory error, may grow back
+        self.stats = stats
+        self.retry_truncated = retry_truncated
+        self.buckets: dict[Any, Batch] = {}
+        self.buffered = 0  # pages waiting in buckets
+
+    def run(self, max_batch: int, window: int) -> None:
+        """Convert every page the ledger wants, ``max_batch`` pages a batch at most."""
+        renders, runner = self.renders, self.runner
+        tasks = self.ledger.page_tasks()
+        # Batches in the engine(s): future -> its pages (kept here for figure crops).
+        running: dict[Any, Batch] = {}
+        exhausted = False
+        while True:
+            # Results of finished batches first: they free window room and devices.
+            for fut in [f for f in running if f.done()]:
+                self._collect(fut, running.pop(fut), max_batch)
+            in_engine = sum(len(b) for b in running.values())
+            # Keep the render window full so the engine never waits for pages.
+            while (
+                not exhausted
+                and renders.accepting
+                and len(renders) + self.buffered + in_engine < window
+            ):
+                task = next(tasks, None)
+                if task is None:
+                    exhausted = True
+                    break
+                st, idx = task
+                renders.submit((st, idx), st.doc, idx)
+            self._bucket_rendered()
+            limit = self.limit.cap(max_batch)
+            key = None
+            if len(running) < runner.capacity:
+                key = next((k for k, v in self.buckets.items() if len(v) >= limit), None)
+                full = self.buffered + in_engine >= window
+                if key is None and self.buckets and not len(renders) and (exhausted or full):
+                    # Nothing more can arrive (end of input, or the window is all buffered
+                    # in buckets of different keys): a partial batch must go.
+                    key = max(self.buckets, key=lambda k: len(self.buckets[k]))
+            if key is not None:
+                batch = self._take(key, limit)
+                fut = runner.submit([p for _, p in batch], self.retry_truncated)
+                running[fut] = batch
+                del batch, fut  # a finished batch's images must not outlive it
+                continue
+            if len(renders) or running:
+                # Wait for the oldest page in flight or any batch, whichever comes first.
+                waits = list(running)
+                if renders.head() is not None:
+                    waits.append(renders.head())
+                if waits:
+                    wait(waits, return_when=FIRST_COMPLETED)
+                continue
+            if exhausted:
+                break
+
+    def _bucket_rendered(self) -> None:
+        """Rendered pages (in order) go into buckets of equal batch key, or straight to the
+        ledger when they need no engine (text-layer pages) or cannot go to one (errors)."""
+        planner = self.planner
+        for (st, idx), page in self.renders.ready():
+            if not isinstance(page, (str, TextLayerPage)):
+                try:
+                    key = planner.plan(page).batch_key
+                except Exception as e:  # isolation rule: this page's error only
+                    page = f"cannot plan the page ({describe(e)})"
+            if isinstance(page, str):
+                res = PageResult.unrendered(st.doc.display, idx, planner.name, planner.model, page)
+                self.ledger.record(st, res, None)
+                continue
+            if isinstance(page, TextLayerPage):
+                # Read from its text layer: no batch slot, no engine, no GPU.
+                self.ledger.record(st, page.result, page.image)
+                continue
+            page.doc_key = str(st.order)
+            self.buckets.setdefault(key, []).append((st, page))
+            self.buffered += 1
+            page = None  # the bucket holds the only reference now
+
+    def _take(self, key: Any, n: int) -> Batch:
+        items = self.buckets[key]
+        batch, rest = items[:n], items[n:]
+        if rest:
+            self.buckets[key] = rest
+        else:
+            del self.buckets[key]
+        self.buffered -= len(batch)
+        return batch
+
+    def _collect(self, fut: Any, batch: Batch, max_batch: int) -> None:
+        results, lowered, usage = self.runner.result(fut)
+        self.stats.add_usage(usage)
+        if lowered:
+            self.limit.lower(lowered)  # a CUDA out-of-memory error somewhere
+        else:
+            self.limit.succeeded(max_batch)
+        for (st, page), res in zip(batch, results, strict=True):
+            self.ledger.record(st, res, page)
