@@ -18,6 +18,7 @@ from .devices import Planner
 from .document import PageImage, PageResult
 from .engines import Engine, Usage
 from .errors import describe
+from .escalation import Escalator
 from .ledger import DocState, Ledger
 from .render import InlineFuture, RenderQueue
 from .routing import TextLayerPage
@@ -70,6 +71,7 @@ class Batcher:
         limit: BatchLimit,
         stats: RunStats,
         retry_truncated: bool = False,
+        escalator: Escalator | None = None,
     ) -> None:
         self.ledger = ledger
         self.renders = renders
@@ -78,6 +80,7 @@ class Batcher:
         self.limit = limit  # lowered after a CUDA out-of-memory error, may grow back
         self.stats = stats
         self.retry_truncated = retry_truncated
+        self.escalator = escalator  # --mode auto: pages whose mode was too small go again
         self.buckets: dict[Any, Batch] = {}
         self.buffered = 0  # pages waiting in buckets
 
@@ -151,9 +154,12 @@ class Batcher:
                 self.ledger.record(st, page.result, page.image)
                 continue
             page.doc_key = str(st.order)
-            self.buckets.setdefault(key, []).append((st, page))
-            self.buffered += 1
+            self._bucket(st, page, key)
             page = None  # the bucket holds the only reference now
+
+    def _bucket(self, st: DocState, page: PageImage, key: Any) -> None:
+        self.buckets.setdefault(key, []).append((st, page))
+        self.buffered += 1
 
     def _take(self, key: Any, n: int) -> Batch:
         items = self.buckets[key]
@@ -173,4 +179,10 @@ class Batcher:
         else:
             self.limit.succeeded(max_batch)
         for (st, page), res in zip(batch, results, strict=True):
+            if self.escalator is not None:
+                kept = self.escalator.review(page, res)
+                if kept is None:  # read it again in the costlier mode its estimate now has
+                    self._bucket(st, page, self.planner.plan(page).batch_key)
+                    continue
+                res = kept
             self.ledger.record(st, res, page)

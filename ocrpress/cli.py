@@ -64,10 +64,10 @@ def _check_engine(value: str) -> str:
 def _check_mode(value: str | None) -> str | None:
     from .modes import MODE_NAMES
 
-    if value is None or value in MODE_NAMES:
+    if value is None or value in (*MODE_NAMES, "auto"):
         return value
     # Checked here, before any model lookup: an unknown mode is a typo, not a missing model.
-    raise click.BadParameter(f"{value!r} is not one of {', '.join(MODE_NAMES)}")
+    raise click.BadParameter(f"{value!r} is not one of {', '.join(MODE_NAMES)} or auto")
 
 
 def _check_devices(value: str | None) -> str | None:
@@ -119,7 +119,22 @@ def main() -> None:
     "--mode",
     default=None,
     callback=lambda ctx, param, v: _check_mode(v),
-    help="Resolution mode: tiny, small, base, large, gundam.",
+    help="Resolution mode: tiny, small, base, large, gundam, or auto (each page its cheapest"
+    " mode, from an estimate of its text; see --max-compression).",
+)
+@click.option(
+    "--max-compression",
+    type=click.FloatRange(min=1, max=100),
+    default=10.0,
+    show_default=True,
+    help="--mode auto: most (estimated) text tokens per vision token a page's mode may carry.",
+)
+@click.option(
+    "--fallback",
+    type=click.Choice(["rapid", "none"]),
+    default="rapid",
+    show_default=True,
+    help="--mode auto: who reads a page that still fails after one costlier mode.",
 )
 @click.option(
     "--task",
@@ -216,6 +231,8 @@ def convert(inputs: tuple[str, ...], **kw: Any) -> None:
         batch_size=kw["batch_size"],
         device=kw["device"],
         dtype=kw["dtype"],
+        max_compression=kw["max_compression"],
+        fallback=kw["fallback"],
     )
     opts = ConvertOptions(
         output=kw["output"],
@@ -254,6 +271,10 @@ def convert(inputs: tuple[str, ...], **kw: Any) -> None:
 
     if kw["ray_address"] and kw["devices"]:
         raise click.UsageError("--ray and --devices exclude each other (Ray places the replicas)")
+    if kw["ray_address"] and kw["mode"] == "auto":
+        raise click.UsageError(
+            "--mode auto runs on one machine (--devices for several GPUs), not yet with --ray"
+        )
     if kw["ray_address"]:
         from .cluster import RayConverter
 

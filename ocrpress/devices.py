@@ -33,6 +33,7 @@ from .engines import (
     EngineOptions,
     PagePlan,
     Usage,
+    check_auto_mode,
     create_engine,
     engine_spec,
     resolve_engine_name,
@@ -118,6 +119,7 @@ def make_planner(opts: EngineOptions) -> tuple[Planner, EngineOptions]:
     nothing until they run).
     """
     name, _reason = resolve_engine_name(opts)
+    check_auto_mode(name, opts)
     resolved = replace(opts, engine=name)
     spec = engine_spec(name)
     module_name = spec.partition(":")[0] if spec else None

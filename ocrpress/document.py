@@ -32,6 +32,9 @@ class PageImage:
     dpi: float | None  # None for raster inputs without a meaningful dpi
     doc_key: str = ""  # identifies the document inside a run (pipeline-assigned)
     notes: list[str] = field(default_factory=list)  # for the result, e.g. why it needs OCR
+    # --mode auto: the mode chosen for this page (None: the engine's mode) and why.
+    mode: str | None = None
+    mode_estimate: dict[str, Any] | None = None
 
     @property
     def width(self) -> int:
@@ -108,6 +111,8 @@ class PageResult:
     raw: str | None = None
     notes: list[str] = field(default_factory=list)  # e.g. "retried with stronger repetition guard"
     text_source: TextSource = "ocr"
+    # --mode auto: the page's text estimate, the ratio it chose by and its escalations.
+    mode_estimate: dict[str, Any] | None = None
 
     @property
     def compression(self) -> float | None:
@@ -140,6 +145,8 @@ class PageResult:
             "notes": list(self.notes),
             "blocks": [b.to_dict() for b in self.blocks],
         }
+        if self.mode_estimate is not None:
+            d["mode_estimate"] = self.mode_estimate
         if keep_raw:
             d["raw"] = self.raw
         return d
@@ -162,13 +169,16 @@ class PageResult:
             error=d.get("error"),
             notes=list(d.get("notes") or []),
             text_source=d.get("text_source", "ocr"),
+            mode_estimate=d.get("mode_estimate"),
             blocks=[Block.from_dict(b) for b in d.get("blocks", [])],
             raw=d.get("raw"),
         )
 
     @classmethod
     def for_page(cls, page: PageImage, engine: str, **fields: Any) -> PageResult:
-        """A result that names ``page`` (source, index, size, dpi); other fields as given."""
+        """A result that names ``page`` (source, index, size, dpi, its ``--mode auto``
+        estimate); other fields as given."""
+        fields.setdefault("mode_estimate", page.mode_estimate)
         return cls(
             source=page.source,
             index=page.index,

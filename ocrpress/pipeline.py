@@ -25,6 +25,7 @@ from .devices import DevicePool, Planner, make_planner, resolve_devices
 from .document import DocumentResult
 from .engines import Engine, create_engine
 from .errors import EngineLoadError, Terminated
+from .escalation import Escalator, auto_spec
 from .inputs import InputDoc
 from .isolation import output_guard
 from .journal import fingerprint
@@ -116,6 +117,9 @@ class Converter:
         interrupted = False
         try:
             planner, max_batch, runner = self._runner(never, devices)
+            # --mode auto: render workers choose each page's mode before the first is sent.
+            renders.auto = auto_spec(planner, self.opts.engine)
+            escalator = Escalator(renders.auto, self.opts.engine.fallback) if renders.auto else None
             self.stats.engine_replicas = runner.capacity
             self.stats.engine_ready = time.perf_counter()
             window = self.opts.window or (
@@ -128,7 +132,14 @@ class Converter:
                 planner.mode,
             )
             batcher = Batcher(
-                ledger, renders, planner, runner, self.limit, self.stats, self.opts.retry_truncated
+                ledger,
+                renders,
+                planner,
+                runner,
+                self.limit,
+                self.stats,
+                self.opts.retry_truncated,
+                escalator,
             )
             try:
                 batcher.run(max_batch, window)

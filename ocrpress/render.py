@@ -21,6 +21,7 @@ from typing import Any
 
 from . import inputs, procs
 from .document import PageImage
+from .escalation import AutoSpec, choose_page_mode
 from .inputs import InputDoc, InputError
 from .routing import TextLayerPage, route
 
@@ -36,15 +37,19 @@ _RENDERER: inputs.PageRenderer | None = None
 
 
 def render_task(
-    doc: InputDoc, index: int, dpi: int, ocr: str = "always"
+    doc: InputDoc, index: int, dpi: int, ocr: str = "always", auto: AutoSpec | None = None
 ) -> PageImage | TextLayerPage | str:
     """Runs in a worker: a rendered page, a page finished from its text layer (``ocr`` auto
-    or never, see :mod:`ocrpress.routing`), or the reason it could not be rendered."""
+    or never, see :mod:`ocrpress.routing`), or the reason it could not be rendered. With
+    ``auto`` (``--mode auto``) a rendered page also gets its mode, chosen here on the CPU."""
     global _RENDERER
     if _RENDERER is None:
         _RENDERER = inputs.PageRenderer()
     try:
-        return route(_RENDERER, doc, index, dpi, ocr)
+        page = route(_RENDERER, doc, index, dpi, ocr)
+        if auto is not None and isinstance(page, PageImage):
+            choose_page_mode(page, _RENDERER, doc, auto)
+        return page
     except InputError as e:
         return str(e)
     except Exception as e:  # never let one page kill the worker pool
@@ -65,14 +70,7 @@ class Spooled:
             os.unlink(self.path)
 
 
-def spooled_call(
-    task: Callable[[InputDoc, int, int, str], Any],
-    folder: str,
-    doc: InputDoc,
-    index: int,
-    dpi: int,
-    ocr: str,
-) -> Spooled:
+def spooled_call(task: Callable[..., Any], folder: str, doc: InputDoc, *args: Any) -> Spooled:
     """Runs in a worker: ``task``'s result is written to ``folder`` and returned by name.
 
     A worker killed (OOM killer, MuPDF crash) while it writes a multi-megabyte page image
@@ -82,7 +80,7 @@ def spooled_call(
     """
     path = os.path.join(folder, f"page-{os.getpid()}-{uuid.uuid4().hex}.pickle")
     with open(path, "wb") as f:
-        pickle.dump(task(doc, index, dpi, ocr), f, protocol=pickle.HIGHEST_PROTOCOL)
+        pickle.dump(task(doc, *args), f, protocol=pickle.HIGHEST_PROTOCOL)
     return Spooled(path)
 
 
@@ -156,12 +154,13 @@ class RenderQueue:
         self,
         workers: int,
         dpi: int,
-        task: Callable[[InputDoc, int, int, str], Any] = render_task,
+        task: Callable[..., Any] = render_task,
         ocr: str = "always",
     ) -> None:
         self.workers = workers
         self.dpi = dpi
         self.ocr = ocr
+        self.auto: AutoSpec | None = None  # --mode auto: set before the first page
         self.task = task
         self.pool = make_pool(workers) if workers > 0 else None
         # The multiprocessing temp folder: removed at exit, and by the forkserver when the
@@ -207,13 +206,14 @@ class RenderQueue:
             yield page.tag, result
 
     def _launch(self, page: _Page) -> None:
+        args: tuple[Any, ...] = (page.index, self.dpi, self.ocr)
+        if self.auto is not None:  # only then: stand-in tasks of tests take four arguments
+            args += (self.auto,)
         try:
             if self.pool is None:
-                page.fut = InlineFuture(self.task(page.doc, page.index, self.dpi, self.ocr))
+                page.fut = InlineFuture(self.task(page.doc, *args))
             else:
-                page.fut = self.pool.submit(
-                    spooled_call, self.task, self.spool, page.doc, page.index, self.dpi, self.ocr
-                )
+                page.fut = self.pool.submit(spooled_call, self.task, self.spool, page.doc, *args)
         except BrokenProcessPool:
             self._broken()
 

@@ -36,6 +36,11 @@ class RunStats:
     token_pages: int = 0  # pages that reported token counts
     # Pages of converted documents by where their text came from ("text-layer", "ocr", ...).
     text_sources: dict[str, int] = field(default_factory=dict)
+    # --mode auto: pages per mode read in, vision tokens spent (escalations included) and
+    # what reading every one of those pages in gundam would have cost.
+    auto_modes: dict[str, int] = field(default_factory=dict)
+    auto_vision_tokens: int = 0
+    auto_vision_tokens_gundam: int = 0
     started: float = 0.0
     wall_seconds: float = 0.0
     # Device use: engine step time over wall time (x replicas); decode slots filled (VLMs).
@@ -66,11 +71,32 @@ class RunStats:
                 self.empty_pages += 1
             if p.status != "error":
                 self.text_sources[p.text_source] = self.text_sources.get(p.text_source, 0) + 1
+            if p.mode_estimate is not None and p.status != "error":
+                self._add_auto(p, p.mode_estimate)
             if p.vision_tokens is not None and p.text_tokens is not None:
                 self.vision_tokens += p.vision_tokens
                 self.text_tokens += p.text_tokens
                 self.token_pages += 1
         self.pages += len(pages) - resumed
+
+    def _add_auto(self, p: PageResult, est: dict[str, Any]) -> None:
+        label = p.mode or f"fallback {p.engine}"  # a page the fallback engine read
+        self.auto_modes[label] = self.auto_modes.get(label, 0) + 1
+        self.auto_vision_tokens += int(est.get("vision_tokens_spent", p.vision_tokens or 0))
+        self.auto_vision_tokens_gundam += int(est.get("vision_tokens_gundam", 0))
+
+    def auto_dict(self) -> dict[str, Any] | None:
+        """The ``auto`` section of the run stats (None when no page was read in mode auto)."""
+        if not self.auto_modes:
+            return None
+        gundam = self.auto_vision_tokens_gundam
+        saving = 100 * (1 - self.auto_vision_tokens / gundam) if gundam else None
+        return {
+            "pages_by_mode": dict(sorted(self.auto_modes.items())),
+            "vision_tokens": self.auto_vision_tokens,
+            "vision_tokens_gundam": gundam,
+            "saving_percent": round(saving, 1) if saving is not None else None,
+        }
 
     def add_usage(self, u: Usage) -> None:
         """Count one batch's device time and decode-slot counters."""
@@ -130,7 +156,7 @@ class RunStats:
             else None,
             "engine_busy_fraction": self.engine_busy_fraction,
             "decode_slot_utilisation": self.decode_slot_utilisation,
-        }
+        } | ({"auto": auto} if (auto := self.auto_dict()) else {})
 
     def summary(self) -> str:
         """One line for stderr at the end of a run."""
@@ -166,6 +192,12 @@ class RunStats:
                 f" {d['vision_tokens_per_page']} vision / {d['text_tokens_per_page']} text tokens,"
                 f" compression {d['compression']}x"
             )
+        auto = self.auto_dict()
+        if auto is not None:
+            modes = ", ".join(f"{n} {m}" for m, n in auto["pages_by_mode"].items())
+            line += f"; mode auto: {modes}"
+            if auto["saving_percent"] is not None:
+                line += f", {auto['saving_percent']:g}% fewer vision tokens than gundam"
         busy, slots = self.engine_busy_fraction, self.decode_slot_utilisation
         if busy is not None and self.pages:
             line += f"; engine busy {busy:.0%}"

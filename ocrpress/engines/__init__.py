@@ -50,13 +50,24 @@ class EngineOptions:
     batch_size: int | None = None  # None: engine picks (from GPU memory for VLMs)
     device: str | None = None  # "cuda", "cuda:1", "cpu"; None: best available
     dtype: str | None = None  # None: bf16 on CUDA, fp32 on CPU
+    # --mode auto: text tokens per vision token a chosen mode may carry at most, and the
+    # engine that reads a page no mode could (see ocrpress.escalation).
+    max_compression: float = 10.0
+    fallback: str = "rapid"
     extra: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def auto_mode(self) -> bool:
+        return self.mode == "auto"
 
     def fingerprint(self) -> dict[str, Any]:
         """The options that change outputs (batch size and device do not)."""
         d = asdict(self)
         for k in ("batch_size", "device", "extra"):
             d.pop(k)
+        if not self.auto_mode:  # outputs of fixed-mode runs keep their fingerprints
+            d.pop("max_compression")
+            d.pop("fallback")
         return d
 
 
@@ -142,11 +153,21 @@ def engine_spec(name: str) -> str | None:
     return spec if ":" in spec else None
 
 
+def check_auto_mode(name: str, opts: EngineOptions) -> None:
+    """EngineError if engine ``name`` cannot read each page in its own mode (``--mode auto``)."""
+    if opts.auto_mode and name == "vllm":
+        raise EngineError(
+            "--mode auto needs --engine deepseek: vLLM's DeepSeek-OCR processor counts image"
+            " tokens from fixed gundam constants, so vLLM reads every page in one mode"
+        )
+
+
 def create_engine(opts: EngineOptions) -> Engine:
     """Instantiate the engine named by ``opts.engine`` (``auto`` resolved)."""
     name, reason = resolve_engine_name(opts)
     if opts.engine == "auto":
         log.info("engine auto -> %s (%s)", name, reason)
+    check_auto_mode(name, opts)
     spec = engine_spec(name)
     if spec is None:
         raise EngineError(f"unknown engine {name!r} (choose from {', '.join(ENGINES)})")

@@ -26,7 +26,7 @@ from typing import Any
 
 from ..backoff import BatchLimit, is_oom
 from ..document import PageImage, PageResult
-from ..modes import TokenPlan, max_positions
+from ..modes import TokenPlan, get_mode, max_positions
 from . import EngineError, EngineOptions, PagePlan, Usage
 from .deepseek_runtime import auto_batch_size, load_v1, load_v2, pick_device, pick_dtype
 from .deepseek_spec import (  # noqa: F401 - re-exported: the engine module's public names
@@ -161,7 +161,7 @@ class DeepSeekEngine:
     # -- protocol -----------------------------------------------------------------------
 
     def token_plan(self, page: PageImage) -> TokenPlan:
-        """Vision tokens, tiles and prompt positions of ``page`` in this engine's mode."""
+        """Vision tokens, tiles and prompt positions of ``page`` in its mode."""
         return self.planner.token_plan(page)
 
     def plan(self, page: PageImage) -> PagePlan:
@@ -245,7 +245,7 @@ class DeepSeekEngine:
         """CPU work of one page: views, tiles, normalised pixels and prompt ids (pinned
         memory when the model is on CUDA, so the copy to the device does not block)."""
         image = page.image if page.image.mode == "RGB" else page.image.convert("RGB")
-        inputs = dict(self._inputs([image], 1))
+        inputs = dict(self._inputs([image], 1, self.planner.page_mode(page)))
         ids = inputs["input_ids"]
         placed = int((ids == self.image_token_id).sum())
         tp = self.token_plan(page)
@@ -266,19 +266,20 @@ class DeepSeekEngine:
         length = int(ids.shape[1])
         return Prepared(key, inputs, length, self.new_token_budget(length))
 
-    def _inputs(self, images: list, n: int) -> Any:
-        """Processor outputs on the CPU (the v1 processor would move them to the model)."""
+    def _inputs(self, images: list, n: int, mode: str) -> Any:
+        """Processor outputs in ``mode`` on the CPU (the v1 processor would move them to the
+        model)."""
         prompts = [self.prompt] * n
         if self.family == "v1":
             return self.processor(
                 images=images,
                 prompts=prompts,
-                mode=self.mode_spec.name,
+                mode=mode,
                 min_tiles=self.opts.min_tiles,
                 max_tiles=self.opts.max_tiles,
                 on_device=False,
             )
-        spec = self.mode_spec
+        spec = get_mode(self.family, mode)
         kwargs: dict[str, Any] = {"size": {"height": spec.base_size, "width": spec.base_size}}
         if spec.tile_size is None:
             # Untiled: the processor resizes the global view to tile_size when not cropping,
@@ -300,7 +301,7 @@ class DeepSeekEngine:
             page,
             self.name,
             model=self.model,
-            mode=self.mode,
+            mode=self.planner.page_mode(page),
             plan=tp,
             text=self.tokenizer.decode(tokens, skip_special_tokens=False),
             text_tokens=len(tokens),
@@ -379,7 +380,8 @@ class DeepSeekEngine:
         from transformers import LogitsProcessorList
 
         images = [p.image if p.image.mode == "RGB" else p.image.convert("RGB") for p in pages]
-        inputs = self._inputs(images, len(pages)).to(self.device, dtype=self.dtype)
+        mode = self.planner.page_mode(pages[0])  # one batch key: one mode
+        inputs = self._inputs(images, len(pages), mode).to(self.device, dtype=self.dtype)
         prompt_length = inputs["input_ids"].shape[1]
         processors = self.logits_processors(prompt_length) + list(extra_processors or [])
         with self._torch.inference_mode():

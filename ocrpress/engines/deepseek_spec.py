@@ -184,17 +184,24 @@ class DeepSeekPlanner:
             self.model = opts.model or "in-memory"
             self.family = family
         self.mode: str | None = opts.mode or DEFAULT_MODE[self.family]
+        self.auto = opts.auto_mode
         try:
-            self.mode_spec = get_mode(self.family, self.mode)
+            # auto: each page brings its own mode (chosen in the render workers); the
+            # costliest, gundam, bounds the context and stands in for a page without one.
+            self.mode_spec = get_mode(self.family, "gundam" if self.auto else self.mode)
             check_tile_range(opts.min_tiles, opts.max_tiles)
         except ValueError as e:
             raise EngineError(str(e)) from e
 
+    def page_mode(self, page: PageImage) -> str:
+        """The mode ``page`` is read in: its own under ``--mode auto``, else the engine's."""
+        return (page.mode if self.auto else None) or self.mode_spec.name
+
     def token_plan(self, page: PageImage) -> TokenPlan:
-        """Vision tokens, tiles and prompt positions of ``page`` in this mode."""
+        """Vision tokens, tiles and prompt positions of ``page`` in its mode."""
         return plan_tokens(
             self.family,
-            self.mode_spec.name,
+            self.page_mode(page),
             page.width,
             page.height,
             self.opts.min_tiles,
@@ -202,9 +209,9 @@ class DeepSeekPlanner:
         )
 
     def plan(self, page: PageImage) -> PagePlan:
-        """Batch pages by prompt length: equal keys mean equal lengths and no padding."""
+        """Batch pages by mode and prompt length: equal keys mean equal lengths, no padding."""
         tp = self.token_plan(page)
-        key: Hashable = (tp.vision_tokens, tp.positions)
+        key: Hashable = (self.page_mode(page), tp.vision_tokens, tp.positions)
         return PagePlan(batch_key=key, vision_tokens=tp.vision_tokens, tiles=tp.tiles)
 
 
