@@ -49,6 +49,10 @@ WORK_SIDE = 1100
 #: Adaptive-threshold window (px at the working size) and how much darker than the local
 #: mean a pixel must be to count as ink.
 THRESH_BLOCK = 31
+#: Below this line height (working px) letters of neighbouring words and lines run together;
+#: such a page is measured again at the scale that makes its lines :data:`FINE_LINE_PX` tall.
+MIN_LINE_PX = 7.0
+FINE_LINE_PX = 8.0
 THRESH_CONTRAST = 18
 #: A component filling this much of its box, roughly square and at least half a letter tall,
 #: is a solid mark (QR module, check box fill, bullet), not a letter.
@@ -83,19 +87,38 @@ def _weighted_median(values: np.ndarray, weights: np.ndarray) -> float:
 
 
 def estimate_image(image: Image.Image) -> TextEstimate:
-    """Estimate a page's text from its pixels alone (see the module docstring)."""
+    """Estimate a page's text from its pixels alone (see the module docstring).
+
+    A large page is measured at :data:`WORK_SIDE`; when its print is then too small to tell
+    lines apart (a newspaper), it is measured once more at a finer scale.
+    """
+    grey = np.asarray(image.convert("L"))
+    scale = min(1.0, WORK_SIDE / max(grey.shape))
+    chars, line_h = _measure(_shrink(grey, scale))
+    if scale < 1 and 0 < line_h < MIN_LINE_PX:
+        scale = min(1.0, scale * FINE_LINE_PX / line_h)
+        chars, line_h = _measure(_shrink(grey, scale))
+    return TextEstimate(round(chars), line_h / scale, "image")
+
+
+def _shrink(grey: np.ndarray, scale: float) -> np.ndarray:
     import cv2
 
-    grey = np.asarray(image.convert("L"))
-    h0, w0 = grey.shape
-    scale = min(1.0, WORK_SIDE / max(h0, w0))
-    if scale < 1:
-        size = (max(1, round(w0 * scale)), max(1, round(h0 * scale)))
-        grey = cv2.resize(grey, size, interpolation=cv2.INTER_LINEAR)
+    if scale >= 1:
+        return grey
+    h, w = grey.shape
+    size = (max(1, round(w * scale)), max(1, round(h * scale)))
+    return cv2.resize(grey, size, interpolation=cv2.INTER_LINEAR)
+
+
+def _measure(grey: np.ndarray) -> tuple[float, float]:
+    """(characters, typical line ink height in ``grey``'s pixels; 0 without text)."""
+    import cv2
+
     height, width = grey.shape
     block = min(THRESH_BLOCK, (min(height, width) // 2) * 2 - 1)
     if block < 3:
-        return TextEstimate(0, 0.0, "image")
+        return 0.0, 0.0
     ink = cv2.adaptiveThreshold(
         grey, 255, cv2.ADAPTIVE_THRESH_MEAN_C, cv2.THRESH_BINARY_INV, block, THRESH_CONTRAST
     )
@@ -105,12 +128,12 @@ def estimate_image(image: Image.Image) -> TextEstimate:
     letter = (h >= 3) & (h <= height / 12) & (w <= 40 * h) & (w <= width / 3) & (area >= 4)
     letter[0] = False  # the background
     if not letter.any():
-        return TextEstimate(0, 0.0, "image")
+        return 0.0, 0.0
     typical = float(np.median(h[letter]))
     solid = (area >= SOLID_FILL * w * h) & (w >= 0.5 * h) & (h >= 0.5 * typical)
     letter &= ~solid
     if not letter.any():
-        return TextEstimate(0, 0.0, "image")
+        return 0.0, 0.0
     keep = np.zeros(n, np.uint8)
     keep[letter] = 255
     reach = max(3, round(0.8 * typical))  # bridges letter and word gaps, not column gutters
@@ -121,12 +144,12 @@ def estimate_image(image: Image.Image) -> TextEstimate:
     ok = pw > 0
     pw, ph = pw[ok], ph[ok]
     if not len(pw):
-        return TextEstimate(0, 0.0, "image")
+        return 0.0, 0.0
     line_h = _weighted_median(ph, pw)
     # A piece much taller than a line is lines the smear joined (tight leading): count them.
     lines = np.maximum(1.0, np.round(ph / line_h))
     chars = float(np.sum(lines * np.maximum(1.0, pw / (CHAR_ADVANCE * ph / lines))))
-    return TextEstimate(round(chars), line_h / scale, "image")
+    return chars, line_h
 
 
 def estimate_text_layer(page: Any, dpi: float) -> TextEstimate:
