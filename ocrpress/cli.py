@@ -333,17 +333,58 @@ def _stop_now(what: str, code: int) -> None:
 )
 @click.option("--dpi", default=144, show_default=True, type=click.IntRange(36, 600))
 @click.option("--max-tiles", type=click.IntRange(1, 9), default=6, show_default=True)
-@click.argument("file", required=False)
+@click.option(
+    "--auto",
+    "auto_mode",
+    is_flag=True,
+    help="Dry run of --mode auto: every page's text estimate and chosen mode, no model.",
+)
+@click.option(
+    "--max-compression",
+    type=click.FloatRange(min=1, max=100),
+    default=10.0,
+    show_default=True,
+    help="With --auto: most estimated text tokens per vision token a mode may take.",
+)
+@click.argument("files", nargs=-1)
 def modes(
-    model: str | None, family: str | None, dpi: int, max_tiles: int, file: str | None
+    model: str | None,
+    family: str | None,
+    dpi: int,
+    max_tiles: int,
+    auto_mode: bool,
+    max_compression: float,
+    files: tuple[str, ...],
 ) -> None:
     """Show each resolution mode's views, tile grid and vision tokens for a page.
 
-    FILE's first page is measured (default: an A4 page at --dpi).
+    FILE's first page is measured (default: an A4 page at --dpi). With --auto, every page of
+    every FILE gets the mode --mode auto would choose.
     """
     from . import modes as m
 
     _setup_logging(False, False)
+    if auto_mode and not files:
+        raise click.UsageError("--auto needs at least one FILE")
+    if len(files) > 1 and not auto_mode:
+        raise click.UsageError("give one FILE (several only with --auto)")
+    file = files[0] if files else None
+    if family is None and model is not None:
+        from .engines.deepseek_spec import model_family
+
+        try:
+            family = model_family(model)
+        except Exception as e:
+            log.error("%s", e)
+            sys.exit(EXIT_ENGINE)
+    if auto_mode:
+        from .tiering.dryrun import dry_run_cli
+
+        sys.exit(
+            dry_run_cli(
+                files, [family] if family else ["v1", "v2"], max_compression, dpi, max_tiles
+            )
+        )
     if file:
         from .discovery import discover
         from .inputs import InputError, PageRenderer
@@ -361,14 +402,6 @@ def modes(
         # A4 is 595 x 842 pt; this is what a PDF page renders to at --dpi.
         width, height = round(595 * dpi / 72), round(842 * dpi / 72)
         what = f"A4 page at {dpi} dpi"
-    if family is None and model is not None:
-        from .engines.deepseek import model_family
-
-        try:
-            family = model_family(model)
-        except Exception as e:
-            log.error("%s", e)
-            sys.exit(EXIT_ENGINE)
     families = [family] if family else ["v1", "v2"]
     click.echo(f"{what}: {width} x {height} px")
     names = {"v1": "DeepSeek-OCR (v1)", "v2": "DeepSeek-OCR-2"}
