@@ -141,10 +141,10 @@ class Escalator:
     def _final(self, page: PageImage, res: PageResult) -> PageResult:
         est = page.mode_estimate
         if est is not None:
-            for step in est.get("escalations", []):
-                note = f"mode {step['from']} -> {step['to']}: {step['reason']}"
-                if note not in res.notes:
-                    res.notes.append(note)
+            steps = [
+                f"mode {s['from']} -> {s['to']}: {s['reason']}" for s in est.get("escalations", [])
+            ]
+            res.notes[:0] = [n for n in steps if n not in res.notes]  # what happened first
             res.mode_estimate = est
         return res
 
