@@ -1,4 +1,5 @@
-"""Command line: ``ocrpress convert`` and ``ocrpress modes``. Thin: flags -> options -> pipeline."""
+"""Command line: ``ocrpress convert`` (``ocrpress modes`` is in :mod:`.cli_modes`). Thin: flags ->
+options -> pipeline."""
 
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ from typing import Any
 import click
 
 from . import __version__
+from .cli_modes import modes
 from .errors import (  # noqa: F401 - the exit codes are this module's documented API
     EXIT_ENGINE,
     EXIT_FAILED_INPUTS,
@@ -21,6 +23,7 @@ from .errors import (  # noqa: F401 - the exit codes are this module's documente
     EXIT_TERMINATED,
     EXIT_USAGE,
 )
+from .logs import setup_logging
 
 log = logging.getLogger("ocrpress")
 
@@ -36,23 +39,6 @@ Examples:
   ocrpress convert docs/ -o out/ --engine deepseek --mode gundam --batch-size 16
   ocrpress convert report.pdf --ocr always       # OCR even pages that have a text layer
 """
-
-
-class _StderrHandler(logging.Handler):
-    """Log lines as ``ocrpress: level: message`` without breaking the progress bar."""
-
-    def emit(self, record: logging.LogRecord) -> None:
-        from tqdm import tqdm
-
-        level = "" if record.levelno == logging.INFO else f"{record.levelname.lower()}: "
-        tqdm.write(f"ocrpress: {level}{record.getMessage()}", file=sys.stderr)
-
-
-def _setup_logging(quiet: bool, verbose: bool) -> None:
-    handler = _StderrHandler()
-    log.handlers[:] = [handler]
-    log.propagate = False
-    log.setLevel(logging.ERROR if quiet else logging.DEBUG if verbose else logging.INFO)
 
 
 def _check_engine(value: str) -> str:
@@ -205,7 +191,7 @@ def convert(inputs: tuple[str, ...], **kw: Any) -> None:
     from .procs import raise_on_sigterm
     from .writers import check_output, parse_formats
 
-    _setup_logging(kw["quiet"], kw["verbose"])
+    setup_logging(kw["quiet"], kw["verbose"])
     raise_on_sigterm()
     try:
         formats = parse_formats(kw["formats"])
@@ -323,107 +309,7 @@ def _stop_now(what: str, code: int) -> None:
     os._exit(code)
 
 
-@main.command()
-@click.option("--model", default=None, help="Model whose modes to show (hub id or folder).")
-@click.option(
-    "--family",
-    type=click.Choice(["v1", "v2"]),
-    default=None,
-    help="v1 = DeepSeek-OCR, v2 = DeepSeek-OCR-2 (default: from --model, else both).",
-)
-@click.option("--dpi", default=144, show_default=True, type=click.IntRange(36, 600))
-@click.option("--max-tiles", type=click.IntRange(1, 9), default=6, show_default=True)
-@click.option(
-    "--auto",
-    "auto_mode",
-    is_flag=True,
-    help="Dry run of --mode auto: every page's text estimate and chosen mode, no model.",
-)
-@click.option(
-    "--max-compression",
-    type=click.FloatRange(min=1, max=100),
-    default=10.0,
-    show_default=True,
-    help="With --auto: most estimated text tokens per vision token a mode may take.",
-)
-@click.argument("files", nargs=-1)
-def modes(
-    model: str | None,
-    family: str | None,
-    dpi: int,
-    max_tiles: int,
-    auto_mode: bool,
-    max_compression: float,
-    files: tuple[str, ...],
-) -> None:
-    """Show each resolution mode's views, tile grid and vision tokens for a page.
-
-    FILE's first page is measured (default: an A4 page at --dpi). With --auto, every page of
-    every FILE gets the mode --mode auto would choose.
-    """
-    from . import modes as m
-
-    _setup_logging(False, False)
-    if auto_mode and not files:
-        raise click.UsageError("--auto needs at least one FILE")
-    if len(files) > 1 and not auto_mode:
-        raise click.UsageError("give one FILE (several only with --auto)")
-    file = files[0] if files else None
-    if family is None and model is not None:
-        from .engines.deepseek_spec import model_family
-
-        try:
-            family = model_family(model)
-        except Exception as e:
-            log.error("%s", e)
-            sys.exit(EXIT_ENGINE)
-    if auto_mode:
-        from .tiering.dryrun import dry_run_cli
-
-        sys.exit(
-            dry_run_cli(
-                files, [family] if family else ["v1", "v2"], max_compression, dpi, max_tiles
-            )
-        )
-    if file:
-        from .discovery import discover
-        from .inputs import InputError, PageRenderer
-
-        docs, problems = discover([file])
-        if not docs:
-            raise click.UsageError("; ".join(problems) or f"{file}: not a document")
-        try:
-            page = PageRenderer().render(docs[0], 0, dpi)
-        except InputError as e:
-            log.error("%s: %s", file, e)
-            sys.exit(EXIT_FAILED_INPUTS)
-        width, height, what = page.width, page.height, f"{file} page 1"
-    else:
-        # A4 is 595 x 842 pt; this is what a PDF page renders to at --dpi.
-        width, height = round(595 * dpi / 72), round(842 * dpi / 72)
-        what = f"A4 page at {dpi} dpi"
-    families = [family] if family else ["v1", "v2"]
-    click.echo(f"{what}: {width} x {height} px")
-    names = {"v1": "DeepSeek-OCR (v1)", "v2": "DeepSeek-OCR-2"}
-    for fam in families:
-        click.echo(f"\n{names[fam]}")
-        click.echo(
-            f"  {'mode':<8} {'global view':<12} {'tile':<6} {'grid':<6} {'vision tokens':>13}"
-        )
-        for name, spec in m.modes_for(fam).items():
-            plan = m.plan_tokens(fam, name, width, height, max_tiles=max_tiles)
-            grid = f"{plan.tiles[0]}x{plan.tiles[1]}" if plan.tiles else "-"
-            tile = str(spec.tile_size) if plan.tiles else "-"
-            click.echo(
-                f"  {name:<8} {spec.base_size:<12} {tile:<6} {grid:<6} {plan.vision_tokens:>13}"
-            )
-        for name in ("tiny", "small", "base", "large", "gundam"):
-            if name not in m.modes_for(fam):
-                try:
-                    m.get_mode(fam, name)
-                except ValueError as e:
-                    click.echo(f"  {name:<8} not available: {e}")
-
+main.add_command(modes)
 
 if __name__ == "__main__":
     main()
