@@ -120,8 +120,9 @@ def total_lines(run: DryRun, families: list[str]) -> list[str]:
         for p in run.pages:
             counts[p.choices[family].mode] = counts.get(p.choices[family].mode, 0) + 1
         modes = ", ".join(f"{m} {n}" for m, n in counts.items())
+        n = len(run.pages)
         out.append(
-            f"{family}: {len(run.pages)} pages ({modes}): {auto} vision tokens with auto, "
+            f"{family}: {n} page{'s' if n != 1 else ''} ({modes}): {auto} vision tokens with auto, "
             f"{gundam} all-gundam, {saving:.0f}% fewer"
         )
     return out
