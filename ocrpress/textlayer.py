@@ -30,10 +30,26 @@ if hasattr(pymupdf, "no_recommend_layout"):
 
 # MuPDF's default for "dict" output turns an unmapped glyph into its glyph id, which reads as
 # plausible-looking garbage ("(BSCBHF" for "Garbage"); without that flag it becomes U+FFFD,
-# which the check can count. Images are left out: their bytes are not needed here.
+# which the check can count. Ligatures are expanded ("ﬁ" -> "fi"), as OCR reads them and as
+# search and copy-paste want them. Images are left out: their bytes are not needed here.
 TEXT_FLAGS = (
-    pymupdf.TEXTFLAGS_DICT & ~pymupdf.TEXT_CID_FOR_UNKNOWN_UNICODE & ~pymupdf.TEXT_PRESERVE_IMAGES
+    pymupdf.TEXTFLAGS_DICT
+    & ~pymupdf.TEXT_CID_FOR_UNKNOWN_UNICODE
+    & ~pymupdf.TEXT_PRESERVE_IMAGES
+    & ~pymupdf.TEXT_PRESERVE_LIGATURES
 )
+# LaTeX draws "©" as a "c" under a combining enclosing circle (U+20DD).
+_COMPOSED = {"c\u20dd": "\u00a9", "C\u20dd": "\u00a9", "r\u20dd": "\u00ae", "R\u20dd": "\u00ae"}
+
+
+def _compose(text: str) -> str:
+    if "\u20dd" not in text:
+        return text
+    for pair, sign in _COMPOSED.items():
+        text = text.replace(pair, sign)
+    return text
+
+
 # A span whose colour is this light on every channel may be white-on-white (production marks,
 # hidden keywords); the routing check looks at the render before it keeps such a line.
 LIGHT = 0xF0
@@ -144,7 +160,7 @@ def read(page: pymupdf.Page, dpi: int) -> TextLayer:
                 layer.lines.append(
                     TextLine(
                         box=_scale(box * rot, dpi),
-                        text=" ".join(w[4] for w in piece),
+                        text=_compose(" ".join(w[4] for w in piece)),
                         size=float(size) * dpi / 72,
                         invisible=invisible,
                         light=light,

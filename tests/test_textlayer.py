@@ -383,3 +383,11 @@ def test_coverage_check_over_several_images(tmp_path: Path, seed: int) -> None:
         assert text_layer_result(doc[0], "photo.pdf", 0, 144)[0] is not None
     with pymupdf.open(str(text)) as doc:
         assert text_layer_result(doc[0], "text.pdf", 0, 144)[0] is None
+
+
+def test_enclosed_letters_become_the_sign() -> None:
+    """LaTeX's \\copyright is a "c" under U+20DD in the text layer; readers want "©"."""
+    from ocrpress.textlayer import _compose
+
+    assert _compose("c\u20dd2009 ACM") == "\u00a92009 ACM"
+    assert _compose("plain text") == "plain text"
