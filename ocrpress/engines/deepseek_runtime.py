@@ -102,8 +102,8 @@ def load_v2(folder: str, model_name: str, device: str, dtype: Any) -> tuple[Any,
 
 def load_v1(folder: str, model_name: str, device: str, dtype: Any) -> tuple[Any, Any, str]:
     """(model, processor, attention) of a DeepSeek-OCR (v1) checkpoint folder."""
-    from .deepseek_v1 import V1LoadError
     from .deepseek_v1 import load_v1 as load_folder
+    from .deepseek_v1_config import V1LoadError
 
     def load(attn: Any) -> Any:
         try:

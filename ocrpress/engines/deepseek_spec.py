@@ -22,6 +22,7 @@ from ..modes import (
     plan_tokens,
 )
 from . import TASKS, EngineError, EngineOptions, PagePlan
+from .deepseek_v1_config import is_v1_config
 
 DEFAULT_MODEL = "deepseek-community/DeepSeek-OCR-2"
 
@@ -117,8 +118,6 @@ def family_of_config(config: dict[str, Any]) -> str:
     """Family "v1" (DeepSeek-OCR) or "v2" (DeepSeek-OCR-2) for a config.json dict."""
     if config.get("model_type") == "deepseek_ocr2":
         return "v2"
-    from .deepseek_v1 import is_v1_config  # lazily: it imports torch
-
     if is_v1_config(config):
         return "v1"
     if config.get("model_type") == "deepseek_vl_v2":
