@@ -15,7 +15,7 @@ import logging
 from typing import Any
 
 from . import EngineError
-from .deepseek_spec import DTYPE_NAMES
+from .deepseek_spec import dtype_name
 
 log = logging.getLogger("ocrpress")
 
@@ -39,10 +39,7 @@ def pick_dtype(requested: str | None, device: str) -> Any:
 
     if requested is None:
         return torch.bfloat16 if device.startswith("cuda") else torch.float32
-    name = DTYPE_NAMES.get(requested.lower())
-    if name is None:
-        raise EngineError(f"unknown dtype {requested!r} (use bf16, fp16 or fp32)")
-    return getattr(torch, name)
+    return getattr(torch, dtype_name(requested))
 
 
 def flash_attn_installed() -> bool:

@@ -148,6 +148,21 @@ def prompt_for(task: str, prompt: str | None = None) -> str:
     return PROMPTS[task]
 
 
+def dtype_name(requested: str) -> str:
+    """The torch dtype name of a ``--dtype`` spelling; EngineError for an unknown one."""
+    name = DTYPE_NAMES.get(requested.lower())
+    if name is None:
+        raise EngineError(f"unknown dtype {requested!r} (use bf16, fp16 or fp32)")
+    return name
+
+
+def known_token_ids(tokenizer: Any, tokens: tuple[str, ...]) -> set[int]:
+    """Ids of those ``tokens`` the tokenizer has (unknown ones map to nothing, not to unk)."""
+    unk = tokenizer.unk_token_id
+    ids = (tokenizer.convert_tokens_to_ids(t) for t in tokens)
+    return {i for i in ids if isinstance(i, int) and i != unk}
+
+
 def row_status(tokens: list[int], eos_ids: set[int], max_new_tokens: int) -> tuple[list[int], bool]:
     """Cut a generated row at its first EOS; returns (text tokens, hit the token limit)."""
     for i, t in enumerate(tokens):
@@ -222,6 +237,13 @@ def page_status(text: str, hit_limit: bool) -> str:
     return "ok" if text.strip() else "empty"
 
 
+def planned_result(page: PageImage, engine: str, plan: TokenPlan, **fields: Any) -> PageResult:
+    """A result for ``page`` with ``plan``'s tiles and vision tokens; other fields as given."""
+    return PageResult.for_page(
+        page, engine, tiles=plan.tiles, vision_tokens=plan.vision_tokens, **fields
+    )
+
+
 def to_result(
     page: PageImage,
     engine: str,
@@ -236,13 +258,12 @@ def to_result(
     notes: list[str] | None = None,
 ) -> PageResult:
     """The PageResult of one decoded page (blocks parsed from grounded output)."""
-    return PageResult.for_page(
+    return planned_result(
         page,
         engine,
+        plan,
         model=model,
         mode=mode,
-        tiles=plan.tiles,
-        vision_tokens=plan.vision_tokens,
         text_tokens=text_tokens,
         status=page_status(text, hit_limit),
         blocks=blocks_from_output(text, page.width, page.height, grounded),

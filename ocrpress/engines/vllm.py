@@ -30,7 +30,13 @@ from typing import Any
 from ..document import PageImage, PageResult
 from ..modes import DEFAULT_MODE, TokenPlan
 from . import EngineError, EngineOptions, PagePlan
-from .deepseek_spec import NGRAM_WHITELIST, DeepSeekPlanner, load_config, prompt_for
+from .deepseek_spec import (
+    NGRAM_WHITELIST,
+    DeepSeekPlanner,
+    known_token_ids,
+    load_config,
+    prompt_for,
+)
 from .vllm_spec import (
     DEFAULT_MODEL,
     build_request,
@@ -132,9 +138,7 @@ class VllmEngine:
             {t for t in (tokenizer.eos_token_id,) if t is not None}
             | set(self._generation_eos(config))
         )
-        whitelist = [tokenizer.convert_tokens_to_ids(t) for t in NGRAM_WHITELIST]
-        unk = tokenizer.unk_token_id
-        self.whitelist_token_ids = sorted({t for t in whitelist if isinstance(t, int) and t != unk})
+        self.whitelist_token_ids = sorted(known_token_ids(tokenizer, NGRAM_WHITELIST))
         self.sampling_params = vllm.SamplingParams(
             **sampling_kwargs(
                 opts.max_new_tokens,

@@ -14,10 +14,9 @@ from collections.abc import Sequence
 from typing import Any
 
 from ..document import PageImage, PageResult
-from ..grounding import blocks_from_output
 from ..modes import ModeSpec, TokenPlan, get_mode
 from . import EngineError
-from .deepseek_spec import DTYPE_NAMES
+from .deepseek_spec import dtype_name, planned_result, to_result
 
 #: The original DeepSeek release: vLLM's native class reads its config and weight layout.
 DEFAULT_MODEL = "deepseek-ai/DeepSeek-OCR-2"
@@ -151,10 +150,7 @@ def llm_kwargs(
         "mm_processor_cache_gb": 0,
     }
     if dtype is not None:
-        name = DTYPE_NAMES.get(dtype.lower())
-        if name is None:
-            raise EngineError(f"unknown dtype {dtype!r} (use bf16, fp16 or fp32)")
-        kwargs["dtype"] = name
+        kwargs["dtype"] = dtype_name(dtype)
     if max_num_seqs is not None:
         kwargs["max_num_seqs"] = max_num_seqs
     if ngram:
@@ -180,33 +176,34 @@ def result_from_output(
     anything else (abort, error) -> error. ``text_tokens`` counts generated tokens without the
     closing EOS, as the transformers engine does.
     """
-    result = PageResult.for_page(
-        page,
-        engine,
-        model=model,
-        mode=mode,
-        tiles=plan.tiles,
-        vision_tokens=plan.vision_tokens,
-    )
+
+    def failed(error: str, **fields: Any) -> PageResult:
+        return planned_result(
+            page, engine, plan, model=model, mode=mode, status="error", error=error, **fields
+        )
+
     completions = getattr(output, "outputs", None) or []
     if not completions:
-        result.status = "error"
-        result.error = "vLLM returned no completion for this page"
-        return result
+        return failed("vLLM returned no completion for this page")
     out = completions[0]
     tokens = list(out.token_ids)
     if tokens and out.finish_reason == "stop" and tokens[-1] in set(eos_token_ids):
         tokens = tokens[:-1]
     text = out.text or ""
-    result.text_tokens = len(tokens)
-    result.raw = text
-    if out.finish_reason == "length":
-        result.status = "truncated"
-    elif out.finish_reason == "stop":
-        result.status = "ok" if text.strip() else "empty"
-    else:
-        result.status = "error"
-        result.error = f"vLLM finished the request with reason {out.finish_reason!r}"
-        return result
-    result.blocks = blocks_from_output(text, page.width, page.height, grounded)
-    return result
+    if out.finish_reason not in ("length", "stop"):
+        return failed(
+            f"vLLM finished the request with reason {out.finish_reason!r}",
+            text_tokens=len(tokens),
+            raw=text,
+        )
+    return to_result(
+        page,
+        engine,
+        model=model,
+        mode=mode,
+        plan=plan,
+        text=text,
+        text_tokens=len(tokens),
+        hit_limit=out.finish_reason == "length",
+        grounded=grounded,
+    )
