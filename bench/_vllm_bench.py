@@ -18,7 +18,8 @@ from ocrpress.engines import EngineOptions
 def run_vllm(args: argparse.Namespace) -> int:
     """The same seeded pages and forced lengths through ocrpress's vLLM engine."""
     from ocrpress.engines import EngineError
-    from ocrpress.engines.vllm import VllmEngine, build_request, sampling_kwargs
+    from ocrpress.engines.vllm import VllmEngine
+    from ocrpress.engines.vllm_spec import build_request, sampling_kwargs
 
     try:
         import vllm

@@ -11,16 +11,14 @@ import torch
 from PIL import Image, ImageDraw
 from tiny_models_v1 import REAL_CLIP, REAL_SAM, REAL_TEXT, REAL_VOCAB, v1_shapes
 
-from ocrpress.engines.deepseek_v1 import (
+from ocrpress.engines.deepseek_v1 import load_v1
+from ocrpress.engines.deepseek_v1_config import (
     V1LoadError,
-    V1Processor,
     is_v1_config,
-    load_v1,
-    plan,
     read_shapes,
-    token_plan,
     v1_to_unlimited_config,
 )
+from ocrpress.engines.deepseek_v1_processor import V1Processor, plan, token_plan
 
 PROMPT = "<image>\n<|grounding|>Convert the document to markdown."
 

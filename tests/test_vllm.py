@@ -20,10 +20,10 @@ from tiny_models_v1 import v1_config
 
 from ocrpress.document import PageImage
 from ocrpress.engines import EngineError, EngineOptions, create_engine
-from ocrpress.engines.vllm import (
+from ocrpress.engines.vllm import VllmEngine
+from ocrpress.engines.vllm_spec import (
     DEFAULT_MODEL,
     NGRAM_PROCESSOR,
-    VllmEngine,
     build_request,
     check_mode,
     check_processor_constants,

@@ -38,6 +38,7 @@ from .deepseek_spec import (  # noqa: F401 - re-exported: the engine module's pu
     DeepSeekPlanner,
     _resolve_dir,
     family_of_config,
+    known_token_ids,
     load_config,
     model_available,
     model_family,
@@ -114,7 +115,7 @@ class DeepSeekEngine:
             if self.tokenizer.pad_token_id is not None
             else min(self.eos_ids)
         )
-        self.whitelist_ids = self._token_ids(NGRAM_WHITELIST)
+        self.whitelist_ids = known_token_ids(self.tokenizer, NGRAM_WHITELIST)
         worst = max_positions(self.family, self.mode_spec.name, opts.max_tiles)
         self.slots = opts.batch_size or auto_batch_size(
             self.hf_model, self.device, self.dtype, self.mode_spec, worst, opts
@@ -135,15 +136,6 @@ class DeepSeekEngine:
             self.slots,
             self.max_batch_size,
         )
-
-    def _token_ids(self, tokens: tuple[str, ...]) -> set[int]:
-        ids = set()
-        unk = self.tokenizer.unk_token_id
-        for t in tokens:
-            i = self.tokenizer.convert_tokens_to_ids(t)
-            if isinstance(i, int) and i != unk:
-                ids.add(i)
-        return ids
 
     def _eos_ids(self) -> set[int]:
         ids: set[int] = set()

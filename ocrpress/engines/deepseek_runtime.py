@@ -15,7 +15,7 @@ import logging
 from typing import Any
 
 from . import EngineError
-from .deepseek_spec import DTYPE_NAMES
+from .deepseek_spec import dtype_name
 
 log = logging.getLogger("ocrpress")
 
@@ -39,10 +39,7 @@ def pick_dtype(requested: str | None, device: str) -> Any:
 
     if requested is None:
         return torch.bfloat16 if device.startswith("cuda") else torch.float32
-    name = DTYPE_NAMES.get(requested.lower())
-    if name is None:
-        raise EngineError(f"unknown dtype {requested!r} (use bf16, fp16 or fp32)")
-    return getattr(torch, name)
+    return getattr(torch, dtype_name(requested))
 
 
 def flash_attn_installed() -> bool:
@@ -102,8 +99,8 @@ def load_v2(folder: str, model_name: str, device: str, dtype: Any) -> tuple[Any,
 
 def load_v1(folder: str, model_name: str, device: str, dtype: Any) -> tuple[Any, Any, str]:
     """(model, processor, attention) of a DeepSeek-OCR (v1) checkpoint folder."""
-    from .deepseek_v1 import V1LoadError
     from .deepseek_v1 import load_v1 as load_folder
+    from .deepseek_v1_config import V1LoadError
 
     def load(attn: Any) -> Any:
         try:

@@ -22,6 +22,7 @@ from ..modes import (
     plan_tokens,
 )
 from . import TASKS, EngineError, EngineOptions, PagePlan
+from .deepseek_v1_config import is_v1_config
 
 DEFAULT_MODEL = "deepseek-community/DeepSeek-OCR-2"
 
@@ -117,8 +118,6 @@ def family_of_config(config: dict[str, Any]) -> str:
     """Family "v1" (DeepSeek-OCR) or "v2" (DeepSeek-OCR-2) for a config.json dict."""
     if config.get("model_type") == "deepseek_ocr2":
         return "v2"
-    from .deepseek_v1 import is_v1_config  # lazily: it imports torch
-
     if is_v1_config(config):
         return "v1"
     if config.get("model_type") == "deepseek_vl_v2":
@@ -147,6 +146,21 @@ def prompt_for(task: str, prompt: str | None = None) -> str:
     if task not in PROMPTS:
         raise EngineError(f"unknown task {task!r} (choose from {', '.join(TASKS)})")
     return PROMPTS[task]
+
+
+def dtype_name(requested: str) -> str:
+    """The torch dtype name of a ``--dtype`` spelling; EngineError for an unknown one."""
+    name = DTYPE_NAMES.get(requested.lower())
+    if name is None:
+        raise EngineError(f"unknown dtype {requested!r} (use bf16, fp16 or fp32)")
+    return name
+
+
+def known_token_ids(tokenizer: Any, tokens: tuple[str, ...]) -> set[int]:
+    """Ids of those ``tokens`` the tokenizer has (unknown ones map to nothing, not to unk)."""
+    unk = tokenizer.unk_token_id
+    ids = (tokenizer.convert_tokens_to_ids(t) for t in tokens)
+    return {i for i in ids if isinstance(i, int) and i != unk}
 
 
 def row_status(tokens: list[int], eos_ids: set[int], max_new_tokens: int) -> tuple[list[int], bool]:
@@ -230,6 +244,13 @@ def page_status(text: str, hit_limit: bool) -> str:
     return "ok" if text.strip() else "empty"
 
 
+def planned_result(page: PageImage, engine: str, plan: TokenPlan, **fields: Any) -> PageResult:
+    """A result for ``page`` with ``plan``'s tiles and vision tokens; other fields as given."""
+    return PageResult.for_page(
+        page, engine, tiles=plan.tiles, vision_tokens=plan.vision_tokens, **fields
+    )
+
+
 def to_result(
     page: PageImage,
     engine: str,
@@ -244,13 +265,12 @@ def to_result(
     notes: list[str] | None = None,
 ) -> PageResult:
     """The PageResult of one decoded page (blocks parsed from grounded output)."""
-    return PageResult.for_page(
+    return planned_result(
         page,
         engine,
+        plan,
         model=model,
         mode=mode,
-        tiles=plan.tiles,
-        vision_tokens=plan.vision_tokens,
         text_tokens=text_tokens,
         status=page_status(text, hit_limit),
         blocks=blocks_from_output(text, page.width, page.height, grounded),
