@@ -189,16 +189,17 @@ def test_rapidocr_prints_nothing() -> None:
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("font", ["helv", "tiro", "cour"])
-def test_make_pdf_fonts_and_sizes(engine: RapidEngine, tmp_path: Path, font: str) -> None:
+def test_make_pdf_fonts_and_sizes(engine: RapidEngine, tmp_path: Path) -> None:
+    """Whole pages of running text: each font once, each size once (the font sampler above
+    has every font at several sizes on one page)."""
     paragraphs = [" ".join(sample_text(6, k)) for k in range(3)]
     pages, truths = [], []
-    for i, size in enumerate((9, 12, 16)):
+    for i, (font, size) in enumerate((("helv", 9), ("tiro", 12), ("cour", 16))):
         pdf = tmp_path / f"{font}{size}.pdf"
         truths.append(make_pdf(pdf, [paragraphs], fontname=font, fontsize=size)[0])
         pages.append(page(render_pdf_page(pdf), index=i))
     for truth, result in zip(truths, engine.run(pages), strict=True):
-        assert cer(truth, result.text) < PAGE_CER, (font, result.index)
+        assert cer(truth, result.text) < PAGE_CER, result.index
 
 
 def test_a_lone_short_line_is_not_lost(engine: RapidEngine, tmp_path: Path) -> None:
