@@ -10,6 +10,10 @@ cells): such a region is read row by row. Without a usable gutter a region is cu
 horizontal bands at every y-range no line touches; consecutive bands are re-merged while
 their union still has a column gutter, so a two-column page stays column-major and a
 full-width title, figure caption or footer stays between the columns' bands where it sits.
+A gutter that only a few full-width lines cross (a title and a page number over a narrow
+gutter) is found directly: the crossing lines cut the region into stretches that are split
+into columns on their own. Rows of cells far apart never count as running text however far
+they reach, so a form's rows stay rows; :mod:`.flows` holds the tests.
 
 Each resulting :class:`Section` is either ``flow`` (running text, one line per row, in which
 paragraphs are found) or ``rows`` (cells on a row belong together: kept as one line each, or
@@ -18,38 +22,33 @@ a table when the cells form a grid).
 
 from __future__ import annotations
 
-import itertools
 import math
-import statistics
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
 
+from .flows import (
+    CELL_GAP,
+    MIN_COLUMN_LINES,
+    PROSE_MIN_LENGTH,
+    has_cell_gap,
+    separate_flows,
+    span,
+)
 from .lines import Line, group_rows, same_row
 
 # A gutter between columns is at least this many text heights wide. Real gutters are
 # 1.5-3 line heights; word gaps inside a detected line never reach the projection at all.
 MIN_GUTTER = 0.25
-# Running text: its lines are at least this many text heights long (about 12 characters)...
-PROSE_MIN_LENGTH = 6.0
-# ...and most of them fill at least this share of their column's width (paragraph ends and
-# headings are the exceptions, hence "most").
-PROSE_FILL = 0.6
-# Two sides whose lines pair up row by row at least this often are one table-like region.
-ROW_PAIRING = 0.5
 # A horizontal gap this many text heights tall across a whole region separates its bands
 # more strongly than a gutter between blocks that are not running text.
 WIDE_GAP = 1.5
-# Boxes on one row this many text heights apart are separate cells (a detector splits
-# running text only at gaps well over a word space, ~0.3 text heights).
-CELL_GAP = 1.0
-# A gutter hidden by crossing lines: at most this share of the region's lines cross it...
+# A gutter hidden by crossing lines: at most this share of the region's lines cross it,
+# each side holds at least MIN_COLUMN_LINES lines...
 SPANNER_SHARE = 0.1
-# ...each side holds at least this many lines...
-SPANNED_MIN_LINES = 4
-# ...and the stretches between the crossing lines that have real columns hold at least this
-# share of the other lines.
+# ...and the stretches between the crossing lines that have real columns hold at least
+# this share of the other lines.
 SPANNED_SHARE = 0.6
 # Half-height of a line's text core, in text heights, for band cuts (see _bands).
 CORE = 0.4
@@ -186,7 +185,7 @@ def _crossed_gutter(lines: list[Line], h_med: float) -> tuple[float, float] | No
         for start, end in zip(starts, ends, strict=True):
             left = [ln.box[2] for ln in lines if ln.box[2] < x0 + start]
             right = [ln.box[0] for ln in lines if ln.box[0] >= x0 + end + 1]
-            if min(len(left), len(right)) < SPANNED_MIN_LINES:
+            if min(len(left), len(right)) < MIN_COLUMN_LINES:
                 continue
             a, b = max(left), min(right)
             if b - a >= MIN_GUTTER * h_med:
@@ -216,7 +215,7 @@ def _plain_sections(lines: list[Line], h_med: float) -> list[Section]:
     name on a line of its own) stays with them. Everything else is ``flow``.
     """
     rows = group_rows(lines)
-    gap = [_has_cell_gap(r, h_med) for r in rows]
+    gap = [has_cell_gap(r, h_med) for r in rows]
     # Absorb up to two short gap-less rows that sit between gap rows.
     for i in range(len(rows)):
         if gap[i] or not any(gap[max(0, i - 2) : i]) or not any(gap[i + 1 : i + 3]):
@@ -236,7 +235,7 @@ def _plain_sections(lines: list[Line], h_med: float) -> list[Section]:
     for i, sec in enumerate(out):
         if sec.kind == "rows" and len(sec.rows) == 1:
             near = [out[j].rows[-1 if j < i else 0] for j in (i - 1, i + 1) if 0 <= j < len(out)]
-            if any(_span(r) >= 0.8 * _span(sec.rows[0]) for r in near):
+            if any(span(r) >= 0.8 * span(sec.rows[0]) for r in near):
                 sec.kind = "flow"
     merged: list[Section] = []
     for sec in out:
@@ -245,14 +244,6 @@ def _plain_sections(lines: list[Line], h_med: float) -> list[Section]:
         else:
             merged.append(sec)
     return merged
-
-
-def _span(row: list[Line]) -> float:
-    return row[-1].box[2] - row[0].box[0]
-
-
-def _has_cell_gap(row: list[Line], h_med: float) -> bool:
-    return any(b.box[0] - a.box[2] >= CELL_GAP * h_med for a, b in itertools.pairwise(row))
 
 
 def gutters(lines: Sequence[Line], min_width: float) -> list[tuple[float, float]]:
@@ -283,56 +274,13 @@ def _column_split(lines: list[Line], h_med: float) -> tuple[list[list[Line]], bo
     merged: list[list[Line]] = [parts[0]]
     prose = True
     for (a, b), part in zip(found, parts[1:], strict=True):
-        verdict = _separate_flows(merged[-1], part, h_med, narrow=b - a < CELL_GAP * h_med)
+        verdict = separate_flows(merged[-1], part, h_med, narrow=b - a < CELL_GAP * h_med)
         if verdict is None:
             merged[-1] = merged[-1] + part
         else:
             merged.append(part)
             prose = prose and verdict == "prose"
     return (merged, prose) if len(merged) > 1 else None
-
-
-def _separate_flows(
-    left: list[Line], right: list[Line], h_med: float, narrow: bool = False
-) -> str | None:
-    """How ``left`` and ``right`` (either side of a gutter) are separate, if they are.
-
-    ``"prose"``: both are running text (columns); ``"blocks"``: their lines do not line up
-    row by row (two blocks side by side); None: one region of rows read across the gutter.
-    """
-    rows_l, rows_r = group_rows(left), group_rows(right)
-    if len(rows_l) < 2 or len(rows_r) < 2:
-        return None  # a column has several lines; one line beside a block is a row cell
-    prose_l, prose_r = _is_prose(rows_l), _is_prose(rows_r)
-    if (prose_l and prose_r) or (
-        # A column of running text beside one of headings, formulas and lists (text
-        # lines that need not fill their column, unlike the short cells of a table row),
-        # across a gutter too narrow to be the gap between a row's cells.
-        narrow
-        and (prose_l or prose_r)
-        and all(_is_prose(r, fill=0.0) and _mostly_single(r, h_med) for r in (rows_l, rows_r))
-    ):
-        return "prose"
-    small, big = (left, right) if len(rows_l) <= len(rows_r) else (right, left)
-    paired = sum(1 for a in small if any(same_row(a, b) for b in big))
-    return "blocks" if paired < ROW_PAIRING * len(small) else None
-
-
-def _mostly_single(rows: list[list[Line]], h_med: float) -> bool:
-    """Most rows are one stretch of text, not cells apart (a table's or a form's rows)."""
-    return sum(1 for row in rows if not _has_cell_gap(row, h_med)) * 2 > len(rows)
-
-
-def _is_prose(rows: list[list[Line]], fill: float = PROSE_FILL) -> bool:
-    """Running text: rows several text heights long that mostly fill the column's width."""
-    lines = [ln for row in rows for ln in row]
-    x0 = min(ln.box[0] for ln in lines)
-    x1 = max(ln.box[2] for ln in lines)
-    width = max(1.0, x1 - x0)
-    h = statistics.median(ln.h for ln in lines)
-    spans = [(row[-1].box[2] - row[0].box[0]) for row in rows]
-    long_rows = sum(1 for s in spans if s >= PROSE_MIN_LENGTH * h and s >= fill * width)
-    return long_rows * 2 > len(rows)
 
 
 def _bands(lines: Sequence[Line], min_gap: float = 0.0) -> list[list[Line]]:
