@@ -9,7 +9,7 @@ from __future__ import annotations
 import itertools
 import statistics
 
-from .lines import Line, group_rows, same_row
+from .lines import Line, group_rows
 
 # Running text: its lines are at least this many text heights long (about 12 characters)...
 PROSE_MIN_LENGTH = 6.0
@@ -23,6 +23,12 @@ TABLE_PAIRING = 0.9
 # Boxes on one row this many text heights apart are separate cells (a detector splits
 # running text only at gaps well over a word space, ~0.3 text heights).
 CELL_GAP = 1.0
+# Cells of one row share a baseline: their centres lie within this many text heights.
+ALIGN = 0.25
+# A side narrower than this share of the other's is labels down its margin, not a block.
+MARGIN_SIDE = 0.34
+# A block beside another has at least this many rows.
+MIN_BLOCK_ROWS = 3
 # A column, or a block beside one, has at least this many lines.
 MIN_COLUMN_LINES = 4
 
@@ -44,8 +50,8 @@ def separate_flows(
 
     ``"prose"``: separate columns: both running text, running text beside a table, or
     (across a ``narrow`` gutter) running text beside headings, formulas and lists;
-    ``"blocks"``: their lines do not line up row by row (two blocks side by side, two
-    tables whose rows drift apart); None: one region of rows read across the gutter (a
+    ``"blocks"``: their lines do not share baselines row by row (two blocks side by side,
+    two tables whose rows drift apart); None: one region of rows read across the gutter (a
     form's labels, line numbers and notes beside its rows).
     """
     rows_l, rows_r = group_rows(left), group_rows(right)
@@ -66,7 +72,7 @@ def separate_flows(
     ):
         return "prose"  # running text beside a table: the text never runs into its cells
     small, big = (left, right) if len(rows_l) <= len(rows_r) else (right, left)
-    paired = sum(1 for a in small if any(same_row(a, b) for b in big))
+    paired = sum(1 for a in small if any(_aligned(a, b) for b in big))
     if (
         min(len(rows_l), len(rows_r)) >= MIN_COLUMN_LINES
         and not (mostly_single(rows_l, h_med) or mostly_single(rows_r, h_med))
@@ -77,7 +83,25 @@ def separate_flows(
         return "blocks"
     if paired >= ROW_PAIRING * len(small):
         return None
+    w_l, w_r = _width(left), _width(right)
+    if (
+        min(w_l, w_r) < MARGIN_SIDE * max(w_l, w_r)
+        or min(len(rows_l), len(rows_r)) < MIN_BLOCK_ROWS
+    ):
+        # Labels down the margin of a form's rows (section names, notes) belong to the
+        # rows they stand beside; blocks side by side are of a size and a few rows long
+        # (two short lines beside two others on a low-resolution scan are noise).
+        return None
     return "blocks"
+
+
+def _width(lines: list[Line]) -> float:
+    return max(ln.box[2] for ln in lines) - min(ln.box[0] for ln in lines)
+
+
+def _aligned(a: Line, b: Line) -> bool:
+    """Two lines on one baseline: cells of a row share it, side-by-side blocks rarely do."""
+    return abs(a.cy - b.cy) <= ALIGN * min(a.h, b.h)
 
 
 def is_column(rows: list[list[Line]], prose: bool) -> bool:
