@@ -6,6 +6,7 @@ gap between a row's cells.
 
 from __future__ import annotations
 
+import bisect
 import itertools
 import statistics
 
@@ -72,7 +73,7 @@ def separate_flows(
     ):
         return "prose"  # running text beside a table: the text never runs into its cells
     small, big = (left, right) if len(rows_l) <= len(rows_r) else (right, left)
-    paired = sum(1 for a in small if any(_aligned(a, b) for b in big))
+    paired = _paired(small, big)
     if (
         min(len(rows_l), len(rows_r)) >= MIN_COLUMN_LINES
         and not (mostly_single(rows_l, h_med) or mostly_single(rows_r, h_med))
@@ -99,9 +100,20 @@ def _width(lines: list[Line]) -> float:
     return max(ln.box[2] for ln in lines) - min(ln.box[0] for ln in lines)
 
 
-def _aligned(a: Line, b: Line) -> bool:
-    """Two lines on one baseline: cells of a row share it, side-by-side blocks rarely do."""
-    return abs(a.cy - b.cy) <= ALIGN * min(a.h, b.h)
+def _paired(small: list[Line], big: list[Line]) -> int:
+    """How many of ``small`` share a baseline with a line of ``big``.
+
+    Cells of a row share one (centres within a quarter text height); side-by-side blocks
+    rarely do.
+    """
+    by_y = sorted(big, key=lambda ln: ln.cy)
+    centres = [ln.cy for ln in by_y]
+    paired = 0
+    for a in small:
+        lo = bisect.bisect_left(centres, a.cy - ALIGN * a.h)
+        hi = bisect.bisect_right(centres, a.cy + ALIGN * a.h)
+        paired += any(abs(a.cy - b.cy) <= ALIGN * min(a.h, b.h) for b in by_y[lo:hi])
+    return paired
 
 
 def is_column(rows: list[list[Line]], prose: bool) -> bool:

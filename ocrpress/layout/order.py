@@ -173,6 +173,8 @@ def _crossed_gutter(lines: list[Line], h_med: float) -> tuple[float, float] | No
         cover[int(ln.box[0] - x0)] += 1
         cover[math.ceil(ln.box[2] - x0) + 1] -= 1
     count = np.cumsum(cover)[:width]
+    line_ends = np.sort([ln.box[2] for ln in lines])
+    line_starts = np.sort([ln.box[0] for ln in lines])
     # The fewest crossings first: a looser level would count lines that merely start or
     # end inside the gutter as crossing it.
     for level in range(1, max(1, int(SPANNER_SHARE * len(lines))) + 1):
@@ -183,11 +185,11 @@ def _crossed_gutter(lines: list[Line], h_med: float) -> tuple[float, float] | No
         starts = np.concatenate(([low[0]], low[breaks + 1]))
         ends = np.concatenate((low[breaks], [low[-1]]))
         for start, end in zip(starts, ends, strict=True):
-            left = [ln.box[2] for ln in lines if ln.box[2] < x0 + start]
-            right = [ln.box[0] for ln in lines if ln.box[0] >= x0 + end + 1]
-            if min(len(left), len(right)) < MIN_COLUMN_LINES:
+            n_left = int(np.searchsorted(line_ends, x0 + start, side="left"))
+            first_right = int(np.searchsorted(line_starts, x0 + end + 1, side="left"))
+            if min(n_left, len(lines) - first_right) < MIN_COLUMN_LINES:
                 continue
-            a, b = max(left), min(right)
+            a, b = float(line_ends[n_left - 1]), float(line_starts[first_right])
             if b - a >= MIN_GUTTER * h_med:
                 return a, b
     return None
