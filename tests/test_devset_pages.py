@@ -96,3 +96,48 @@ def test_invoice_item_rows_stay_rows() -> None:
     rows = [normalize_ws(r) for r in text.splitlines()]
     assert any(r.startswith("Service A") and r.endswith("$120.00") for r in rows), rows
     assert any(r.startswith("Service B") and r.endswith("$7.50") for r in rows), rows
+
+
+def test_two_column_page_whose_gutter_a_title_and_page_number_cross() -> None:
+    # The gutter is ~8 px at 144 dpi and the title, date and page number run across it.
+    text, truth = read("latex_two_column_example_p01")
+    assert_in_order(
+        text,
+        ["An example document showing", "3 Citations", "This document shows a typical",
+         "a new interface for tagging tables", "ment just uses standard", "Let p be a prime",
+         "Lists often occur in documents", "Here we reference item 2"],
+    )  # fmt: skip
+    # The truth keeps the contents list's dot leaders, which the scorer drops and cer() not.
+    assert cer(normalize_ws(truth), normalize_ws(text)) < 0.15
+
+
+def test_form_blocks_side_by_side_are_read_one_after_the_other() -> None:
+    # Numbered lines 1-28 on the left, the employer's details on the right: their rows
+    # happen to overlap but do not share baselines.
+    text, truth = read("lu_salary_certificate_160_2019")
+    assert_in_order(
+        text,
+        ["1 période du", "6 sous-total:", "28 G) crédit d'impôt monoparental",
+         "H) désignation de l'employeur", "I) fiduciaire", "certifié exact"],
+    )  # fmt: skip
+    assert cer(normalize_ws(truth), normalize_ws(text)) < 0.05
+
+
+def test_form_margin_labels_are_read_with_their_rows() -> None:
+    text, truth = read("irs_f1040_2010_p01")
+    rows = [normalize_ws(r) for r in text.splitlines()]
+    assert "Filing Status 1 Single" in " ".join(r for r in rows if r.startswith("Filing Status"))
+    assert any(r.startswith("Exemptions 6a Yourself") for r in rows), rows[:40]
+    assert cer(normalize_ws(truth), normalize_ws(text)) < 0.3
+
+
+def test_two_tables_side_by_side_are_read_one_after_the_other() -> None:
+    # Two facing pages of financial statements; the left table's rows drift out of line
+    # with the right one's.
+    text, truth = read("mitsubishi_annual_report_2021_tables")
+    assert_in_order(
+        text,
+        ["Net profit 233,512", "Total other comprehensive income (loss)",
+         "Non-controlling interests", "Balance at beginning of year"],
+    )  # fmt: skip
+    assert cer(normalize_ws(truth), normalize_ws(text)) < 0.1

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import re
 
 import pytest
 
@@ -234,3 +235,45 @@ def test_noisy_box_heights_do_not_fragment_a_paragraph() -> None:
              for i, hh in enumerate(heights)]  # fmt: skip
     blocks = group_lines(lines, W, H)
     assert [(b.type, b.text) for b in blocks] == [("text", "w0 w1 w2 w3 w4 w5")]
+
+
+def test_narrow_gutter_crossed_by_title_and_page_number_still_splits_columns() -> None:
+    # A 7 px gutter (a LaTeX page at 144 dpi) hidden from the plain projection by a centred
+    # title and page number; the right column's baselines sit half a row lower, so the
+    # page's horizontal gaps fall between single lines.
+    title = line(300, 100, 890, "A Two Column Example", h=40)
+    date = line(540, 150, 650, "2025-06-18")
+    left, _ = column(100, 590, 200, [[f"left line {i} of running text" for i in range(8)]])
+    # The right column is headings, a formula and a list as much as running text.
+    right = [
+        line(597, 216 + i * STEP, x1, f"right line {i}")
+        for i, x1 in enumerate((1090, 1070, 900, 820, 1080, 760, 1060, 880))
+    ]
+    page_no = line(585, 1600, 605, "1")
+    blocks = group_lines([title, date, *right, *left, page_no], W, H)
+    flat = " ".join(texts(blocks))
+    assert flat.index("A Two Column") < flat.index("left line 0") < flat.index("left line 7")
+    assert flat.index("left line 7") < flat.index("right line 0") < flat.index("right line 7")
+    assert flat.index("right line 7") < flat.rindex("1")
+
+
+def test_form_margin_notes_stay_on_the_rows_beside_them() -> None:
+    # A form's section name and a note in small type down its left margin, beside numbered
+    # rows of cells; the note's line pitch is not the rows', so few baselines match.
+    lines = []
+    for i, n in enumerate(range(7, 15)):
+        y = 300 + i * STEP
+        lines += [
+            line(230, y, 260, f"{n}"),
+            line(290, y, 800, f"Line {n} description of the amount"),
+            line(950, y, 980, f"{n}"),
+        ]
+    margin = [line(60, 303, 190, "Income")] + [
+        line(60, 300 + 2 * STEP + 4 + 19 * k, 190, f"note {k} words", h=16) for k in range(5)
+    ]
+    flat = " ".join(re.sub(r"<[^>]+>", " ", t) for t in texts(group_lines(margin + lines, W, H)))
+    flat = " ".join(flat.split())
+    rows = [flat.find(f"{n} Line {n} description of the amount {n}") for n in range(7, 15)]
+    assert all(p >= 0 for p in rows) and rows == sorted(rows), flat
+    assert "Income 7 Line 7" in flat
+    assert "note 0 words 9 Line 9" in flat

@@ -6,7 +6,8 @@ rows and tables in the order a person reads them. The steps, one module each:
 1. :mod:`.lines` levels a skewed page (rows of a receipt photographed at 2 degrees must
    still be rows) and groups lines into visual rows.
 2. :mod:`.order` finds the reading order: a recursive XY-cut that cuts columns only where
-   there are real columns, so a receipt's ``label   amount`` rows stay rows.
+   there are real columns (:mod:`.flows` says which gutters separate text flows), so a
+   receipt's ``label   amount`` rows and a form's rows stay rows.
 3. :mod:`.paragraphs` joins running text into paragraphs and list items;
    :mod:`.tables` turns rows of cells into a table block or one line per row.
 4. :mod:`.types` names titles, sub-titles, running heads and page numbers.

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import bisect
 import itertools
 import math
 import statistics
@@ -168,14 +169,21 @@ def split_across_gutters(lines: Sequence[Line]) -> list[Line]:
     above or below) end left of it or start right of it and none of them crosses it: inside
     running text the lines around a wide word space run straight through it.
     """
+    by_y = sorted(lines, key=lambda o: o.cy)
+    centres = [o.cy for o in by_y]
     out: list[Line] = []
     for ln in lines:
-        out.extend(_split_line(ln, lines) if len(ln.words) > 1 else [ln])
+        if len(ln.words) < 2:
+            out.append(ln)
+            continue
+        reach = SPLIT_WINDOW * ln.h
+        lo = bisect.bisect_left(centres, ln.cy - reach)
+        hi = bisect.bisect_right(centres, ln.cy + reach)
+        out.extend(_split_line(ln, [o for o in by_y[lo:hi] if o is not ln]))
     return out
 
 
-def _split_line(ln: Line, lines: Sequence[Line]) -> list[Line]:
-    near = [o for o in lines if o is not ln and abs(o.cy - ln.cy) <= SPLIT_WINDOW * ln.h]
+def _split_line(ln: Line, near: Sequence[Line]) -> list[Line]:
     pieces: list[list[tuple[float, float, str]]] = [[ln.words[0]]]
     for prev, word in itertools.pairwise(ln.words):
         left, right = prev[1], word[0]

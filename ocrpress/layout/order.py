@@ -10,6 +10,10 @@ cells): such a region is read row by row. Without a usable gutter a region is cu
 horizontal bands at every y-range no line touches; consecutive bands are re-merged while
 their union still has a column gutter, so a two-column page stays column-major and a
 full-width title, figure caption or footer stays between the columns' bands where it sits.
+A gutter that only a few full-width lines cross (a title and a page number over a narrow
+gutter) is found directly: the crossing lines cut the region into stretches that are split
+into columns on their own. Rows of cells far apart never count as running text however far
+they reach, so a form's rows stay rows; :mod:`.flows` holds the tests.
 
 Each resulting :class:`Section` is either ``flow`` (running text, one line per row, in which
 paragraphs are found) or ``rows`` (cells on a row belong together: kept as one line each, or
@@ -18,29 +22,34 @@ a table when the cells form a grid).
 
 from __future__ import annotations
 
-import itertools
-import statistics
+import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
+import numpy as np
+
+from .flows import (
+    CELL_GAP,
+    MIN_COLUMN_LINES,
+    PROSE_MIN_LENGTH,
+    has_cell_gap,
+    separate_flows,
+    span,
+)
 from .lines import Line, group_rows, same_row
 
 # A gutter between columns is at least this many text heights wide. Real gutters are
 # 1.5-3 line heights; word gaps inside a detected line never reach the projection at all.
-MIN_GUTTER = 0.3
-# Running text: its lines are at least this many text heights long (about 12 characters)...
-PROSE_MIN_LENGTH = 6.0
-# ...and most of them fill at least this share of their column's width (paragraph ends and
-# headings are the exceptions, hence "most").
-PROSE_FILL = 0.6
-# Two sides whose lines pair up row by row at least this often are one table-like region.
-ROW_PAIRING = 0.5
+MIN_GUTTER = 0.25
 # A horizontal gap this many text heights tall across a whole region separates its bands
 # more strongly than a gutter between blocks that are not running text.
 WIDE_GAP = 1.5
-# Boxes on one row this many text heights apart are separate cells (a detector splits
-# running text only at gaps well over a word space, ~0.3 text heights).
-CELL_GAP = 1.0
+# A gutter hidden by crossing lines: at most this share of the region's lines cross it,
+# each side holds at least MIN_COLUMN_LINES lines...
+SPANNER_SHARE = 0.1
+# ...and the stretches between the crossing lines that have real columns hold at least
+# this share of the other lines.
+SPANNED_SHARE = 0.6
 # Half-height of a line's text core, in text heights, for band cuts (see _bands).
 CORE = 0.4
 
@@ -67,6 +76,10 @@ def _order(lines: list[Line], h_med: float) -> list[Section]:
     if len(rows) <= 1:
         return _plain_sections(lines, h_med)
     split = _column_split(lines, h_med)
+    if split is None:
+        spanned = _spanned_columns(lines, h_med)
+        if spanned is not None:
+            return [sec for part in spanned for sec in _order(part, h_med)]
     if split is not None:
         parts, prose = split
         if not prose:
@@ -106,6 +119,82 @@ def _order(lines: list[Line], h_med: float) -> list[Section]:
     return out
 
 
+def _spanned_columns(lines: list[Line], h_med: float) -> list[list[Line]] | None:
+    """Parts in reading order when a column gutter is crossed only by a few full-width lines.
+
+    A title, a figure caption or a centred page number that runs across a narrow gutter
+    hides it from the plain projection; the band cuts then fall between the columns' lines
+    (their rows rarely line up), leaving bands of one line each with no gutter at all. Here
+    the lines crossing the best gutter are set aside and cut the region into stretches read
+    top to bottom: each stretch is split at the gutter if it has real columns, and the
+    crossing lines stay between the stretches where they sit. Used only when the stretches
+    with real columns hold most of the region's lines.
+    """
+    found = _crossed_gutter(lines, h_med)
+    if found is None:
+        return None
+    a, b = found
+    crossers = [ln for ln in lines if ln.box[0] < b and ln.box[2] > a]
+    # A crossing line's row (a running head and its page number) goes with it.
+    crossing = {id(ln) for ln in lines if any(same_row(ln, c) for c in crossers)}
+    parts: list[list[Line]] = []
+    stretch: list[Line] = []
+    for ln in sorted(lines, key=lambda ln: ln.cy):
+        if id(ln) in crossing:
+            if stretch:
+                parts.append(stretch)
+                stretch = []
+            if parts and all(id(x) in crossing for x in parts[-1]):
+                parts[-1].append(ln)
+            else:
+                parts.append([ln])
+        else:
+            stretch.append(ln)
+    if stretch:
+        parts.append(stretch)
+    columned = sum(
+        len(part)
+        for part in parts
+        if id(part[0]) not in crossing and _column_split(part, h_med) is not None
+    )
+    return parts if columned >= SPANNED_SHARE * (len(lines) - len(crossing)) else None
+
+
+def _crossed_gutter(lines: list[Line], h_med: float) -> tuple[float, float] | None:
+    """The interior x-range (a column gutter's) that the fewest lines cross, if few do.
+
+    Few: at most one line in ten (and at least one; with none the plain projection finds
+    it). Both sides must hold several lines, or it is a page margin or a gap between cells.
+    """
+    x0 = min(ln.box[0] for ln in lines)
+    width = int(max(ln.box[2] for ln in lines) - x0) + 2
+    cover = np.zeros(width + 1, dtype=np.int32)
+    for ln in lines:
+        cover[int(ln.box[0] - x0)] += 1
+        cover[math.ceil(ln.box[2] - x0) + 1] -= 1
+    count = np.cumsum(cover)[:width]
+    line_ends = np.sort([ln.box[2] for ln in lines])
+    line_starts = np.sort([ln.box[0] for ln in lines])
+    # The fewest crossings first: a looser level would count lines that merely start or
+    # end inside the gutter as crossing it.
+    for level in range(1, max(1, int(SPANNER_SHARE * len(lines))) + 1):
+        low = np.flatnonzero(count <= level)
+        if not len(low):
+            continue
+        breaks = np.flatnonzero(np.diff(low) > 1)
+        starts = np.concatenate(([low[0]], low[breaks + 1]))
+        ends = np.concatenate((low[breaks], [low[-1]]))
+        for start, end in zip(starts, ends, strict=True):
+            n_left = int(np.searchsorted(line_ends, x0 + start, side="left"))
+            first_right = int(np.searchsorted(line_starts, x0 + end + 1, side="left"))
+            if min(n_left, len(lines) - first_right) < MIN_COLUMN_LINES:
+                continue
+            a, b = float(line_ends[n_left - 1]), float(line_starts[first_right])
+            if b - a >= MIN_GUTTER * h_med:
+                return a, b
+    return None
+
+
 def _merge_bands(bands: list[list[Line]], joins: Callable[[list[Line]], bool]) -> list[list[Line]]:
     """Runs of consecutive bands, each band joining the run above while ``joins(union)``."""
     runs: list[list[Line]] = []
@@ -128,7 +217,7 @@ def _plain_sections(lines: list[Line], h_med: float) -> list[Section]:
     name on a line of its own) stays with them. Everything else is ``flow``.
     """
     rows = group_rows(lines)
-    gap = [_has_cell_gap(r, h_med) for r in rows]
+    gap = [has_cell_gap(r, h_med) for r in rows]
     # Absorb up to two short gap-less rows that sit between gap rows.
     for i in range(len(rows)):
         if gap[i] or not any(gap[max(0, i - 2) : i]) or not any(gap[i + 1 : i + 3]):
@@ -148,7 +237,7 @@ def _plain_sections(lines: list[Line], h_med: float) -> list[Section]:
     for i, sec in enumerate(out):
         if sec.kind == "rows" and len(sec.rows) == 1:
             near = [out[j].rows[-1 if j < i else 0] for j in (i - 1, i + 1) if 0 <= j < len(out)]
-            if any(_span(r) >= 0.8 * _span(sec.rows[0]) for r in near):
+            if any(span(r) >= 0.8 * span(sec.rows[0]) for r in near):
                 sec.kind = "flow"
     merged: list[Section] = []
     for sec in out:
@@ -157,14 +246,6 @@ def _plain_sections(lines: list[Line], h_med: float) -> list[Section]:
         else:
             merged.append(sec)
     return merged
-
-
-def _span(row: list[Line]) -> float:
-    return row[-1].box[2] - row[0].box[0]
-
-
-def _has_cell_gap(row: list[Line], h_med: float) -> bool:
-    return any(b.box[0] - a.box[2] >= CELL_GAP * h_med for a, b in itertools.pairwise(row))
 
 
 def gutters(lines: Sequence[Line], min_width: float) -> list[tuple[float, float]]:
@@ -184,7 +265,8 @@ def _column_split(lines: list[Line], h_med: float) -> tuple[list[list[Line]], bo
 
     None when the region has no real column: every gutter lies inside rows of cells.
     """
-    cuts = [(a + b) / 2 for a, b in gutters(lines, MIN_GUTTER * h_med)]
+    found = gutters(lines, MIN_GUTTER * h_med)
+    cuts = [(a + b) / 2 for a, b in found]
     if not cuts:
         return None
     parts: list[list[Line]] = [[] for _ in range(len(cuts) + 1)]
@@ -193,42 +275,14 @@ def _column_split(lines: list[Line], h_med: float) -> tuple[list[list[Line]], bo
     # Keep a cut only where the sides next to it are separate flows; merge across the rest.
     merged: list[list[Line]] = [parts[0]]
     prose = True
-    for part in parts[1:]:
-        verdict = _separate_flows(merged[-1], part)
+    for (a, b), part in zip(found, parts[1:], strict=True):
+        verdict = separate_flows(merged[-1], part, h_med, narrow=b - a < CELL_GAP * h_med)
         if verdict is None:
             merged[-1] = merged[-1] + part
         else:
             merged.append(part)
             prose = prose and verdict == "prose"
     return (merged, prose) if len(merged) > 1 else None
-
-
-def _separate_flows(left: list[Line], right: list[Line]) -> str | None:
-    """How ``left`` and ``right`` (either side of a gutter) are separate, if they are.
-
-    ``"prose"``: both are running text (columns); ``"blocks"``: their lines do not line up
-    row by row (two blocks side by side); None: one region of rows read across the gutter.
-    """
-    rows_l, rows_r = group_rows(left), group_rows(right)
-    if len(rows_l) < 2 or len(rows_r) < 2:
-        return None  # a column has several lines; one line beside a block is a row cell
-    if _is_prose(rows_l) and _is_prose(rows_r):
-        return "prose"
-    small, big = (left, right) if len(rows_l) <= len(rows_r) else (right, left)
-    paired = sum(1 for a in small if any(same_row(a, b) for b in big))
-    return "blocks" if paired < ROW_PAIRING * len(small) else None
-
-
-def _is_prose(rows: list[list[Line]]) -> bool:
-    """Running text: rows several text heights long that mostly fill the column's width."""
-    lines = [ln for row in rows for ln in row]
-    x0 = min(ln.box[0] for ln in lines)
-    x1 = max(ln.box[2] for ln in lines)
-    width = max(1.0, x1 - x0)
-    h = statistics.median(ln.h for ln in lines)
-    spans = [(row[-1].box[2] - row[0].box[0]) for row in rows]
-    long_rows = sum(1 for s in spans if s >= PROSE_MIN_LENGTH * h and s >= PROSE_FILL * width)
-    return long_rows * 2 > len(rows)
 
 
 def _bands(lines: Sequence[Line], min_gap: float = 0.0) -> list[list[Line]]:
