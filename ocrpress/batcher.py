@@ -4,59 +4,26 @@ It keeps the render window full so the engine never waits for pages, never holds
 ``window`` pages in flight (rendering, buffered in a bucket, or in the engine), sends a full
 batch as soon as one bucket has it and a partial one only when nothing more can arrive, and
 hands every result to the :class:`~ocrpress.ledger.Ledger`. Where batches run is a
-:class:`Runner`: the engine in this process, or a pool of device workers.
+:class:`~ocrpress.runners.Runner`: the engine in this process, or a pool of device workers.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from concurrent.futures import FIRST_COMPLETED, wait
-from typing import Any, Protocol
+from typing import Any
 
-from .backoff import BatchLimit, measured_batch
+from .backoff import BatchLimit
 from .devices import Planner
 from .document import PageImage, PageResult
-from .engines import Engine, Usage
 from .errors import describe
 from .escalation import Escalator
 from .ledger import DocState, Ledger
-from .render import InlineFuture, RenderQueue
+from .render import RenderQueue
 from .routing import TextLayerPage
+from .runners import Runner
 from .stats import RunStats
 
 Batch = list[tuple[DocState, PageImage]]
-
-
-class Runner(Protocol):
-    """Where batches run: ``capacity`` batches at once; ``submit`` returns a future."""
-
-    capacity: int
-
-    def submit(self, pages: list[PageImage], retry: bool) -> Any: ...
-
-    def result(self, fut: Any) -> tuple[list[PageResult], int, Usage]: ...
-
-
-class InlineRunner:
-    """The engine in this process: one batch at a time, run synchronously on submit."""
-
-    capacity = 1
-
-    def __init__(self, engine: Callable[[], Engine]) -> None:
-        self.engine = engine  # a getter: the model loads on the first batch, if any comes
-
-    def submit(self, pages: list[PageImage], retry: bool) -> InlineFuture:
-        # Like a device worker: the lowest limit an OOM forced (0: none) comes with the results.
-        lowest = [0]
-
-        def lower(n: int) -> None:
-            lowest[0] = min(lowest[0], n) if lowest[0] else n
-
-        results, usage = measured_batch(self.engine(), pages, retry, lower)
-        return InlineFuture((results, lowest[0], usage))
-
-    def result(self, fut: Any) -> tuple[list[PageResult], int, Usage]:
-        return fut.result()
 
 
 class Batcher:

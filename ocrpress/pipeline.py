@@ -20,7 +20,7 @@ from collections.abc import Callable
 from typing import IO, Any
 
 from .backoff import BatchLimit
-from .batcher import Batcher, InlineRunner, Runner
+from .batcher import Batcher
 from .devices import DevicePool, Planner, make_planner, resolve_devices
 from .document import DocumentResult
 from .engines import Engine, create_engine
@@ -34,6 +34,7 @@ from .lock import locked_output
 from .options import ConvertOptions
 from .render import RenderQueue, default_workers, main_is_importable
 from .routing import OCR_MODES
+from .runners import InlineRunner, Runner
 from .stats import RunStats
 from .writers import atomic_write
 
