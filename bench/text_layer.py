@@ -16,6 +16,7 @@ from __future__ import annotations
 import argparse
 import io
 import os
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -56,6 +57,7 @@ def run_cli(inputs: list[Path], ocr: str, *extra: str) -> tuple[float, float]:
             todo += _children(pid)
         time.sleep(0.02)
     wall = time.perf_counter() - t0
+    shutil.rmtree(out, ignore_errors=True)
     if proc.returncode:
         raise SystemExit(f"ocrpress failed ({proc.returncode}): {' '.join(cmd)}")
     return wall, sum(seen.values()) / os.sysconf("SC_CLK_TCK")

@@ -125,13 +125,15 @@ def resolve_engine_name(opts: EngineOptions) -> tuple[str, str]:
     """Return (engine name, reason) for ``opts.engine``; resolves ``auto``."""
     if opts.engine != "auto":
         return opts.engine, "chosen with --engine"
-    if not cuda_available():
-        return "rapid", "no CUDA GPU"
-    from .deepseek import DEFAULT_MODEL, model_available
+    from .deepseek_spec import DEFAULT_MODEL, model_available
 
+    # The model first: looking it up is a file check, asking for CUDA imports torch (~2 s),
+    # which a machine without the model never needs.
     model = opts.model or DEFAULT_MODEL
     if not model_available(model):
-        return "rapid", f"CUDA GPU found but model {model!r} is neither cached nor a local folder"
+        return "rapid", f"model {model!r} is neither cached nor a local folder"
+    if not cuda_available():
+        return "rapid", f"model {model!r} available but no CUDA GPU"
     return "deepseek", f"CUDA GPU and model {model!r} available"
 
 
