@@ -37,6 +37,7 @@ Examples:
   find . -name '*.png' | ocrpress convert - -o out/     # paths on stdin
   curl -s https://example.org/a.pdf | ocrpress convert - -f text   # bytes on stdin
   ocrpress convert docs/ -o out/ --engine deepseek --mode gundam --batch-size 16
+  ocrpress convert docs/ -o out/ --engine deepseek --mode auto   # each page its mode
   ocrpress convert report.pdf --ocr always       # OCR even pages that have a text layer
 """
 
