@@ -38,6 +38,8 @@ def run(name: str, root: Path) -> tuple[str, int | None, str, bool, float, bool]
     cmd += ["--engine", fault.engine, *fault.extra]
     if "--workers" not in fault.extra:
         cmd += ["--workers", "0"]
+    if "--ocr" not in fault.extra:
+        cmd += ["--ocr", "always"]  # as the fault corpus tests: faults, not text-layer routing
     t0 = time.perf_counter()
     try:
         if fault.prime is not None:

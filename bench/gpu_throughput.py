@@ -170,6 +170,7 @@ def end_to_end(eng: DeepSeekEngine, args: argparse.Namespace, lo: int, hi: int) 
             output=str(Path(tmp) / "out"),
             formats=["markdown", "json"],
             workers=args.workers,
+            ocr="always",  # the generated PDFs have text layers: --ocr auto would skip the GPU
             engine=eng.opts,
         )
         conv = Converter(opts, engine=eng, on_error=lambda m: print("error:", m))

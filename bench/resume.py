@@ -52,7 +52,7 @@ def run_cli(
         env["TMPDIR"] = str(tmpdir)
     cmd = [sys.executable, "-m", "ocrpress", "convert", *map(str, docs), "-o", str(out), "-q"]
     cmd += ["--engine", ENGINE, "--dpi", "48", "-f", "markdown,json"]
-    cmd += ["--batch-size", str(BATCH)]
+    cmd += ["--batch-size", str(BATCH), "--ocr", "always"]  # every page to the engine
     # Its own session, so whatever it started can be found (and counted) afterwards.
     proc = subprocess.Popen(cmd, env=env, start_new_session=True)
     try:

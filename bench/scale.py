@@ -46,6 +46,7 @@ def opts(out: Path) -> ConvertOptions:
         formats=["markdown", "json"],
         dpi=72,
         workers=1,
+        ocr="always",  # generated PDFs have text layers; the engine path is measured
         engine=EngineOptions(engine="fake_engines:EchoEngine", batch_size=4),
     )
 
