@@ -18,7 +18,7 @@ from typing import Any
 
 from .document import PageImage, PageResult
 from .engines import EngineOptions
-from .modes import modes_for, plan_tokens
+from .modes import plan_tokens
 
 log = logging.getLogger("ocrpress")
 
@@ -88,7 +88,9 @@ def failure_reason(res: PageResult, max_compression: float) -> str | None:
 
 def escalation_target(spec: AutoSpec, page: PageImage, res: PageResult) -> str | None:
     """The mode to read ``page`` in again; None when it was already read in the costliest."""
-    names = list(modes_for(spec.family))
+    from .tiering import ladder
+
+    names = list(ladder(spec.family))
     current = res.mode or page.mode or names[-1]
     if current not in names or current == names[-1]:
         return None
