@@ -49,14 +49,13 @@ def choose_page_mode(page: PageImage, renderer: Any, doc: Any, spec: AutoSpec) -
     ``renderer`` (an :class:`ocrpress.inputs.PageRenderer`) gives a PDF page's text layer, an
     exact count where it exists. A page whose estimate fails is read in gundam, noted.
     """
-    from .tiering import choose_mode, estimate_page
+    from .tiering import choose_mode, estimate_rendered
 
     gundam = plan_tokens(
         spec.family, "gundam", page.width, page.height, spec.min_tiles, spec.max_tiles
     )
     try:
-        pdf_page = renderer.pdf_page(doc, page.index) if doc.kind == "pdf" else None
-        estimate = estimate_page(page.image, pdf_page, page.dpi)
+        estimate = estimate_rendered(renderer, doc, page.index, page.image, page.dpi)
         choice = choose_mode(
             spec.family,
             page.width,

@@ -19,6 +19,7 @@ from .estimate import (
     TextEstimate,
     estimate_image,
     estimate_page,
+    estimate_rendered,
     estimate_text_layer,
 )
 
@@ -31,6 +32,7 @@ __all__ = [
     "choose_mode",
     "estimate_image",
     "estimate_page",
+    "estimate_rendered",
     "estimate_text_layer",
     "ladder",
     "next_mode",

@@ -14,7 +14,7 @@ from ..discovery import discover
 from ..inputs import InputDoc, InputError, PageRenderer, count_pages
 from ..modes import plan_tokens
 from .choose import DEFAULT_MAX_COMPRESSION, ModeChoice, choose_mode
-from .estimate import TextEstimate, estimate_page
+from .estimate import TextEstimate, estimate_rendered
 
 
 @dataclass
@@ -48,8 +48,11 @@ def estimate_doc_page(
 ) -> tuple[int, int, TextEstimate]:
     """(width, height, estimate) of one page, rendered as the pipeline renders it."""
     image = renderer.render(doc, index, dpi)
-    page = renderer.pdf_page(doc, index) if doc.kind == "pdf" else None
-    return image.width, image.height, estimate_page(image.image, page, image.dpi)
+    return (
+        image.width,
+        image.height,
+        estimate_rendered(renderer, doc, index, image.image, image.dpi),
+    )
 
 
 def dry_run(

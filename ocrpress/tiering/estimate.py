@@ -203,3 +203,13 @@ def estimate_page(image: Image.Image, page: Any = None, dpi: float | None = None
         pixels = estimate_image(image)
         return layer if layer.chars >= pixels.chars else pixels
     return estimate_image(image)
+
+
+def estimate_rendered(
+    renderer: Any, doc: Any, index: int, image: Image.Image, dpi: float | None
+) -> TextEstimate:
+    """The estimate of page ``index`` of ``doc`` as rendered (``image`` at ``dpi``), its PDF
+    text layer read through ``renderer`` (an :class:`ocrpress.inputs.PageRenderer`): the one
+    step the render workers and ``modes --auto`` share, so the dry run shows what runs."""
+    page = renderer.pdf_page(doc, index) if doc.kind == "pdf" else None
+    return estimate_page(image, page, dpi)
