@@ -12,7 +12,7 @@ from typing import Any
 import click
 
 from . import __version__
-from .cli_modes import modes
+from .cli_modes import max_compression_option, modes
 from .errors import (  # noqa: F401 - the exit codes are this module's documented API
     EXIT_ENGINE,
     EXIT_FAILED_INPUTS,
@@ -109,12 +109,8 @@ def main() -> None:
     help="Resolution mode: tiny, small, base, large, gundam, or auto (each page its cheapest"
     " mode, from an estimate of its text; see --max-compression).",
 )
-@click.option(
-    "--max-compression",
-    type=click.FloatRange(min=1, max=100),
-    default=10.0,
-    show_default=True,
-    help="--mode auto: most (estimated) text tokens per vision token a page's mode may carry.",
+@max_compression_option(
+    "--mode auto: most (estimated) text tokens per vision token a page's mode may carry."
 )
 @click.option(
     "--fallback",

@@ -4,13 +4,27 @@ from __future__ import annotations
 
 import logging
 import sys
+from collections.abc import Callable
+from typing import Any
 
 import click
 
 from .errors import EXIT_ENGINE, EXIT_FAILED_INPUTS
 from .logs import setup_logging
+from .modes import DEFAULT_MAX_COMPRESSION
 
 log = logging.getLogger("ocrpress")
+
+
+def max_compression_option(help: str) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+    """``--max-compression R`` (``--mode auto``'s R), as ``convert`` and ``modes`` take it."""
+    return click.option(
+        "--max-compression",
+        type=click.FloatRange(min=1, max=100),
+        default=DEFAULT_MAX_COMPRESSION,
+        show_default=True,
+        help=help,
+    )
 
 
 @click.command()
@@ -29,13 +43,7 @@ log = logging.getLogger("ocrpress")
     is_flag=True,
     help="Dry run of --mode auto: every page's text estimate and chosen mode, no model.",
 )
-@click.option(
-    "--max-compression",
-    type=click.FloatRange(min=1, max=100),
-    default=10.0,
-    show_default=True,
-    help="With --auto: most estimated text tokens per vision token a mode may take.",
-)
+@max_compression_option("With --auto: most estimated text tokens per vision token a mode may take.")
 @click.argument("files", nargs=-1)
 def modes(
     model: str | None,

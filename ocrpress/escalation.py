@@ -18,7 +18,7 @@ from typing import Any
 
 from .document import PageImage, PageResult
 from .engines import EngineOptions
-from .modes import plan_tokens
+from .modes import DEFAULT_MAX_COMPRESSION, plan_tokens
 
 log = logging.getLogger("ocrpress")
 
@@ -30,7 +30,7 @@ class AutoSpec:
     """What the render workers need to choose a page's mode (picklable, no torch)."""
 
     family: str
-    max_compression: float = 10.0
+    max_compression: float = DEFAULT_MAX_COMPRESSION
     min_tiles: int = 2
     max_tiles: int = 6
 

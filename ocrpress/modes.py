@@ -35,6 +35,9 @@ from functools import lru_cache
 FAMILIES = ("v1", "v2")
 DEFAULT_MODE = {"v1": "gundam", "v2": "gundam"}
 MAX_TILES_LIMIT = 9  # v1 was trained with up to 9 tiles; more only costs tokens
+#: ``--mode auto``'s default R: most text tokens per vision token a mode may carry (the paper:
+#: ~97% precision up to 10x, ~60% near 20x; see :mod:`ocrpress.tiering.choose`).
+DEFAULT_MAX_COMPRESSION = 10.0
 
 # Both encoders: 16-px patches, then a 4x downsampling neck -> one feature per 64 px.
 _PIXELS_PER_FEATURE = 16 * 4

@@ -13,6 +13,7 @@ from dataclasses import asdict, dataclass, field
 from typing import Any, Protocol, runtime_checkable
 
 from ..document import PageImage, PageResult
+from ..modes import DEFAULT_MAX_COMPRESSION
 
 log = logging.getLogger("ocrpress")
 
@@ -52,7 +53,7 @@ class EngineOptions:
     dtype: str | None = None  # None: bf16 on CUDA, fp32 on CPU
     # --mode auto: text tokens per vision token a chosen mode may carry at most, and the
     # engine that reads a page no mode could (see ocrpress.escalation).
-    max_compression: float = 10.0
+    max_compression: float = DEFAULT_MAX_COMPRESSION
     fallback: str = "rapid"
     extra: dict[str, Any] = field(default_factory=dict)
 

@@ -22,10 +22,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from ..modes import get_mode, modes_for, plan_tokens
+from ..modes import DEFAULT_MAX_COMPRESSION, get_mode, modes_for, plan_tokens
 from .estimate import TextEstimate
 
-DEFAULT_MAX_COMPRESSION = 10.0
 #: Smallest ink height of a text line (ascender to descender) the encoders read reliably, in
 #: view pixels. The paper reads books and reports well at 100 vision tokens (v1 small, a
 #: 640-px view), where 10-pt body text on an A4 page is ~7 px tall; the same page in tiny
