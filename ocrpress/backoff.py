@@ -141,6 +141,16 @@ def measured_batch(
     return results, engine.usage().minus(before)
 
 
+def limited_batch(
+    engine: Any, pages: list[PageImage], retry: bool
+) -> tuple[list[PageResult], int, Usage]:
+    """:func:`measured_batch` plus the lowest batch size an out-of-memory error forced on the
+    way (0: none), which every runner reports back to the batcher's :class:`BatchLimit`."""
+    forced: list[int] = []
+    results, usage = measured_batch(engine, pages, retry, forced.append)
+    return results, min(forced, default=0), usage
+
+
 @dataclass
 class BatchLimit:
     """The batch size in force after out-of-memory errors.

@@ -12,7 +12,7 @@ import json
 from dataclasses import asdict
 from typing import Any
 
-from .backoff import BatchLimit, measured_batch
+from .backoff import BatchLimit, limited_batch
 from .cluster_shards import Job, finish_document, input_doc, store_shard
 from .document import PageImage, PageResult
 from .engines import Usage, create_engine
@@ -60,15 +60,14 @@ class OcrActor:
             while k < len(group):
                 chunk = group[k : k + self.limit.cap(self.engine.max_batch_size)]
                 k += len(chunk)
-                forced: list[int] = []
-                results, usage = measured_batch(
-                    self.engine, [p for _, p in chunk], self.opts.retry_truncated, forced.append
+                results, forced, usage = limited_batch(
+                    self.engine, [p for _, p in chunk], self.opts.retry_truncated
                 )
                 self.usage.device_seconds += usage.device_seconds
                 self.usage.slot_tokens += usage.slot_tokens
                 self.usage.slot_capacity += usage.slot_capacity
                 if forced:
-                    self.limit.lower(min(forced))
+                    self.limit.lower(forced)
                 else:
                     self.limit.succeeded(self.engine.max_batch_size)
                 for (row, page), res in zip(chunk, results, strict=True):

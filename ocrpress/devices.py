@@ -26,7 +26,7 @@ from concurrent.futures.process import BrokenProcessPool
 from dataclasses import replace
 from typing import Any, Protocol
 
-from .backoff import measured_batch
+from .backoff import limited_batch
 from .document import PageImage, PageResult
 from .engines import (
     EngineError,
@@ -170,14 +170,8 @@ def _worker_info() -> dict[str, Any]:
 
 def _worker_run(pages: list[PageImage], retry: bool) -> tuple[list[PageResult], int, str, Usage]:
     """A batch in a worker: (results, lowest batch limit an OOM forced or 0, device, usage)."""
-    engine = _engine()
-    limit = [0]
-
-    def lower(n: int) -> None:
-        limit[0] = n if not limit[0] else min(limit[0], n)
-
-    results, usage = measured_batch(engine, pages, retry, lower)
-    return results, limit[0], _WORKER["device"], usage
+    results, limit, usage = limited_batch(_engine(), pages, retry)
+    return results, limit, _WORKER["device"], usage
 
 
 class DevicePool:

@@ -7,7 +7,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any, Protocol
 
-from .backoff import measured_batch
+from .backoff import limited_batch
 from .document import PageImage, PageResult
 from .engines import Engine, Usage
 from .render import InlineFuture
@@ -32,14 +32,7 @@ class InlineRunner:
         self.engine = engine  # a getter: the model loads on the first batch, if any comes
 
     def submit(self, pages: list[PageImage], retry: bool) -> InlineFuture:
-        # Like a device worker: the lowest limit an OOM forced (0: none) comes with the results.
-        lowest = [0]
-
-        def lower(n: int) -> None:
-            lowest[0] = min(lowest[0], n) if lowest[0] else n
-
-        results, usage = measured_batch(self.engine(), pages, retry, lower)
-        return InlineFuture((results, lowest[0], usage))
+        return InlineFuture(limited_batch(self.engine(), pages, retry))
 
     def result(self, fut: Any) -> tuple[list[PageResult], int, Usage]:
         return fut.result()
