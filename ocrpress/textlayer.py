@@ -98,9 +98,10 @@ class TextLayer:
         return _scale(rect, self.dpi)
 
 
-def _scale(rect: pymupdf.Rect, dpi: int) -> Box:
+def _scale(rect: pymupdf.Rect | Box, dpi: int) -> Box:
     s = dpi / 72
-    return (rect.x0 * s, rect.y0 * s, rect.x1 * s, rect.y1 * s)
+    x0, y0, x1, y1 = rect
+    return (x0 * s, y0 * s, x1 * s, y1 * s)
 
 
 # What an unmapped or unreadable glyph becomes: U+FFFD, C0/C1 control characters,
@@ -134,7 +135,6 @@ def read(page: pymupdf.Page, dpi: int) -> TextLayer:
     layer = TextLayer(width=width, height=height, dpi=dpi)
     rot = page.rotation_matrix  # unrotated page space -> the rendered (rotated) page
     upright = page.rotation == 0  # then the matrix is the identity: skip ~40% of the work
-    scale = dpi / 72
     textpage = page.get_textpage(flags=TEXT_FLAGS)
     words: dict[tuple[int, int], list[tuple[float, float, float, float, str]]] = {}
     for x0, y0, x1, y1, word, bno, lno, _ in textpage.extractWORDS():
@@ -163,9 +163,7 @@ def read(page: pymupdf.Page, dpi: int) -> TextLayer:
                 )
                 layer.lines.append(
                     TextLine(
-                        box=tuple(v * scale for v in box)  # type: ignore[arg-type]
-                        if upright
-                        else _scale(pymupdf.Rect(box) * rot, dpi),
+                        box=_scale(box if upright else pymupdf.Rect(box) * rot, dpi),
                         text=_compose(" ".join(w[4] for w in piece)),
                         size=float(size) * dpi / 72,
                         invisible=invisible,
