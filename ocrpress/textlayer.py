@@ -117,6 +117,15 @@ def count_bad(text: str) -> int:
     return len(_BAD.findall(text))
 
 
+def readable(text: str) -> str:
+    """``text`` without the characters no text holds. They count against the page in the
+    check; on a page that passed it they are stray unmapped glyphs (a form's arrows and
+    check boxes), and U+FFFD in the output helps nobody."""
+    if not _BAD.search(text):
+        return text
+    return " ".join(_BAD.sub("", text).split())
+
+
 def page_size(page: pymupdf.Page, dpi: int) -> tuple[int, int]:
     """Pixel size of ``page`` rendered at ``dpi`` (what ``get_pixmap(dpi=...)`` gives)."""
     r = (page.rect * pymupdf.Matrix(dpi / 72, dpi / 72)).irect
@@ -293,7 +302,7 @@ def table_html(rows: list[list[str | None]]) -> str:
     """``<table>`` HTML of a cell grid, as the VLM engines write tables (merged cells empty)."""
 
     def cell(text: str | None) -> str:
-        return "<td>" + html.escape(" ".join((text or "").split())) + "</td>"
+        return "<td>" + html.escape(readable(" ".join((text or "").split()))) + "</td>"
 
     body = "".join("<tr>" + "".join(cell(c) for c in row) + "</tr>" for row in rows)
     return f"<table>{body}</table>"
@@ -311,7 +320,11 @@ def to_blocks(layer: TextLayer, lines: list[TextLine], extra: list[Block]) -> li
     tables = [b.bbox for b in extra if b.type == "table"]
     flat = [ln for ln in lines if not ln.vertical and not any(_inside(ln.box, t) for t in tables)]
     grouped = group_lines(
-        [Line(box=ln.box, text=ln.text, score=1.0, height=ln.size) for ln in flat],
+        [
+            Line(box=ln.box, text=text, score=1.0, height=ln.size)
+            for ln in flat
+            if (text := readable(ln.text))
+        ],
         layer.width,
         layer.height,
     )
@@ -319,8 +332,9 @@ def to_blocks(layer: TextLayer, lines: list[TextLine], extra: list[Block]) -> li
         b.score = None  # no recogniser was involved: there is no confidence to report
     blocks = place_blocks(grouped, extra)
     for ln in lines:
-        if ln.vertical and not any(_inside(ln.box, t) for t in tables):
-            blocks.append(Block(type="text", bbox=ln.box, text=ln.text))
+        inside = any(_inside(ln.box, t) for t in tables)
+        if ln.vertical and not inside and (text := readable(ln.text)):
+            blocks.append(Block(type="text", bbox=ln.box, text=text))
     return blocks
 
 

@@ -277,3 +277,37 @@ def test_form_margin_notes_stay_on_the_rows_beside_them() -> None:
     assert all(p >= 0 for p in rows) and rows == sorted(rows), flat
     assert "Income 7 Line 7" in flat
     assert "note 0 words 9 Line 9" in flat
+
+
+def test_column_heading_beside_the_other_columns_first_line_starts_its_column() -> None:
+    """A left column's heading on the same row as the right column's first line (a paper's
+    "Abstract"): that row alone pairs up like cells, but it starts the columns below it."""
+    title = line(100, 100, 1090, "A Title Across The Page", h=40)
+    # Centred author and affiliation lines, the last one narrow: too many crossing lines for
+    # a crossed gutter, and the last one's band pairs with the heading row far below it.
+    header = [line(300, 160 + i * STEP, 990, f"Author line {i}") for i in range(4)]
+    header.append(line(460, 160 + 4 * STEP, 760, "{a,b,c}@example.edu"))
+    head = line(100, 420, 230, "Abstract")
+    first_right = line(630, 420, 1090, "and is used for the application logic of")
+    left, _ = column(100, 560, 420 + STEP, [[f"left line {i} of running text" for i in range(9)]])
+    right, _ = column(
+        630, 1090, 420 + STEP, [[f"right line {i} of running text" for i in range(9)]]
+    )
+    blocks = group_lines([title, *header, first_right, head, *right, *left], W, H)
+    text = " | ".join(texts(blocks))
+    assert text.index("Abstract") < text.index("left line 0") < text.index("left line 8")
+    assert text.index("left line 8") < text.index("and is used for") < text.index("right line 0")
+    assert "Abstract and is used" not in text
+
+
+def test_heading_over_the_right_block_only_is_read_with_it() -> None:
+    """An invoice's title above its right-hand block, beside a left-hand address block that
+    starts lower: left block, then the title with the block it heads."""
+    heading = line(520, 100, 900, "Amazing Services Invoice", h=34)
+    # Rows on different pitches: the two blocks do not line up row by row.
+    right = [line(520, 140 + i * STEP, 1090, f"summary row {i} value") for i in range(6)]
+    left = [line(100, 190 + i * 41, 330, f"address {i}", h=20) for i in range(4)]
+    blocks = group_lines([heading, *right, *left], W, H)
+    text = " | ".join(texts(blocks))
+    assert text.index("address 3") < text.index("Amazing Services Invoice")
+    assert text.index("Amazing Services Invoice") < text.index("summary row 0")

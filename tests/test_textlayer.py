@@ -391,3 +391,14 @@ def test_enclosed_letters_become_the_sign() -> None:
 
     assert _compose("c\u20dd2009 ACM") == "\u00a92009 ACM"
     assert _compose("plain text") == "plain text"
+
+
+def test_readable_drops_characters_no_text_holds() -> None:
+    """Stray unmapped glyphs on a page that passed the check leave the text, not the check."""
+    from ocrpress.textlayer import count_bad, readable
+
+    assert readable("lived with you \ufffd") == "lived with you"
+    assert readable("a \ufffd\ufffd b (cid:12)c") == "a b c"
+    assert readable("\ufffd") == ""
+    assert readable("plain text") == "plain text"
+    assert count_bad("a \ufffd b") == 1  # still counted against the page

@@ -28,7 +28,15 @@ from ..backoff import BatchLimit, is_oom
 from ..document import PageImage, PageResult
 from ..modes import TokenPlan, get_mode, max_positions
 from . import EngineError, EngineOptions, PagePlan, Usage
-from .deepseek_runtime import auto_batch_size, load_v1, load_v2, pick_device, pick_dtype
+from .deepseek_runtime import (
+    auto_batch_size,
+    load_v1,
+    load_v2,
+    pick_device,
+    pick_dtype,
+    prefill_budget,
+    prefill_pages,
+)
 from .deepseek_spec import (  # noqa: F401 - re-exported: the engine module's public names
     DEFAULT_MODEL,
     DTYPE_NAMES,
@@ -37,6 +45,7 @@ from .deepseek_spec import (  # noqa: F401 - re-exported: the engine module's pu
     REFILL_DEPTH,
     DeepSeekPlanner,
     _resolve_dir,
+    eos_ids,
     family_of_config,
     known_token_ids,
     load_config,
@@ -109,7 +118,7 @@ class DeepSeekEngine:
         self.tokenizer = self.processor.tokenizer
         self.hf_model.eval()
         self.image_token_id = self.tokenizer.convert_tokens_to_ids("<image>")
-        self.eos_ids = self._eos_ids()
+        self.eos_ids = eos_ids(self.hf_model, self.tokenizer, self.model)
         self.pad_id = (
             self.tokenizer.pad_token_id
             if self.tokenizer.pad_token_id is not None
@@ -117,8 +126,10 @@ class DeepSeekEngine:
         )
         self.whitelist_ids = known_token_ids(self.tokenizer, NGRAM_WHITELIST)
         worst = max_positions(self.family, self.mode_spec.name, opts.max_tiles)
+        budget = prefill_budget(self.device)
+        self.prefill_pages = prefill_pages(self.mode_spec, opts.max_tiles, self.dtype, budget)
         self.slots = opts.batch_size or auto_batch_size(
-            self.hf_model, self.device, self.dtype, self.mode_spec, worst, opts
+            self.hf_model, self.device, self.dtype, worst, opts, budget
         )
         self.max_batch_size = self.slots * REFILL_DEPTH
         self.decode_stats = DecodeStats(slots=self.slots)
@@ -126,7 +137,7 @@ class DeepSeekEngine:
         self._pool = ThreadPoolExecutor(PREPARE_THREADS, thread_name_prefix="ocrpress-prepare")
         log.info(
             "deepseek engine: model %s (%s), mode %s, device %s, dtype %s, attention %s, "
-            "%d decode slots, %d pages per call",
+            "%d decode slots, %d pages per call, %d per prefill",
             self.model,
             self.family,
             self.mode,
@@ -135,20 +146,8 @@ class DeepSeekEngine:
             self.attn_implementation,
             self.slots,
             self.max_batch_size,
+            self.prefill_pages,
         )
-
-    def _eos_ids(self) -> set[int]:
-        ids: set[int] = set()
-        gen_eos = getattr(self.hf_model.generation_config, "eos_token_id", None)
-        if isinstance(gen_eos, int):
-            ids.add(gen_eos)
-        elif gen_eos:
-            ids.update(gen_eos)
-        if self.tokenizer.eos_token_id is not None:
-            ids.add(self.tokenizer.eos_token_id)
-        if not ids:
-            raise EngineError(f"{self.model!r} defines no end-of-sequence token")
-        return ids
 
     # -- protocol -----------------------------------------------------------------------
 
@@ -189,6 +188,7 @@ class DeepSeekEngine:
             guard=self._guard or (self.opts.ngram_size, self.opts.ngram_window),
             whitelist_ids=self.whitelist_ids,
             step_hook=self.step_hook(batch) if self.step_hook is not None else None,
+            prefill_pages=self.prefill_pages,
         )
         try:
             decoder.run(self._prepared(batch, slots, budgets), on_done=post)

@@ -127,24 +127,62 @@ def kv_bytes_per_token(model: Any, dtype: Any) -> int:
     return 2 * layers * heads * head_dim * dtype.itemsize
 
 
-def auto_batch_size(
-    model: Any, device: str, dtype: Any, mode_spec: Any, worst_positions: int, opts: Any
-) -> int:
-    """Pages decoded at once that fit the GPU's free memory (a fixed small number on CPU)."""
-    if not device.startswith("cuda"):
-        return CPU_BATCH_SIZE
-    import torch
+#: Transient memory one prefill call may give the vision stack: pages per prefill call are
+#: capped to stay under it (or under a quarter of the free GPU memory, if less). Measured on an
+#: H100 (gundam, A4): 32 pages in one prefill peaked at 58 GiB and 64 ran out of memory, while
+#: decoding them needs a few GiB of cache; prefilling a few pages at a time lets the card hold
+#: far more decode slots, and a decode step costs about the same at 1 or 32 rows.
+PREFILL_BUDGET = 16 * 2**30
+SLACK = 1.25  # allocator slack on the estimates; the pipeline halves the batch on OOM
 
-    free, _total = torch.cuda.mem_get_info(torch.device(device))
-    decode = kv_bytes_per_token(model, dtype) * (worst_positions + opts.max_new_tokens)
-    # Prefill peak: SAM's SDPA path materialises a (heads, HW, HW) relative-position bias
-    # per view (0.4 GB for a 1024-px view in bf16), for all views of the batch at once.
+
+def vision_bytes_per_page(mode_spec: Any, max_tiles: int, dtype: Any) -> int:
+    """Prefill peak of one page's views: SAM's SDPA path materialises a (heads, HW, HW)
+    relative-position bias per view (0.4 GB for a 1024-px view in bf16)."""
     itemsize = dtype.itemsize
     patches = (mode_spec.base_size // 16) ** 2
     vision = 12 * patches * patches * itemsize
     if mode_spec.tile_size:
         tile_patches = (mode_spec.tile_size // 16) ** 2
-        vision += opts.max_tiles * 12 * tile_patches * tile_patches * itemsize
-    per_page = max(decode, vision) * 1.25  # allocator slack; the pipeline halves on OOM
-    budget = 0.9 * free - 2 * 2**30
+        vision += max_tiles * 12 * tile_patches * tile_patches * itemsize
+    return vision
+
+
+def prefill_budget(device: str) -> int:
+    """Bytes one prefill call may use: :data:`PREFILL_BUDGET`, or a quarter of free GPU memory."""
+    if not device.startswith("cuda"):
+        return PREFILL_BUDGET
+    import torch
+
+    free, _total = torch.cuda.mem_get_info(torch.device(device))
+    return int(min(PREFILL_BUDGET, free // 4))
+
+
+def prefill_pages(mode_spec: Any, max_tiles: int, dtype: Any, budget: int) -> int:
+    """Pages one prefill call takes so that their vision stack stays within ``budget``."""
+    per_page = vision_bytes_per_page(mode_spec, max_tiles, dtype) * SLACK
+    return max(1, int(budget // per_page))
+
+
+def auto_batch_size(
+    model: Any,
+    device: str,
+    dtype: Any,
+    worst_positions: int,
+    opts: Any,
+    prefill_bytes: int,
+) -> int:
+    """Pages decoded at once whose cache fits the GPU's free memory beside one prefill call
+    of ``prefill_bytes`` (a fixed small number on CPU)."""
+    if not device.startswith("cuda"):
+        return CPU_BATCH_SIZE
+    import torch
+
+    free, _total = torch.cuda.mem_get_info(torch.device(device))
+    positions = worst_positions + opts.max_new_tokens
+    context = getattr(text_config(model), "max_position_embeddings", None)
+    if isinstance(context, int):
+        positions = min(positions, context)  # generation stops at the context (truncated)
+    per_page = kv_bytes_per_token(model, dtype) * positions * SLACK
+    budget = 0.9 * free - 2 * 2**30 - prefill_bytes
     return max(1, min(MAX_AUTO_BATCH, int(budget // per_page)))

@@ -163,6 +163,21 @@ def known_token_ids(tokenizer: Any, tokens: tuple[str, ...]) -> set[int]:
     return {i for i in ids if isinstance(i, int) and i != unk}
 
 
+def eos_ids(hf_model: Any, tokenizer: Any, name: str | None) -> set[int]:
+    """End-of-sequence ids: the generation config's and the tokenizer's."""
+    ids: set[int] = set()
+    gen_eos = getattr(hf_model.generation_config, "eos_token_id", None)
+    if isinstance(gen_eos, int):
+        ids.add(gen_eos)
+    elif gen_eos:
+        ids.update(gen_eos)
+    if tokenizer.eos_token_id is not None:
+        ids.add(tokenizer.eos_token_id)
+    if not ids:
+        raise EngineError(f"{name!r} defines no end-of-sequence token")
+    return ids
+
+
 def row_status(tokens: list[int], eos_ids: set[int], max_new_tokens: int) -> tuple[list[int], bool]:
     """Cut a generated row at its first EOS; returns (text tokens, hit the token limit)."""
     for i, t in enumerate(tokens):

@@ -102,6 +102,7 @@ def _order(lines: list[Line], h_med: float) -> list[Section]:
             # keeping only merges whose union has real columns.
             run_bands = _bands(run)
             groups.extend(_merge_bands(run_bands, lambda u: _column_split(u, h_med) is not None))
+    groups = _attach_leading_rows(groups, h_med)
     # Consecutive groups without columns are one stretch of the page read top to bottom
     # (running text continues across a paragraph gap; a receipt's rows are one list).
     out: list[Section] = []
@@ -193,6 +194,34 @@ def _crossed_gutter(lines: list[Line], h_med: float) -> tuple[float, float] | No
             if b - a >= MIN_GUTTER * h_med:
                 return a, b
     return None
+
+
+def _attach_leading_rows(groups: list[list[Line]], h_med: float) -> list[list[Line]]:
+    """Move rows from just above a group with columns into it while its columns still hold.
+
+    Columns often start on one row: a heading beside the other column's first line, a label
+    beside the first line of a note. That row alone, or with the next, pairs up like a row of
+    cells, so the top-down merge above leaves it out of the columns it starts, and it would be
+    read across the gutter as one line. A row that sits close above the group (no wide gap)
+    and keeps the group's columns when added belongs to them; a full-width row crosses the
+    gutter and stays where it is.
+    """
+    for i in range(1, len(groups)):
+        above, group = groups[i - 1], groups[i]
+        split = _column_split(group, h_med)
+        if split is None or _column_split(above, h_med) is not None:
+            continue
+        while above:
+            row = _bands(above)[-1]
+            gap = min(ln.cy - CORE * ln.h for ln in group) - max(ln.cy + CORE * ln.h for ln in row)
+            united = _column_split(row + group, h_med)
+            if gap > WIDE_GAP * h_med or united is None or len(united[0]) != len(split[0]):
+                break
+            moved = {id(ln) for ln in row}
+            above = [ln for ln in above if id(ln) not in moved]
+            group = row + group
+        groups[i - 1], groups[i] = above, group
+    return [g for g in groups if g]
 
 
 def _merge_bands(bands: list[list[Line]], joins: Callable[[list[Line]], bool]) -> list[list[Line]]:

@@ -1,0 +1,19 @@
+#!/bin/sh
+# The GPU benchmark as one device call (bench/RESULTS.md, "On a GPU"): install the carried
+# wheels (.whl: transformers 5.24, pymupdf), then where the time goes (refill decoder vs
+# generate per step), the engine comparison, and the end-to-end run. Each step has its own time
+# limit so that a slow one still leaves the others' numbers in $OUT. About 6 minutes on an H100.
+set -u
+OUT=${OUT:-/tmp/ocrpress-gpu}
+mkdir -p "$OUT"
+python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade \
+  --target /tmp/site .whl/*.whl || exit 1
+export PYTHONPATH=/tmp/site:$PWD PYTHONUNBUFFERED=1
+nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv | tee "$OUT/gpu.txt"
+python3 -c "import sys, torch, transformers, pymupdf; print(sys.version.split()[0], \
+torch.__version__, transformers.__version__, pymupdf.__version__)" | tee -a "$OUT/gpu.txt"
+timeout "${PROFILE_S:-120}" python3 bench/gpu_profile.py 2>&1 | grep -v USDT | tee "$OUT/profile.log"
+timeout "${ENGINE_S:-200}" python3 bench/gpu_throughput.py --pages 48 --slots 16 \
+  --min-tokens 100 --max-tokens 500 --naive-budget "${NAIVE_S:-60}" 2>&1 | tee "$OUT/engine.log"
+timeout "${E2E_S:-150}" python3 bench/gpu_throughput.py --end-to-end --pages 96 --slots 96 \
+  --min-tokens 900 --max-tokens 900 --workers 4 2>&1 | tee "$OUT/e2e.log"

@@ -1,0 +1,125 @@
+"""Refill scheduling on the tiny DeepSeek-OCR-2 model (CPU, fp32): pages join a running decode
+in groups, and a prefill call takes a bounded number of pages."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+from test_deepseek import make_engine, page
+
+from ocrpress.engines.refill import RefillDecoder
+
+
+def forced_lengths(targets: dict[int, int], eos_ids: set[int]):
+    """A step hook that ends the call's ``i``-th page after exactly ``targets[i]`` tokens."""
+    eos, others = min(eos_ids), sorted(eos_ids)
+
+    def for_batch(pages):
+        want = torch.tensor([targets[k] for k in range(len(pages))])  # by place in the call
+
+        def hook(keys: list[int], counts: torch.Tensor, scores: torch.Tensor) -> torch.Tensor:
+            done = want[keys] <= counts
+            scores = scores.clone()
+            scores[:, others] = -float("inf")
+            forced = torch.full_like(scores, -float("inf"))
+            forced[:, eos] = 0.0
+            return torch.where(done[:, None], forced, scores)
+
+        return hook
+
+    return for_batch
+
+
+@pytest.fixture
+def prefill_sizes(monkeypatch: pytest.MonkeyPatch) -> list[int]:
+    """Pages in each prefill call, in call order."""
+    sizes: list[int] = []
+    original = RefillDecoder._prefill
+
+    def spy(self, rows, group):
+        sizes.append(len(group))
+        return original(self, rows, group)
+
+    monkeypatch.setattr(RefillDecoder, "_prefill", spy)
+    return sizes
+
+
+def test_pages_join_in_groups_of_a_quarter_of_the_slots(
+    tiny_v2_model: Path, prefill_sizes: list[int]
+) -> None:
+    eng = make_engine(tiny_v2_model, mode="small", batch_size=8, max_new_tokens=40)
+    lengths = [3, 9, 5, 14, 7, 11, 4, 16, 6, 12, 8, 10, 13]
+    targets = dict(enumerate(lengths))
+    eng.step_hook = forced_lengths(targets, eng.eos_ids)
+    results = eng.run([page(i % 6) for i in range(len(lengths))])
+    # Each page emitted exactly its forced tokens then EOS: nobody was cut short by a refill.
+    assert [r.text_tokens for r in results] == lengths
+    assert prefill_sizes[0] == 8  # the first call fills every slot
+    later = prefill_sizes[1:]
+    assert sum(prefill_sizes) == len(lengths)
+    # Refills wait for 2 free slots (8 // 4); only the input's last pages may come alone.
+    assert all(n >= 2 for n in later[:-1]), prefill_sizes
+    assert len(later) <= (len(lengths) - 8 + 1) // 2 + 1
+
+
+def test_a_prefill_call_takes_at_most_prefill_pages(
+    tiny_v2_model: Path, prefill_sizes: list[int]
+) -> None:
+    eng = make_engine(tiny_v2_model, mode="small", batch_size=5, max_new_tokens=6)
+    pages = [page(i) for i in range(5)]
+    alone = [eng.run([p])[0].raw for p in pages]
+    prefill_sizes.clear()
+    eng.prefill_pages = 2
+    results = eng.run(pages)
+    assert prefill_sizes == [2, 2, 1]  # five equal-length pages, two at a time
+    assert [r.raw for r in results] == alone  # chunked prefill changes no token
+
+
+def test_prefill_pages_follow_the_vision_memory_of_the_mode(tiny_v2_model: Path) -> None:
+    """Tiled modes prefill fewer pages per call than untiled ones, within the budget."""
+    from ocrpress.engines.deepseek_runtime import (
+        SLACK,
+        prefill_pages,
+        vision_bytes_per_page,
+    )
+    from ocrpress.modes import get_mode
+
+    budget = 16 * 2**30
+    small, gundam = get_mode("v2", "small"), get_mode("v2", "gundam")
+    n_small = prefill_pages(small, 6, torch.bfloat16, budget)
+    n_gundam = prefill_pages(gundam, 6, torch.bfloat16, budget)
+    assert n_gundam < n_small
+    for mode, n in ((small, n_small), (gundam, n_gundam)):
+        per_page = vision_bytes_per_page(mode, 6, torch.bfloat16) * SLACK
+        assert n * per_page <= budget < (n + 1) * per_page
+    assert prefill_pages(gundam, 6, torch.bfloat16, 1) == 1  # never zero
+
+
+def test_auto_batch_size_counts_cache_beside_one_prefill(monkeypatch: pytest.MonkeyPatch) -> None:
+    """On a GPU, decode slots come from the cache each page needs, after setting aside one
+    prefill call's memory; the prefill budget is a quarter of free memory at most."""
+    from types import SimpleNamespace
+
+    from ocrpress.engines import deepseek_runtime as rt
+
+    free = 80 * 2**30
+    monkeypatch.setattr(torch.cuda, "mem_get_info", lambda device=None: (free, free))
+    text = SimpleNamespace(
+        num_hidden_layers=12,
+        num_key_value_heads=10,
+        hidden_size=1280,
+        num_attention_heads=10,
+        head_dim=128,
+        max_position_embeddings=8192,
+    )
+    model = SimpleNamespace(config=SimpleNamespace(text_config=text))
+    opts = SimpleNamespace(max_new_tokens=8192)
+    per_page = 2 * 12 * 10 * 128 * 2 * 8192 * rt.SLACK  # bf16 keys and values, context-capped
+    budget = rt.prefill_budget("cuda")
+    assert budget == min(rt.PREFILL_BUDGET, free // 4)
+    slots = rt.auto_batch_size(model, "cuda", torch.bfloat16, 1121, opts, budget)
+    assert slots == min(rt.MAX_AUTO_BATCH, int((0.9 * free - 2 * 2**30 - budget) // per_page))
+    assert rt.auto_batch_size(model, "cuda", torch.bfloat16, 1121, opts, 0) > slots
+    assert rt.auto_batch_size(model, "cpu", torch.float32, 1121, opts, budget) == rt.CPU_BATCH_SIZE
