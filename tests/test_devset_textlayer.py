@@ -8,6 +8,7 @@ import json
 from pathlib import Path
 
 from docgen import cer, normalize_ws
+from test_devset_pages import assert_in_order
 
 from ocrpress import textlayer
 from ocrpress.document import PageResult
@@ -32,20 +33,11 @@ def read(stem: str) -> tuple[str, str]:
     return page_text(page), (DATA / f"{stem}.gt.txt").read_text()
 
 
-def in_order(text: str, phrases: list[str]) -> bool:
-    flat = normalize_ws(text)
-    positions = [flat.find(p) for p in phrases]
-    assert all(p >= 0 for p in positions), [
-        ph for ph, p in zip(phrases, positions, strict=True) if p < 0
-    ]
-    return positions == sorted(positions)
-
-
 def test_paper_abstract_heading_starts_the_left_column() -> None:
     """TraceMonkey p. 1: "Abstract" shares its row with the right column's first line."""
     text, truth = read("tracemonkey_pldi09_p01")
     assert "Abstract and is used" not in normalize_ws(text)
-    assert in_order(
+    assert_in_order(
         text,
         ["Abstract", "Dynamic languages such as JavaScript are more difficult",
          "Keywords JavaScript", "1. Introduction", "and is used for the application logic",
@@ -58,7 +50,7 @@ def test_invoice_blocks_side_by_side_and_footer_columns() -> None:
     """AWS invoice: the address block, then the title over the summary beside it; the footer's
     notes column, then its "Service Provider" column."""
     text, truth = read("invoice_aws_2014")
-    assert in_order(
+    assert_in_order(
         text,
         ["Account number", "Yuen Long", "Amazon Web Services Invoice", "Invoice Summary",
          "* May include estimated", "** This is not a VAT invoice", "Service Provider:",
