@@ -111,8 +111,45 @@ def _forkserver_guard() -> None:
 
 
 def _forkserver_exit(signum: int, frame: object) -> None:
+    # Render workers are the forkserver's children and die after it; until then one could
+    # write a page into the folder while it is being removed, and the folder would stay.
+    kill_children()
     _remove_socket_folder()
     os._exit(1)
+
+
+def children(pid: int) -> list[int]:
+    """Pids of ``pid``'s child processes (Linux ``/proc``; empty elsewhere)."""
+    try:
+        with open(f"/proc/{pid}/task/{pid}/children") as f:
+            return [int(c) for c in f.read().split()]
+    except OSError:
+        pass
+    found = []
+    with contextlib.suppress(OSError):
+        for entry in os.listdir("/proc"):
+            if not entry.isdigit():
+                continue
+            try:
+                with open(f"/proc/{entry}/stat") as f:
+                    # "pid (comm) state ppid ...": comm may hold spaces and parentheses.
+                    ppid = int(f.read().rsplit(")", 1)[1].split()[1])
+            except (OSError, IndexError, ValueError):
+                continue
+            if ppid == pid:
+                found.append(int(entry))
+    return found
+
+
+def kill_children() -> None:
+    """SIGKILL this process's children and reap them, so none runs on after this returns."""
+    pids = children(os.getpid())
+    for pid in pids:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGKILL)
+    for pid in pids:
+        with contextlib.suppress(ChildProcessError):  # already reaped (SIGCHLD handler)
+            os.waitpid(pid, 0)
 
 
 def _remove_socket_folder() -> None:

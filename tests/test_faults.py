@@ -213,7 +213,8 @@ def test_killed_run_leaves_no_process(sig: signal.Signals, tmp_path: Path) -> No
         for pid in _group(proc.pid):
             os.kill(pid, signal.SIGKILL)
     # Nothing in the temp folder either: not the forkserver's socket folder (pymp-*).
-    assert not [p.name for p in tmp_path.iterdir() if p.name.startswith(("pymp-", "ocrpress-"))]
+    left = [p for p in tmp_path.iterdir() if p.name.startswith(("pymp-", "ocrpress-"))]
+    assert not left, [(p.name, sorted(os.listdir(p)) if p.is_dir() else None) for p in left]
     err = proc.stderr.read().decode() if proc.stderr else ""
     if sig == signal.SIGTERM:
         assert proc.returncode == 143 and "terminated" in err and "Traceback" not in err
