@@ -1,6 +1,7 @@
 """Where the DeepSeek engine's GPU time goes: prefill and per-step decode cost by batch size,
 for the refill decoder and for transformers' ``generate`` on the same pages, peak memory, and
-the top operators of one batched run (torch.profiler).
+the top operators of one batched run (torch.profiler); and the pages/s of the engine's CPU
+preparation with 1..8 threads (how much of it the GIL serialises on the GPU box's cores).
 
 Each batch of ``B`` identical-length pages is decoded twice, to ``--short`` and to ``--long``
 forced tokens: (long - short) steps separate the decode step's cost from the prefill's.
@@ -50,6 +51,20 @@ def timed_run(
     return secs, peak
 
 
+def prep_scaling(eng: DeepSeekEngine, size: tuple[int, int], threads: str) -> None:
+    """Pages/s of the engine's CPU preparation with 1, 2, 4... threads (the GIL's share)."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    pages = synthetic_pages(16, size, 7)
+    eng.prepare(pages[0])  # warm
+    for n in (int(t) for t in threads.split(",")):
+        with ThreadPoolExecutor(n) as pool:
+            t0 = time.perf_counter()
+            list(pool.map(eng.prepare, pages))
+            secs = time.perf_counter() - t0
+        print(f"preparation, {n} threads: {len(pages) / secs:6.1f} pages/s")
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--tiny", action="store_true")
@@ -58,6 +73,7 @@ def main() -> int:
     ap.add_argument("--short", type=int, default=16)
     ap.add_argument("--long", type=int, default=96)
     ap.add_argument("--profile-batch", type=int, default=8)
+    ap.add_argument("--prep-threads", default="1,2,4,8", help="preparation threads to time")
     args = ap.parse_args()
     device = "cuda" if torch.cuda.is_available() else "cpu"
     dtype = torch.bfloat16 if device == "cuda" else torch.float32
@@ -100,6 +116,7 @@ def main() -> int:
                 f" {path:<8} | {b:5d} | {s_short:15.2f} | {s_long:6.2f} | {ms:7.1f} | "
                 f"{ms / b:11.2f} | {b * steps / (s_long - s_short):8.0f} | {peak:4.1f}"
             )
+    prep_scaling(eng, size, args.prep_threads)
     b = args.profile_batch
     pages = synthetic_pages(b, size, 1000 + b)
     acts = [torch.profiler.ProfilerActivity.CPU]
