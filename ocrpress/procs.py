@@ -119,12 +119,8 @@ def _forkserver_exit(signum: int, frame: object) -> None:
 
 
 def children(pid: int) -> list[int]:
-    """Pids of ``pid``'s child processes (Linux ``/proc``; empty elsewhere)."""
-    try:
-        with open(f"/proc/{pid}/task/{pid}/children") as f:
-            return [int(c) for c in f.read().split()]
-    except OSError:
-        pass
+    """Pids of ``pid``'s child processes (Linux ``/proc``; empty elsewhere). Read from every
+    process's ``stat``: ``/proc/PID/task/PID/children`` needs a kernel option."""
     found = []
     with contextlib.suppress(OSError):
         for entry in os.listdir("/proc"):

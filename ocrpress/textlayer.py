@@ -332,8 +332,11 @@ def to_blocks(layer: TextLayer, lines: list[TextLine], extra: list[Block]) -> li
         b.score = None  # no recogniser was involved: there is no confidence to report
     blocks = place_blocks(grouped, extra)
     for ln in lines:
-        inside = any(_inside(ln.box, t) for t in tables)
-        if ln.vertical and not inside and (text := readable(ln.text)):
+        if (
+            ln.vertical
+            and not any(_inside(ln.box, t) for t in tables)
+            and (text := readable(ln.text))
+        ):
             blocks.append(Block(type="text", bbox=ln.box, text=text))
     return blocks
 
