@@ -123,3 +123,75 @@ def test_auto_batch_size_counts_cache_beside_one_prefill(monkeypatch: pytest.Mon
     assert slots == min(rt.MAX_AUTO_BATCH, int((0.9 * free - 2 * 2**30 - budget) // per_page))
     assert rt.auto_batch_size(model, "cuda", torch.bfloat16, 1121, opts, 0) > slots
     assert rt.auto_batch_size(model, "cpu", torch.float32, 1121, opts, budget) == rt.CPU_BATCH_SIZE
+
+
+def test_decode_steps_switch_the_experts_on_accelerators_only(tiny_v2_model: Path) -> None:
+    """As transformers' generate does: grouped_mm stays for the CPU and for prefills; decode
+    steps on an accelerator use batched_mm; models without switchable experts are left alone."""
+    from types import SimpleNamespace
+
+    from ocrpress.engines.refill import decode_experts
+
+    eng = make_engine(tiny_v2_model, mode="small")
+    model = eng.hf_model
+    assert "grouped_mm" in model.get_experts_implementation().values()
+    assert decode_experts(model, "cpu") is None
+    switched = decode_experts(model, "cuda:0")
+    assert switched is not None and set(switched.values()) == {"batched_mm"}
+    assert decode_experts(SimpleNamespace(), "cuda") is None
+    eager = SimpleNamespace(get_experts_implementation=lambda: {"": "eager"})
+    assert decode_experts(eager, "cuda") is None
+
+
+def test_decode_steps_run_batched_mm_and_prefills_grouped_mm(tiny_v2_model: Path) -> None:
+    """With the switch forced on the CPU: every prefill forward sees grouped_mm, every decode
+    step batched_mm, the tokens are those of the unswitched decoder, and the model is left as
+    it was, also when decoding fails."""
+    eng = make_engine(tiny_v2_model, mode="small", batch_size=3, max_new_tokens=10)
+    model = eng.hf_model
+    pages = [page(i) for i in range(5)]
+
+    seen: list[tuple[int, str]] = []
+
+    def record(_module, _args, kwargs):
+        impl = model.config.text_config._experts_implementation
+        seen.append((kwargs["input_ids"].shape[1], impl))
+
+    handle = model.register_forward_pre_hook(record, with_kwargs=True)
+    prepared = [eng.prepare(p, i) for i, p in enumerate(pages)]
+
+    def decoder(hook=None, switch=True) -> RefillDecoder:
+        return RefillDecoder(
+            model,
+            slots=3,
+            eos_ids=eng.eos_ids,
+            device="cpu",
+            dtype=torch.float32,
+            guard=(eng.opts.ngram_size, eng.opts.ngram_window),
+            whitelist_ids=eng.whitelist_ids,
+            decode_experts={"": "batched_mm", "text_config": "batched_mm"} if switch else None,
+            step_hook=hook,
+        )
+
+    try:
+        reference = decoder(switch=False).run(prepared)
+        assert {impl for _, impl in seen} == {"grouped_mm"}
+        seen.clear()
+        tokens = decoder().run(prepared)
+        assert model.config.text_config._experts_implementation == "grouped_mm"
+        steps = [impl for n, impl in seen if n == 1]
+        prefills = [impl for n, impl in seen if n > 1]
+        assert steps and set(steps) == {"batched_mm"}
+        assert prefills and set(prefills) == {"grouped_mm"}
+        assert tokens == reference and len(tokens) == 5
+
+        def fail(keys, counts, scores):
+            if counts.max() > 3:
+                raise RuntimeError("boom")
+            return scores
+
+        with pytest.raises(RuntimeError, match="boom"):
+            decoder(fail).run(prepared)
+        assert model.config.text_config._experts_implementation == "grouped_mm"
+    finally:
+        handle.remove()

@@ -57,7 +57,7 @@ from .deepseek_spec import (  # noqa: F401 - re-exported: the engine module's pu
     strong_guard,
     to_result,
 )
-from .refill import DecodeStats, Prepared, RefillDecoder, StepHook
+from .refill import DecodeStats, Prepared, RefillDecoder, StepHook, decode_experts
 
 log = logging.getLogger("ocrpress")
 
@@ -189,6 +189,7 @@ class DeepSeekEngine:
             whitelist_ids=self.whitelist_ids,
             step_hook=self.step_hook(batch) if self.step_hook is not None else None,
             prefill_pages=self.prefill_pages,
+            decode_experts=decode_experts(self.hf_model, self.device),
         )
         try:
             decoder.run(self._prepared(batch, slots, budgets), on_done=post)
