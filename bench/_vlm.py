@@ -89,11 +89,10 @@ class ForceLengths(LogitsProcessor):
 def force_lengths_hook(target_of: dict[tuple[str, int], int], eos_id: int, vocab_limit: int):
     """The refill engine's ``step_hook`` with the same rule as :class:`ForceLengths`."""
 
-    def for_batch(pages: list[PageImage]):
-        targets = torch.tensor([target_of[(p.source, p.index)] for p in pages])
-
+    def for_batch(pages):  # the call's pages by key: a list, or a growing dict (streams)
         def hook(keys: list[int], counts: torch.Tensor, scores: torch.Tensor) -> torch.Tensor:
-            done = (targets[keys] <= counts).to(scores.device)
+            targets = torch.tensor([target_of[(pages[k].source, pages[k].index)] for k in keys])
+            done = (targets <= counts).to(scores.device)
             return _force(scores, done, eos_id, vocab_limit)
 
         return hook

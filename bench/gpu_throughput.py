@@ -26,6 +26,7 @@ import resource
 import sys
 import tempfile
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import torch
@@ -154,9 +155,14 @@ def end_to_end(eng: DeepSeekEngine, args: argparse.Namespace, lo: int, hi: int) 
 
     from ocrpress.inputs import discover
     from ocrpress.pipeline import Converter, ConvertOptions
+    from ocrpress.render import PRELOAD_INPUTS, make_pool
 
     per_doc = 8
     with tempfile.TemporaryDirectory(prefix="ocrpress-e2e-") as tmp:
+        # The model is in memory; its processor goes to a folder, so that the render workers
+        # can load it and prepare pages as they do for a checkpoint folder.
+        eng.processor.save_pretrained(Path(tmp) / "processor")
+        eng.inputs_recipe = replace(eng.inputs_recipe, folder=str(Path(tmp) / "processor"))
         paths = []
         for d in range((args.pages + per_doc - 1) // per_doc):
             n = min(per_doc, args.pages - d * per_doc)
@@ -180,9 +186,15 @@ def end_to_end(eng: DeepSeekEngine, args: argparse.Namespace, lo: int, hi: int) 
             ocr="always",  # the generated PDFs have text layers: --ocr auto would skip the GPU
             engine=eng.opts,
         )
+        # A CLI run's render workers import torch (seconds) in their forkserver while the
+        # model loads; this model is already in memory, so start that forkserver first.
+        pool = make_pool(1, PRELOAD_INPUTS)
+        pool.submit(sum, []).result()
+        pool.shutdown()
         conv = Converter(opts, engine=eng, on_error=lambda m: print("error:", m))
         conv.run(docs)
         s = conv.stats.to_dict()
+        print(f"pages prepared by render workers: {eng.prepared_by_workers} of {s['pages']}")
         print(
             json.dumps(
                 {

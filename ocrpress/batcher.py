@@ -51,9 +51,16 @@ class Batcher:
         self.buckets: dict[Any, Batch] = {}
         self.buffered = 0  # pages waiting in buckets
 
-    def run(self, max_batch: int, window: int) -> None:
-        """Convert every page the ledger wants, ``max_batch`` pages a batch at most."""
+    def run(self, max_batch: int, window: int, first_batch: int | None = None) -> None:
+        """Convert every page the ledger wants, ``max_batch`` pages a batch at most.
+
+        With ``first_batch``, batches start that small and double up to ``max_batch``: the
+        engine starts on the first pages rendered instead of idling until a full batch is
+        (316 prepared gundam pages for 79 decode slots), and each batch runs while the
+        next, twice its size, is rendered.
+        """
         renders, runner = self.renders, self.runner
+        ramp = min(first_batch or max_batch, max_batch)
         tasks = self.ledger.page_tasks()
         # Batches in the engine(s): future -> its pages (kept here for figure crops).
         running: dict[Any, Batch] = {}
@@ -76,7 +83,7 @@ class Batcher:
                 st, idx = task
                 renders.submit((st, idx), st.doc, idx)
             self._bucket_rendered()
-            limit = self.limit.cap(max_batch)
+            limit = min(self.limit.cap(max_batch), ramp)
             key = None
             if len(running) < runner.capacity:
                 key = next((k for k, v in self.buckets.items() if len(v) >= limit), None)
@@ -89,6 +96,7 @@ class Batcher:
                 batch = self._take(key, limit)
                 fut = runner.submit([p for _, p in batch], self.retry_truncated)
                 running[fut] = batch
+                ramp = min(max_batch, 2 * ramp)
                 del batch, fut  # a finished batch's images must not outlive it
                 continue
             if len(renders) or running:

@@ -35,6 +35,8 @@ class PageImage:
     # --mode auto: the mode chosen for this page (None: the engine's mode) and why.
     mode: str | None = None
     mode_estimate: dict[str, Any] | None = None
+    # Model inputs a render worker made for it (engines.page_inputs.PreparedFile), or None.
+    prepared: Any = None
 
     @property
     def width(self) -> int:

@@ -23,7 +23,8 @@ from .backoff import BatchLimit
 from .batcher import Batcher
 from .devices import DevicePool, Planner, make_planner, resolve_devices
 from .document import DocumentResult
-from .engines import Engine, create_engine
+from .engines import Engine, create_engine, resolve_engine_name
+from .engines.page_inputs import window_for
 from .errors import EngineLoadError, Terminated
 from .escalation import Escalator, auto_spec
 from .inputs import InputDoc
@@ -32,10 +33,11 @@ from .journal import fingerprint
 from .ledger import Ledger
 from .lock import locked_output
 from .options import ConvertOptions
-from .render import RenderQueue, default_workers, main_is_importable
+from .render import PRELOAD_INPUTS, RenderQueue, default_workers, main_is_importable
 from .routing import OCR_MODES
 from .runners import InlineRunner, Runner
 from .stats import RunStats
+from .stream_runner import StreamRunner, Streams
 from .writers import atomic_write
 
 __all__ = ["RUN_STATS_FILE", "ConvertOptions", "Converter", "EngineLoadError"]
@@ -43,6 +45,9 @@ __all__ = ["RUN_STATS_FILE", "ConvertOptions", "Converter", "EngineLoadError"]
 log = logging.getLogger("ocrpress")
 
 RUN_STATS_FILE = "_ocrpress_run.json"
+
+#: Runners whose engine is in this process (render workers can prepare its inputs).
+LOCAL_RUNNERS = (InlineRunner, StreamRunner)
 
 
 class Converter:
@@ -113,20 +118,30 @@ class Converter:
             workers = 0
         never = self.opts.ocr == "never" and self._engine is None  # no page reaches an engine
         devices = None if never else self._start_devices()
-        renders = RenderQueue(workers, self.opts.dpi, ocr=self.opts.ocr)
+        # Workers that will prepare a VLM's inputs import torch once, in their forkserver,
+        # while this process loads the model.
+        preload = PRELOAD_INPUTS if workers and not never and self._vlm_inputs() else None
+        renders = RenderQueue(workers, self.opts.dpi, ocr=self.opts.ocr, preload=preload)
         ledger = Ledger(docs, self.opts, self.stats, self._fingerprint, self.on_error, self.stdout)
         interrupted = False
+        runner: Runner | None = None
         try:
             planner, max_batch, runner = self._runner(never, devices)
             # --mode auto: render workers choose each page's mode before the first is sent.
             renders.auto = auto_spec(planner, self.opts.engine)
             escalator = Escalator(renders.auto, self.opts.engine.fallback) if renders.auto else None
-            self.stats.engine_replicas = runner.capacity
+            # The engine copies working at once (a stream runner queues a second batch on one).
+            self.stats.engine_replicas = getattr(runner, "replicas", runner.capacity)
             self.stats.engine_ready = time.perf_counter()
             window = self.opts.window or (
                 max(2 * max_batch, max_batch + 2 * max(workers, 1))
                 + (runner.capacity - 1) * max_batch  # one more batch per extra replica
             )
+            recipe = getattr(planner, "inputs_recipe", None)
+            if workers and isinstance(runner, LOCAL_RUNNERS) and recipe and recipe.folder:
+                # Render workers prepare the engine's inputs too (engines.page_inputs).
+                renders.inputs = recipe
+                window = window_for(recipe, window, max_batch + 2 * workers)
             self.stats.engine, self.stats.model, self.stats.mode = (
                 planner.name,
                 planner.model,
@@ -143,7 +158,7 @@ class Converter:
                 escalator,
             )
             try:
-                batcher.run(max_batch, window)
+                batcher.run(max_batch, window, self._first_batch(planner, runner))
             finally:
                 ledger.close()
             ledger.emit_ready()
@@ -154,6 +169,8 @@ class Converter:
             # Interrupted: no waiting for workers (they die with this process); a worker
             # still starting must not find the pool's semaphores already gone.
             renders.close(wait=not interrupted)
+            if isinstance(runner, StreamRunner):
+                runner.close(wait=not interrupted)
             if devices is not None:
                 devices.close()
         self.stats.stop()
@@ -166,13 +183,37 @@ class Converter:
                 )
         return ledger.results()
 
+    def _vlm_inputs(self) -> bool:
+        """Whether this run's engine (loaded or not) will want its inputs made by workers."""
+        if self._engine is not None:
+            recipe = getattr(self._engine, "inputs_recipe", None)
+            return bool(recipe and recipe.folder)
+        if self.opts.devices:
+            return False
+        try:
+            return resolve_engine_name(self.opts.engine)[0] == "deepseek"
+        except Exception:  # the engine's own load reports it
+            return False
+
+    @staticmethod
+    def _first_batch(planner: Planner, runner: Runner) -> int | None:
+        """The first batch of an engine that decodes in slots: twice its slots, so that it
+        starts early yet has pages to refill its slots with (see Batcher.run)."""
+        slots = getattr(planner, "slots", None)
+        return 2 * slots if isinstance(runner, LOCAL_RUNNERS) and slots else None
+
     def _runner(self, never: bool, devices: DevicePool | None) -> tuple[Planner, int, Runner]:
         """What plans batches, the most pages a batch may have, and where batches run."""
         if never:
             return self._plan_only(), 1, InlineRunner(lambda: self.engine)
         if devices is None:
             engine = self.engine  # load the model while the render pool spins up
-            return engine, max(1, engine.max_batch_size), InlineRunner(lambda: self.engine)
+            max_batch = max(1, engine.max_batch_size)
+            if isinstance(engine, Streams) and not self.opts.retry_truncated:
+                # One decode across batches on a device thread (the truncation retry is a
+                # per-batch step: it keeps the inline runner).
+                return engine, max_batch, StreamRunner(engine)
+            return engine, max_batch, InlineRunner(lambda: self.engine)
         # The replicas' own pages per call (for DeepSeek, 4x --batch-size decode slots).
         return self.planner, devices.max_batch_size(), devices
 

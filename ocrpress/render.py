@@ -21,6 +21,7 @@ from typing import Any
 
 from . import inputs, procs
 from .document import PageImage
+from .engines.page_inputs import InputsRecipe
 from .escalation import AutoSpec, choose_page_mode
 from .inputs import InputDoc, InputError
 from .routing import TextLayerPage, route
@@ -37,11 +38,17 @@ _RENDERER: inputs.PageRenderer | None = None
 
 
 def render_task(
-    doc: InputDoc, index: int, dpi: int, ocr: str = "always", auto: AutoSpec | None = None
+    doc: InputDoc,
+    index: int,
+    dpi: int,
+    ocr: str = "always",
+    auto: AutoSpec | None = None,
+    prepare: tuple[InputsRecipe, str] | None = None,
 ) -> PageImage | TextLayerPage | str:
     """Runs in a worker: a rendered page, a page finished from its text layer (``ocr`` auto
     or never, see :mod:`ocrpress.routing`), or the reason it could not be rendered. With
-    ``auto`` (``--mode auto``) a rendered page also gets its mode, chosen here on the CPU."""
+    ``auto`` (``--mode auto``) a rendered page also gets its mode, chosen here on the CPU;
+    with ``prepare`` (an engine's inputs recipe and the spool folder), its model inputs."""
     global _RENDERER
     if _RENDERER is None:
         _RENDERER = inputs.PageRenderer()
@@ -49,6 +56,10 @@ def render_task(
         page = route(_RENDERER, doc, index, dpi, ocr)
         if auto is not None and isinstance(page, PageImage):
             choose_page_mode(page, _RENDERER, doc, auto)
+        if prepare is not None and isinstance(page, PageImage):
+            from .engines.page_inputs import prepare_in_worker
+
+            prepare_in_worker(page, *prepare)
         return page
     except InputError as e:
         return str(e)
@@ -103,12 +114,20 @@ def main_is_importable() -> bool:
     return path is None or os.path.isfile(path)
 
 
-def make_pool(workers: int) -> ProcessPoolExecutor:
+#: Modules the forkserver imports once for every worker it forks.
+PRELOAD = ["ocrpress.procs", "ocrpress.inputs", "ocrpress.routing"]
+#: ... and when the workers prepare model inputs (see ocrpress.engines.prepare_warm).
+PRELOAD_INPUTS = ["ocrpress.engines.prepare_warm"]
+
+
+def make_pool(workers: int, preload: list[str] | None = None) -> ProcessPoolExecutor:
+    """``workers`` render processes forked by a forkserver that imported ``preload`` (the
+    first pool's list wins: the forkserver outlives pools)."""
     # forkserver: workers never inherit the engine's threads or CUDA state.
     from multiprocessing import forkserver
 
     ctx = multiprocessing.get_context("forkserver")
-    ctx.set_forkserver_preload(["ocrpress.procs", "ocrpress.inputs", "ocrpress.routing"])
+    ctx.set_forkserver_preload(PRELOAD + (preload or []))
     with procs.forkserver_env():
         # Started here, from the main thread, so its parent-death signal is tied to the
         # process's lifetime (not to a thread's), and with a sys.path that skips the cwd.
@@ -156,13 +175,17 @@ class RenderQueue:
         dpi: int,
         task: Callable[..., Any] = render_task,
         ocr: str = "always",
+        preload: list[str] | None = None,
     ) -> None:
         self.workers = workers
+        self.preload = preload
         self.dpi = dpi
         self.ocr = ocr
         self.auto: AutoSpec | None = None  # --mode auto: set before the first page
+        # The engine's inputs recipe: workers prepare pages for it (set before the first page).
+        self.inputs: InputsRecipe | None = None
         self.task = task
-        self.pool = make_pool(workers) if workers > 0 else None
+        self.pool = make_pool(workers, preload) if workers > 0 else None
         # The multiprocessing temp folder: removed at exit, and by the forkserver when the
         # main process is killed (see procs), so spooled pages never outlive the run.
         self.spool = mp_util.get_temp_dir() if workers > 0 else ""
@@ -207,8 +230,10 @@ class RenderQueue:
 
     def _launch(self, page: _Page) -> None:
         args: tuple[Any, ...] = (page.index, self.dpi, self.ocr)
-        if self.auto is not None:  # only then: stand-in tasks of tests take four arguments
-            args += (self.auto,)
+        if self.auto is not None or self.inputs is not None:
+            args += (self.auto,)  # only then: stand-in tasks of tests take four arguments
+        if self.inputs is not None and self.pool is not None:
+            args += ((self.inputs, self.spool),)
         try:
             if self.pool is None:
                 page.fut = InlineFuture(self.task(page.doc, *args))
@@ -234,7 +259,7 @@ class RenderQueue:
         if self.restarts > MAX_RESTARTS:
             raise OcrpressError(f"render workers died {MAX_RESTARTS} times; is memory short?")
         self.pool.shutdown(wait=True, cancel_futures=True)
-        self.pool = make_pool(self.workers)
+        self.pool = make_pool(self.workers, self.preload)
 
     def _pump(self) -> None:
         """Render the oldest page waiting to be rendered again, once nothing else runs."""

@@ -50,6 +50,7 @@ class RunStats:
     serving_seconds: float = 0.0  # wall time from then on
     slot_tokens: int = 0
     slot_capacity: int = 0
+    prepared_ahead: int = 0  # pages whose model inputs the render workers made
 
     def start(self) -> None:
         self.started = time.perf_counter()
@@ -103,6 +104,7 @@ class RunStats:
         self.engine_seconds += u.device_seconds
         self.slot_tokens += u.slot_tokens
         self.slot_capacity += u.slot_capacity
+        self.prepared_ahead += u.prepared_ahead
 
     @property
     def engine_busy_fraction(self) -> float | None:
@@ -156,6 +158,8 @@ class RunStats:
             else None,
             "engine_busy_fraction": self.engine_busy_fraction,
             "decode_slot_utilisation": self.decode_slot_utilisation,
+            # VLM engines: pages whose inputs were prepared by the render workers
+            "pages_prepared_by_workers": self.prepared_ahead if self.slot_capacity else None,
         } | ({"auto": auto} if (auto := self.auto_dict()) else {})
 
     def summary(self) -> str:

@@ -269,7 +269,7 @@ def test_output_is_capped_at_the_context(
     """Prompt + new tokens never exceed max_position_embeddings; a page stopped there is
     truncated and says why."""
     p = page(0)
-    ids = engine._inputs([p.image], 1, engine.mode_spec.name)["input_ids"]
+    ids = engine.prepare(p).inputs["input_ids"]
     prompt = ids.shape[1]
     assert engine.new_token_budget(prompt) == 12  # 4096 positions: the option rules
     monkeypatch.setattr(engine, "context_limit", lambda: prompt + 5)

@@ -81,6 +81,8 @@ def test_convert_end_to_end(
     # three pages in slots of four: at most 3/4 of the decode slots can be used
     assert 0 < stats["decode_slot_utilisation"] <= 0.75
     assert 0 < stats["engine_busy_fraction"] <= 1
+    # --workers 1: the render worker prepared every page's model inputs, not the engine
+    assert stats["pages_prepared_by_workers"] == 3
     summary = r.stderr.decode()
     assert "vision" in summary and "compression" in summary
     assert "engine busy" in summary and "decode slots" in summary

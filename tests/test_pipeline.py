@@ -58,6 +58,21 @@ def test_batches_cross_documents_and_keep_order(tmp_path: Path) -> None:
     assert conv.stats.pages == 9 and conv.stats.documents == 3
 
 
+def test_an_engine_with_decode_slots_starts_on_a_small_batch(tmp_path: Path) -> None:
+    """The first batch is twice the engine's decode slots; batches then double up to the
+    engine's batch size: it starts on the first pages instead of waiting for a full batch."""
+    files = [labelled_pdf(tmp_path / f"d{i}.pdf", 10) for i in range(3)]
+    eng = EchoEngine(EngineOptions(batch_size=12))
+    eng.slots = 2  # type: ignore[attr-defined]
+    conv = _run(files, eng, tmp_path / "out")
+    assert eng.batches == [4, 8, 12, 6]
+    assert conv.stats.pages == 30
+    plain = EchoEngine(EngineOptions(batch_size=12))
+    _run(files, plain, tmp_path / "plain")
+    assert plain.batches == [12, 12, 6]  # engines without slots: full batches from the start
+    assert _texts(tmp_path / "out") == _texts(tmp_path / "plain")
+
+
 def test_same_output_with_worker_processes(tmp_path: Path) -> None:
     files = [
         labelled_pdf(tmp_path / "a.pdf", 3),

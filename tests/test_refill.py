@@ -130,7 +130,7 @@ def test_decode_steps_switch_the_experts_on_accelerators_only(tiny_v2_model: Pat
     steps on an accelerator use batched_mm; models without switchable experts are left alone."""
     from types import SimpleNamespace
 
-    from ocrpress.engines.refill import decode_experts
+    from ocrpress.engines.refill_items import decode_experts
 
     eng = make_engine(tiny_v2_model, mode="small")
     model = eng.hf_model

@@ -78,18 +78,25 @@ class Usage:
 
     ``device_seconds``: time the device step ran (forward passes, synchronised).
     ``slot_tokens`` / ``slot_capacity``: tokens decode steps produced / steps x decode slots.
+    ``prepared_ahead``: pages whose model inputs the render workers made.
     """
 
     device_seconds: float = 0.0
     slot_tokens: int = 0
     slot_capacity: int = 0
+    prepared_ahead: int = 0
 
     def minus(self, before: Usage) -> Usage:
         return Usage(
             self.device_seconds - before.device_seconds,
             self.slot_tokens - before.slot_tokens,
             self.slot_capacity - before.slot_capacity,
+            self.prepared_ahead - before.prepared_ahead,
         )
+
+
+#: What a page source gives when it has no more pages (engine streams, refill decoding).
+STREAM_END: Any = type("StreamEnd", (), {"__repr__": lambda self: "STREAM_END"})()
 
 
 @runtime_checkable

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import logging
 import sys
+import threading
 import time
 from collections import deque
 from collections.abc import Callable, Iterator
@@ -26,8 +27,9 @@ from typing import Any
 
 from ..backoff import BatchLimit, is_oom
 from ..document import PageImage, PageResult
-from ..modes import TokenPlan, get_mode, max_positions
+from ..modes import TokenPlan, max_positions
 from . import EngineError, EngineOptions, PagePlan, Usage
+from . import deepseek_static as static
 from .deepseek_runtime import (
     auto_batch_size,
     load_v1,
@@ -57,7 +59,10 @@ from .deepseek_spec import (  # noqa: F401 - re-exported: the engine module's pu
     strong_guard,
     to_result,
 )
-from .refill import DecodeStats, Prepared, RefillDecoder, StepHook, decode_experts
+from .deepseek_stream import Deliver, Feed, serve
+from .page_inputs import InputsRecipe, PreparedFile, make_inputs
+from .refill import DecodeStats, Prepared, RefillDecoder, StepHook
+from .refill_items import decode_experts
 
 log = logging.getLogger("ocrpress")
 
@@ -115,6 +120,17 @@ class DeepSeekEngine:
             self.hf_model, self.processor, self.attn_implementation = load(
                 str(folder), self.model, self.device, self.dtype
             )
+        self.inputs_recipe = InputsRecipe(
+            family=self.family,
+            folder="" if components is not None else str(_resolve_dir(self.model)),
+            prompt=self.prompt,
+            min_tiles=opts.min_tiles,
+            max_tiles=opts.max_tiles,
+            dtype=str(self.dtype).removeprefix("torch."),
+            mode=self.mode_spec.name,
+            auto=self.planner.auto,
+        )
+        self.prepared_by_workers = 0  # pages whose inputs a render worker made
         self.tokenizer = self.processor.tokenizer
         self.hf_model.eval()
         self.image_token_id = self.tokenizer.convert_tokens_to_ids("<image>")
@@ -133,6 +149,8 @@ class DeepSeekEngine:
         )
         self.max_batch_size = self.slots * REFILL_DEPTH
         self.decode_stats = DecodeStats(slots=self.slots)
+        self.live: RefillDecoder | None = None  # the decoder of a stream, while it runs
+        self.usage_lock = threading.Lock()
         self._slot_limit = BatchLimit()  # slots lowered after an OOM, grown back like batches
         self._pool = ThreadPoolExecutor(PREPARE_THREADS, thread_name_prefix="ocrpress-prepare")
         log.info(
@@ -161,8 +179,12 @@ class DeepSeekEngine:
 
     def usage(self) -> Usage:
         """Device time and decode-slot counters so far (summed into the run's stats)."""
-        s = self.decode_stats
-        return Usage(s.device_seconds, s.step_tokens, s.slot_steps)
+        s = DecodeStats()
+        with self.usage_lock:
+            s.add(self.decode_stats)
+            if self.live is not None:  # a stream decoding now
+                s.add(self.live.stats)
+        return Usage(s.device_seconds, s.step_tokens, s.slot_steps, self.prepared_by_workers)
 
     def run(self, batch: list[PageImage]) -> list[PageResult]:
         """OCR ``batch`` (any prompt lengths) with refill decoding; results in input order."""
@@ -179,18 +201,7 @@ class DeepSeekEngine:
                 self._result, batch[key], plans[key], tokens, budgets[key]
             )
 
-        decoder = RefillDecoder(
-            self.hf_model,
-            slots=slots,
-            eos_ids=self.eos_ids,
-            device=self.device,
-            dtype=self.dtype,
-            guard=self._guard or (self.opts.ngram_size, self.opts.ngram_window),
-            whitelist_ids=self.whitelist_ids,
-            step_hook=self.step_hook(batch) if self.step_hook is not None else None,
-            prefill_pages=self.prefill_pages,
-            decode_experts=decode_experts(self.hf_model, self.device),
-        )
+        decoder = self.decoder(slots, self.step_hook(batch) if self.step_hook else None)
         try:
             decoder.run(self._prepared(batch, slots, budgets), on_done=post)
         except Exception as e:
@@ -204,6 +215,26 @@ class DeepSeekEngine:
             self.decode_stats.add(decoder.stats)
         self._slot_limit.succeeded(self.slots)
         return [finished[i].result() for i in range(len(batch))]
+
+    def stream(self, feed: Feed, deliver: Deliver) -> None:
+        """Decode the pages ``feed`` gives until it ends, delivering each page's result as
+        it is done: one refill decode across batches (see :mod:`.deepseek_stream`)."""
+        serve(self, feed, deliver)
+
+    def decoder(self, slots: int, step_hook: StepHook | None) -> RefillDecoder:
+        """A refill decoder of ``slots`` rows with this engine's guards and limits."""
+        return RefillDecoder(
+            self.hf_model,
+            slots=slots,
+            eos_ids=self.eos_ids,
+            device=self.device,
+            dtype=self.dtype,
+            guard=self._guard or (self.opts.ngram_size, self.opts.ngram_window),
+            whitelist_ids=self.whitelist_ids,
+            step_hook=step_hook,
+            prefill_pages=self.prefill_pages,
+            decode_experts=decode_experts(self.hf_model, self.device),
+        )
 
     def close(self) -> None:
         """Free the model (and CUDA memory)."""
@@ -236,9 +267,22 @@ class DeepSeekEngine:
 
     def prepare(self, page: PageImage, key: int = 0) -> Prepared:
         """CPU work of one page: views, tiles, normalised pixels and prompt ids (pinned
-        memory when the model is on CUDA, so the copy to the device does not block)."""
-        image = page.image if page.image.mode == "RGB" else page.image.convert("RGB")
-        inputs = dict(self._inputs([image], 1, self.planner.page_mode(page)))
+        memory when the model is on CUDA, so the copy to the device does not block). A render
+        worker may have done it already (:mod:`.page_inputs`): its file is used when it was
+        made for this page's mode under this engine's recipe."""
+        ref, page.prepared = page.prepared, None
+        inputs = None
+        if isinstance(ref, PreparedFile):
+            if ref.recipe == self.inputs_recipe and ref.mode == self.planner.page_mode(page):
+                try:
+                    inputs = ref.load()
+                    self.prepared_by_workers += 1
+                except Exception as e:  # a damaged spool file: prepare it here instead
+                    log.debug("cannot read the prepared inputs %s: %s", ref.path, e)
+            else:
+                ref.discard()
+        if inputs is None:
+            inputs = make_inputs(self.processor, self.inputs_recipe, page)
         ids = inputs["input_ids"]
         placed = int((ids == self.image_token_id).sum())
         tp = self.token_plan(page)
@@ -250,42 +294,11 @@ class DeepSeekEngine:
                 placed,
                 tp.positions,
             )
-        torch = self._torch
-        for k, v in inputs.items():
-            if torch.is_tensor(v):
-                if v.is_floating_point():
-                    v = v.to(self.dtype)  # half the bytes to hold and copy in bf16
-                inputs[k] = v.pin_memory() if self.device.startswith("cuda") else v
+        if self.device.startswith("cuda"):
+            torch = self._torch
+            inputs = {k: v.pin_memory() if torch.is_tensor(v) else v for k, v in inputs.items()}
         length = int(ids.shape[1])
         return Prepared(key, inputs, length, self.new_token_budget(length))
-
-    def _inputs(self, images: list, n: int, mode: str) -> Any:
-        """Processor outputs in ``mode`` on the CPU (the v1 processor would move them to the
-        model)."""
-        prompts = [self.prompt] * n
-        if self.family == "v1":
-            return self.processor(
-                images=images,
-                prompts=prompts,
-                mode=mode,
-                min_tiles=self.opts.min_tiles,
-                max_tiles=self.opts.max_tiles,
-                on_device=False,
-            )
-        spec = get_mode(self.family, mode)
-        kwargs: dict[str, Any] = {"size": {"height": spec.base_size, "width": spec.base_size}}
-        if spec.tile_size is None:
-            # Untiled: the processor resizes the global view to tile_size when not cropping,
-            # and counts tokens from size: both must be the view size.
-            kwargs.update(crop_to_patches=False, tile_size=spec.base_size)
-        else:
-            kwargs.update(
-                crop_to_patches=True,
-                tile_size=spec.tile_size,
-                min_patches=self.opts.min_tiles,
-                max_patches=self.opts.max_tiles,
-            )
-        return self.processor(images=images, text=prompts, return_tensors="pt", **kwargs)
 
     def _result(self, page: PageImage, tp: TokenPlan, row: list[int], budget: int) -> PageResult:
         tokens, hit_limit = row_status(row, self.eos_ids, budget)
@@ -342,21 +355,7 @@ class DeepSeekEngine:
 
     def logits_processors(self, prompt_length: int) -> list:
         """The decoding guards of a static ``generate`` call with prompts this long."""
-        from .ngram import WindowedNoRepeatNGramLogitsProcessor
-
-        size, window = self._guard or (self.opts.ngram_size, self.opts.ngram_window)
-        if size <= 0 or window <= 0:
-            return []
-        return [
-            WindowedNoRepeatNGramLogitsProcessor(
-                ngram_size=size,
-                window=window,
-                prompt_length=prompt_length,
-                whitelist_token_ids=self.whitelist_ids,
-            )
-        ]
-
-    # -- static batches (the reference the refill decoder is tested and benchmarked against)
+        return static.logits_processors(self, prompt_length)
 
     def generate_ids(
         self,
@@ -364,27 +363,7 @@ class DeepSeekEngine:
         plans: list[TokenPlan] | None = None,
         extra_processors: list[Any] | None = None,
     ) -> list[list[int]]:
-        """Generated token ids per page (EOS and padding included) from one transformers
-        ``generate`` call: a static batch that decodes until its longest page.
-
-        All pages should share a prompt length (``plan().batch_key``); otherwise the batch is
-        left-padded and, in low precision, outputs may differ from one-page runs.
-        """
-        from transformers import LogitsProcessorList
-
-        images = [p.image if p.image.mode == "RGB" else p.image.convert("RGB") for p in pages]
-        mode = self.planner.page_mode(pages[0])  # one batch key: one mode
-        inputs = self._inputs(images, len(pages), mode).to(self.device, dtype=self.dtype)
-        prompt_length = inputs["input_ids"].shape[1]
-        processors = self.logits_processors(prompt_length) + list(extra_processors or [])
-        with self._torch.inference_mode():
-            out = self.hf_model.generate(
-                **inputs,
-                do_sample=False,
-                num_beams=1,
-                max_new_tokens=self.new_token_budget(prompt_length),
-                logits_processor=LogitsProcessorList(processors),
-                eos_token_id=sorted(self.eos_ids),
-                pad_token_id=self.pad_id,
-            )
-        return out[:, prompt_length:].tolist()
+        """Generated ids per page from one transformers ``generate`` call (a static batch:
+        the reference refill decoding is tested and benchmarked against; see
+        :func:`.deepseek_static.generate_ids`)."""
+        return static.generate_ids(self, pages, extra_processors)

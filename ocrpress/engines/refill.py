@@ -42,77 +42,14 @@ from typing import Any
 import torch
 
 from .ngram import WindowedNoRepeatNGramLogitsProcessor
-
-#: ``(keys of the running rows, tokens each has generated, scores) -> scores``: a seam for
-#: benchmarks that force output lengths.
-StepHook = Callable[[list[int], torch.Tensor, torch.Tensor], torch.Tensor]
-
-
-@dataclass
-class Prepared:
-    """One page ready for the device: model inputs with batch dimension 1 (CPU tensors,
-    pinned when the model is on CUDA) and what decoding needs to know about it."""
-
-    key: int
-    inputs: dict[str, Any]
-    prompt_length: int
-    budget: int  # new tokens allowed: max_new_tokens capped at the context
-
-
-@dataclass
-class DecodeStats:
-    """Counters of one or more decoding runs (summed by the engine)."""
-
-    slots: int = 0
-    steps: int = 0  # batched decode forward passes
-    slot_steps: int = 0  # steps x slots: what the steps could have produced
-    step_tokens: int = 0  # tokens the steps produced (rows running)
-    prefills: int = 0
-    device_seconds: float = 0.0  # prefill and decode forward passes, synchronised
-
-    def add(self, other: DecodeStats) -> None:
-        for name in ("steps", "slot_steps", "step_tokens", "prefills", "device_seconds"):
-            setattr(self, name, getattr(self, name) + getattr(other, name))
-
-    @property
-    def utilisation(self) -> float | None:
-        return self.step_tokens / self.slot_steps if self.slot_steps else None
-
-
-def decode_experts(model: Any, device: str) -> dict[str, Any] | None:
-    """The experts setting for decode steps (``grouped_mm`` parts switched to ``batched_mm``),
-    or None to keep the model's: on the CPU, where ``grouped_mm`` is the faster (transformers'
-    ``generate`` keeps it there too), and for models without switchable experts."""
-    if device.startswith("cpu") or not hasattr(model, "get_experts_implementation"):
-        return None
-    current = model.get_experts_implementation()
-    if "grouped_mm" not in current.values():
-        return None
-    return {k: "batched_mm" if v == "grouped_mm" else v for k, v in current.items()}
-
-
-def collate(items: list[Prepared], device: str, dtype: torch.dtype) -> dict[str, Any]:
-    """One prefill batch from single-page inputs (equal prompt lengths): tensors concatenated
-    and copied without blocking, floating tensors cast to the model's dtype."""
-    out: dict[str, Any] = {}
-    non_blocking = device.startswith("cuda")
-    for name in items[0].inputs:
-        values = [it.inputs[name] for it in items]
-        if any(v is None for v in values):
-            present = [v for v in values if v is not None]
-            if not present:
-                continue
-            values = present  # tiles of the pages that have them (num_local_patches says whose)
-        if torch.is_tensor(values[0]):
-            t = torch.cat(values, dim=0)
-            if t.is_floating_point():
-                t = t.to(device, dtype=dtype, non_blocking=non_blocking)
-            else:
-                t = t.to(device, non_blocking=non_blocking)
-            out[name] = t
-        else:
-            out[name] = [x for v in values for x in v]
-    return out
+from .refill_items import (
+    END,
+    DecodeStats,
+    Poll,
+    Prepared,
+    StepHook,
+    collate,
+)
 
 
 @dataclass
@@ -189,7 +126,15 @@ class RefillDecoder:
     ) -> dict[int, list[int]]:
         """Generated tokens per page key (EOS included when emitted). ``on_done(key, tokens)``
         is called as each page finishes, so post-processing can overlap decoding."""
-        source: Iterator[Prepared] = iter(items)
+        source = iter(items)
+        return self.serve(lambda block: next(source, END), on_done)
+
+    def serve(
+        self, poll: Poll, on_done: Callable[[int, list[int]], None] | None = None
+    ) -> dict[int, list[int]]:
+        """:meth:`run` over pages that arrive while others decode: ``poll(block)`` gives the
+        next page, None when none is ready yet (only if ``block`` is false: there are rows to
+        go on decoding meanwhile), or :data:`END`."""
         pending: deque[Prepared] = deque()
         rows = _Rows()
         done: dict[int, list[int]] = {}
@@ -198,9 +143,11 @@ class RefillDecoder:
             while True:
                 free = self.slots - len(rows.keys)
                 while not exhausted and len(pending) < free:
-                    nxt = next(source, None)
-                    if nxt is None:
+                    nxt = poll(not rows.keys and not pending)
+                    if nxt is END:
                         exhausted = True
+                    elif nxt is None:
+                        break
                     else:
                         pending.append(nxt)
                 # Wait for a group of free slots while there are rows to keep decoding.
@@ -210,7 +157,9 @@ class RefillDecoder:
                     self._retire(rows, done, on_done)
                     continue
                 if not rows.keys:
-                    break
+                    if exhausted:
+                        break
+                    continue  # nothing running: the next poll blocks
                 self._step(rows)
                 self._retire(rows, done, on_done)
         return done

@@ -1,0 +1,107 @@
+"""One refill decode over the whole run: pages of later batches join while earlier ones decode.
+
+:meth:`DeepSeekEngine.run <ocrpress.engines.deepseek.DeepSeekEngine.run>` decodes one batch:
+at its end the running rows finish one by one and the slots they leave stay empty until the
+next call, and between calls the device waits while the pipeline journals, writes and buckets.
+A stream has no such ends: the pipeline's runner (:mod:`ocrpress.stream_runner`) feeds it
+pages as batches arrive, and each page's result is delivered as soon as it is done.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections import deque
+from collections.abc import Callable
+from concurrent.futures import Future, wait
+from typing import TYPE_CHECKING, Any
+
+from ..backoff import is_oom
+from ..document import PageImage, PageResult
+from .refill import END, Prepared
+
+if TYPE_CHECKING:
+    from .deepseek import DeepSeekEngine
+
+log = logging.getLogger("ocrpress")
+
+#: ``feed(block) -> (key, page) | None | END``: the next page of the run, None when none is
+#: waiting (only if ``block`` is false), END when the run has no more.
+Feed = Callable[[bool], Any]
+
+#: ``deliver(key, result)``: a page is done (``result`` is a PageResult, or the exception
+#: its post-processing raised). Called from the engine's preparation threads.
+Deliver = Callable[[int, "PageResult | BaseException"], None]
+
+
+class _Source:
+    """The decoder's page source: pages from ``feed``, prepared on the engine's threads at
+    most ``ahead`` pages before the decoder takes them."""
+
+    def __init__(self, engine: DeepSeekEngine, feed: Feed, ahead: int) -> None:
+        self.engine = engine
+        self.feed = feed
+        self.ahead = ahead
+        self.queue: deque[Future[Prepared]] = deque()
+        self.ended = False
+        self.pages: dict[int, PageImage] = {}  # key -> page, until its result is made
+        self.budgets: dict[int, int] = {}  # key -> its token budget, once prepared
+
+    def _take(self, block: bool) -> bool:
+        """Start preparing the next fed page; False if there is none (now)."""
+        item = self.feed(block)
+        if item is END:
+            self.ended = True
+            return False
+        if item is None:
+            return False
+        key, page = item
+        self.pages[key] = page
+        self.queue.append(self.engine._pool.submit(self.engine.prepare, page, key))
+        return True
+
+    def __call__(self, block: bool) -> Any:
+        while not self.ended and len(self.queue) < self.ahead and self._take(False):
+            pass
+        if not self.queue and (self.ended or not block or not self._take(True)):
+            return END if self.ended else None
+        head = self.queue[0]
+        if not block and not head.done():
+            return None  # decoding goes on; the page joins at a later step
+        self.queue.popleft()
+        item = head.result()
+        self.budgets[item.key] = item.budget
+        return item
+
+
+def serve(engine: DeepSeekEngine, feed: Feed, deliver: Deliver) -> None:
+    """Decode every page ``feed`` gives until it ends. Raises what the decoder raises (a
+    CUDA out-of-memory error lowers the engine's decode slots first); pages delivered
+    before that are done, the others are the caller's to run again."""
+    slots = engine._slot_limit.cap(engine.slots)
+    source = _Source(engine, feed, slots)
+    posted: list[Future[PageResult]] = []
+
+    def post(key: int, tokens: list[int]) -> None:
+        page, budget = source.pages.pop(key), source.budgets.pop(key)
+        fut = engine._pool.submit(engine._result, page, engine.token_plan(page), tokens, budget)
+        fut.add_done_callback(lambda f: deliver(key, f.exception() or f.result()))
+        posted.append(fut)
+        if len(posted) > 4 * slots:
+            posted[:] = [f for f in posted if not f.done()]
+
+    decoder = engine.decoder(slots, engine.step_hook(source.pages) if engine.step_hook else None)
+    engine.live = decoder
+    try:
+        decoder.serve(source, on_done=post)
+    except Exception as e:
+        if is_oom(e):
+            engine._slot_limit.lower(max(1, slots // 2))
+        raise
+    finally:
+        with engine.usage_lock:
+            engine.live = None
+            engine.decode_stats.add(decoder.stats)
+        for fut in source.queue:  # pages prepared but never decoded: the caller runs them
+            fut.cancel()
+        wait(posted)  # every finished page is delivered before this returns or raises
+    engine._slot_limit.succeeded(engine.slots)

@@ -1,0 +1,89 @@
+"""What the refill decoder (:mod:`.refill`) takes and tells: prepared pages, the page-source
+and step-hook seams, batching of prefill inputs, the decode-step experts setting, counters."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+from . import STREAM_END
+
+#: What a page source gives when it has no more pages.
+END = STREAM_END
+
+#: ``poll(block) -> Prepared | None | END``: the next page, None for none ready yet.
+Poll = Callable[[bool], Any]
+
+#: ``(keys of the running rows, tokens each has generated, scores) -> scores``: a seam for
+#: benchmarks that force output lengths.
+StepHook = Callable[[list[int], torch.Tensor, torch.Tensor], torch.Tensor]
+
+
+@dataclass
+class Prepared:
+    """One page ready for the device: model inputs with batch dimension 1 (CPU tensors,
+    pinned when the model is on CUDA) and what decoding needs to know about it."""
+
+    key: int
+    inputs: dict[str, Any]
+    prompt_length: int
+    budget: int  # new tokens allowed: max_new_tokens capped at the context
+
+
+@dataclass
+class DecodeStats:
+    """Counters of one or more decoding runs (summed by the engine)."""
+
+    slots: int = 0
+    steps: int = 0  # batched decode forward passes
+    slot_steps: int = 0  # steps x slots: what the steps could have produced
+    step_tokens: int = 0  # tokens the steps produced (rows running)
+    prefills: int = 0
+    device_seconds: float = 0.0  # prefill and decode forward passes, synchronised
+
+    def add(self, other: DecodeStats) -> None:
+        for name in ("steps", "slot_steps", "step_tokens", "prefills", "device_seconds"):
+            setattr(self, name, getattr(self, name) + getattr(other, name))
+
+    @property
+    def utilisation(self) -> float | None:
+        return self.step_tokens / self.slot_steps if self.slot_steps else None
+
+
+def decode_experts(model: Any, device: str) -> dict[str, Any] | None:
+    """The experts setting for decode steps (``grouped_mm`` parts switched to ``batched_mm``),
+    or None to keep the model's: on the CPU, where ``grouped_mm`` is the faster (transformers'
+    ``generate`` keeps it there too), and for models without switchable experts."""
+    if device.startswith("cpu") or not hasattr(model, "get_experts_implementation"):
+        return None
+    current = model.get_experts_implementation()
+    if "grouped_mm" not in current.values():
+        return None
+    return {k: "batched_mm" if v == "grouped_mm" else v for k, v in current.items()}
+
+
+def collate(items: list[Prepared], device: str, dtype: torch.dtype) -> dict[str, Any]:
+    """One prefill batch from single-page inputs (equal prompt lengths): tensors concatenated
+    and copied without blocking, floating tensors cast to the model's dtype."""
+    out: dict[str, Any] = {}
+    non_blocking = device.startswith("cuda")
+    for name in items[0].inputs:
+        values = [it.inputs[name] for it in items]
+        if any(v is None for v in values):
+            present = [v for v in values if v is not None]
+            if not present:
+                continue
+            values = present  # tiles of the pages that have them (num_local_patches says whose)
+        if torch.is_tensor(values[0]):
+            t = torch.cat(values, dim=0)
+            if t.is_floating_point():
+                t = t.to(device, dtype=dtype, non_blocking=non_blocking)
+            else:
+                t = t.to(device, non_blocking=non_blocking)
+            out[name] = t
+        else:
+            out[name] = [x for v in values for x in v]
+    return out

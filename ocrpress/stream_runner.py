@@ -1,0 +1,172 @@
+"""A runner that keeps one decode going across batches, on a device thread of its own.
+
+With :class:`~ocrpress.runners.InlineRunner` the engine runs a batch in the main thread and
+stops between batches: its last rows decode with the other slots empty, and the device waits
+while the main thread journals, writes and buckets the next pages. Here the engine's
+``stream`` (engines that have one: ``deepseek``) runs on a device thread and takes pages from
+every batch the pipeline submits; a batch's future is done once all its pages are, and the
+main thread meanwhile keeps the next batch ready (``capacity`` 2).
+
+A failure inside the stream (a CUDA out-of-memory error, a page that breaks preparation) ends
+it: pages already delivered keep their results, and each unfinished batch's other pages run
+again through the per-batch path (:func:`~ocrpress.backoff.limited_batch`: memory freed,
+batch halved, a bad page isolated); then a new stream starts for the batches that follow.
+"""
+
+from __future__ import annotations
+
+import logging
+import queue
+import threading
+from collections import deque
+from collections.abc import Callable
+from concurrent.futures import Future
+from dataclasses import dataclass, field
+from typing import Any, Protocol, runtime_checkable
+
+from .backoff import limited_batch
+from .document import PageImage, PageResult
+from .engines import STREAM_END, ReportsUsage, Usage
+from .errors import describe
+
+log = logging.getLogger("ocrpress")
+
+
+@runtime_checkable
+class Streams(Protocol):
+    """Engines that decode pages of several batches at once (see :meth:`StreamRunner`)."""
+
+    def stream(
+        self,
+        feed: Callable[[bool], Any],
+        deliver: Callable[[int, PageResult | BaseException], None],
+    ) -> None: ...
+
+
+@dataclass
+class _Batch:
+    fut: Future[tuple[list[PageResult], int, Usage]]
+    pages: list[PageImage]
+    results: list[PageResult | None] = field(default_factory=list)
+    left: int = 0
+    lowered: int = 0
+
+
+class StreamRunner:
+    """The engine's stream on a device thread; batches go in, per-batch futures come out."""
+
+    capacity = 2  # batches submitted at once: one decoding, the next queued behind it
+    replicas = 1  # engine copies: busy fraction is device time / wall time
+
+    def __init__(self, engine: Any) -> None:
+        self.engine = engine
+        self._incoming: queue.Queue[_Batch | None] = queue.Queue()
+        self._lock = threading.Lock()
+        self._where: dict[int, tuple[_Batch, int]] = {}  # key -> its batch, its place there
+        self._waiting: deque[tuple[int, PageImage]] = deque()  # fed, not yet taken
+        self._next_key = 0
+        self._reported = Usage()
+        self._closing = False
+        self._thread: threading.Thread | None = None
+
+    # ------------------------------------------------------------- the pipeline's side
+
+    def submit(self, pages: list[PageImage], retry: bool) -> Future[Any]:
+        """Queue a batch (``retry`` must be false: the pipeline uses the inline runner for
+        ``--retry-truncated``)."""
+        assert not retry, "the truncated-page retry runs per batch, on the inline runner"
+        batch = _Batch(Future(), pages, [None] * len(pages), len(pages))
+        if not pages:
+            batch.fut.set_result(([], 0, Usage()))
+            return batch.fut
+        self._incoming.put(batch)
+        if self._thread is None:
+            self._thread = threading.Thread(target=self._serve, name="ocrpress-device", daemon=True)
+            self._thread.start()
+        return batch.fut
+
+    def result(self, fut: Future[Any]) -> tuple[list[PageResult], int, Usage]:
+        return fut.result()
+
+    def close(self, wait: bool = True) -> None:
+        """End the stream once the queued batches are done (``wait``: and wait for that)."""
+        self._incoming.put(None)
+        if wait and self._thread is not None:
+            self._thread.join()
+
+    # ------------------------------------------------------------- the device thread
+
+    def _serve(self) -> None:
+        try:
+            while not self._closing:
+                try:
+                    self.engine.stream(self._feed, self._deliver)
+                except Exception as e:
+                    log.warning(
+                        "decode stream stopped (%s); its unfinished pages run again", describe(e)
+                    )
+                    self._recover()
+        except BaseException as e:  # a bug: fail what is open rather than hang the run
+            with self._lock:
+                open_batches = {id(b): b for b, _ in self._where.values()}
+            for b in open_batches.values():
+                if not b.fut.done():
+                    b.fut.set_exception(e)
+            raise
+
+    def _feed(self, block: bool) -> Any:
+        """The stream's pages, batch after batch; None: none now; END: the run is over."""
+        if not self._waiting:
+            try:
+                batch = self._incoming.get(block=block)
+            except queue.Empty:
+                return None
+            if batch is None:
+                self._closing = True
+                return STREAM_END
+            with self._lock:
+                for i, page in enumerate(batch.pages):
+                    key = self._next_key
+                    self._next_key += 1
+                    self._where[key] = (batch, i)
+                    self._waiting.append((key, page))
+        return self._waiting.popleft()
+
+    def _deliver(self, key: int, result: PageResult | BaseException) -> None:
+        with self._lock:
+            batch, i = self._where.pop(key)
+            if isinstance(result, BaseException):
+                page = batch.pages[i]
+                result = PageResult.failed(page, self.engine.name, describe(result))
+            batch.results[i] = result
+            batch.left -= 1
+            if batch.left == 0:
+                self._finish(batch)
+
+    def _finish(self, batch: _Batch) -> None:
+        """Complete a batch's future with what the device did since the last one completed
+        (batches share the device: the deltas add up to the run's total)."""
+        now = self.engine.usage() if isinstance(self.engine, ReportsUsage) else Usage()
+        usage, self._reported = now.minus(self._reported), now
+        results = [r for r in batch.results if r is not None]
+        assert len(results) == len(batch.pages)
+        batch.fut.set_result((results, batch.lowered, usage))
+
+    def _recover(self) -> None:
+        """After a failed stream: the unfinished pages of each open batch, batch by batch,
+        through the per-batch path with its out-of-memory back-off and page isolation."""
+        with self._lock:
+            todo: dict[int, tuple[_Batch, list[int]]] = {}
+            for batch, i in self._where.values():
+                todo.setdefault(id(batch), (batch, []))[1].append(i)
+            self._where.clear()
+            self._waiting.clear()
+        for batch, places in todo.values():
+            pages = [batch.pages[i] for i in sorted(places)]
+            results, lowered, _usage = limited_batch(self.engine, pages, False)
+            with self._lock:
+                for i, res in zip(sorted(places), results, strict=True):
+                    batch.results[i] = res
+                batch.left = 0
+                batch.lowered = lowered
+                self._finish(batch)

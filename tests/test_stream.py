@@ -1,0 +1,163 @@
+"""One decode across batches (ocrpress.stream_runner + the engine's stream), tiny
+DeepSeek-OCR-2 on the CPU in fp32: the same tokens as batch by batch, batches that join a
+running decode, and failures that cost only a re-run of the unfinished pages."""
+
+from __future__ import annotations
+
+import threading
+from pathlib import Path
+
+import pytest
+from test_deepseek import make_engine, page
+
+from ocrpress.engines.deepseek import DeepSeekEngine
+from ocrpress.engines.refill import RefillDecoder
+from ocrpress.stream_runner import StreamRunner
+
+
+def batches() -> list[list]:
+    # Mixed sizes: in gundam mode they make different tile grids, so prompt lengths differ.
+    sizes = [(560, 620), (900, 1300), (1300, 700), (560, 620), (700, 900)]
+    pages = [page(i % 5, sizes[i % len(sizes)]) for i in range(11)]
+    return [pages[0:3], pages[3:8], pages[8:11]]
+
+
+def reference(eng: DeepSeekEngine, groups: list[list]) -> list[list[str]]:
+    return [[r.raw for r in eng.run(list(g))] for g in groups]
+
+
+def streamed(eng: DeepSeekEngine, groups: list[list]) -> tuple[list[list], list]:
+    runner = StreamRunner(eng)
+    futs = [runner.submit(list(g), False) for g in groups]
+    outs = [runner.result(f) for f in futs]
+    runner.close()
+    return [[r.raw for r in res] for res, _, _ in outs], outs
+
+
+@pytest.fixture
+def serve_calls(monkeypatch: pytest.MonkeyPatch) -> list[int]:
+    calls: list[int] = []
+    original = RefillDecoder.serve
+
+    def spy(self, poll, on_done=None):
+        calls.append(self.slots)
+        return original(self, poll, on_done)
+
+    monkeypatch.setattr(RefillDecoder, "serve", spy)
+    return calls
+
+
+def test_a_stream_decodes_every_batch_as_batch_by_batch(
+    tiny_v2_model: Path, serve_calls: list[int]
+) -> None:
+    eng = make_engine(tiny_v2_model, mode="gundam", batch_size=3, max_new_tokens=10)
+    groups = batches()
+    want = reference(eng, groups)
+    serve_calls.clear()
+    got, outs = streamed(eng, groups)
+    assert got == want
+    assert serve_calls == [3]  # one decoder for all three batches
+    assert all(lowered == 0 for _, lowered, _ in outs)
+    assert not any(t.name == "ocrpress-device" for t in threading.enumerate())
+
+
+def test_batch_usages_add_up_to_the_engines(tiny_v2_model: Path) -> None:
+    eng = make_engine(tiny_v2_model, mode="small", batch_size=2, max_new_tokens=8)
+    before = eng.usage()
+    _, outs = streamed(eng, batches())
+    total = eng.usage().minus(before)
+    assert sum(u.slot_tokens for _, _, u in outs) == total.slot_tokens > 0
+    assert sum(u.slot_capacity for _, _, u in outs) == total.slot_capacity
+    assert sum(u.device_seconds for _, _, u in outs) == pytest.approx(total.device_seconds)
+
+
+def test_an_out_of_memory_error_reruns_only_unfinished_pages(
+    tiny_v2_model: Path, monkeypatch: pytest.MonkeyPatch, serve_calls: list[int]
+) -> None:
+    eng = make_engine(tiny_v2_model, mode="small", batch_size=4, max_new_tokens=10)
+    groups = batches()
+    want = reference(eng, groups)
+    serve_calls.clear()
+    ran: list[int] = []
+    original_run = DeepSeekEngine.run
+
+    def counting_run(self, batch):
+        ran.append(len(batch))
+        return original_run(self, batch)
+
+    monkeypatch.setattr(DeepSeekEngine, "run", counting_run)
+    step = RefillDecoder._step
+    state = {"steps": 0}
+
+    def failing_step(self, rows):
+        state["steps"] += 1
+        if state["steps"] == 15:
+            raise RuntimeError("CUDA out of memory. Tried to allocate 2.00 GiB (fake)")
+        return step(self, rows)
+
+    monkeypatch.setattr(RefillDecoder, "_step", failing_step)
+    got, _ = streamed(eng, groups)
+    assert got == want
+    assert eng._slot_limit.ceiling == 2  # slots halved for what follows
+    # The stream had finished some pages: only the others ran again, batch by batch.
+    assert 0 < sum(ran) < sum(len(g) for g in groups)
+    assert len(serve_calls) >= 2  # a new stream started after the failure
+
+
+def test_a_page_that_breaks_preparation_is_its_own_error(
+    tiny_v2_model: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    eng = make_engine(tiny_v2_model, mode="small", batch_size=3, max_new_tokens=6)
+    groups = batches()
+    bad = groups[1][2]
+    original = DeepSeekEngine.prepare
+
+    def prepare(self, p, key=0):
+        if p is bad:
+            raise ValueError("image is damaged")
+        return original(self, p, key)
+
+    want = reference(eng, groups)
+    monkeypatch.setattr(DeepSeekEngine, "prepare", prepare)
+    _, outs = streamed(eng, groups)
+    results = [r for res, _, _ in outs for r in res]
+    flat_want = [raw for g in want for raw in g]
+    for r, raw, p in zip(results, flat_want, [p for g in groups for p in g], strict=True):
+        if p is bad:
+            assert r.status == "error" and "image is damaged" in (r.error or "")
+        else:
+            assert r.status != "error" and r.raw == raw
+
+
+def test_the_pipeline_streams_unless_truncated_pages_are_retried(
+    tiny_v2_model: Path, tmp_path: Path, serve_calls: list[int]
+) -> None:
+    from docgen import labelled_pdf
+
+    from ocrpress.inputs import discover
+    from ocrpress.pipeline import Converter, ConvertOptions
+
+    files = [labelled_pdf(tmp_path / f"d{i}.pdf", 3) for i in range(3)]
+    docs, _ = discover([str(f) for f in files])
+    raws = {}
+    for retry in (False, True):
+        eng = make_engine(tiny_v2_model, mode="small", batch_size=2, max_new_tokens=6)
+        opts = ConvertOptions(
+            output=str(tmp_path / f"out{retry}"),
+            formats=["json"],
+            dpi=36,
+            workers=0,
+            ocr="always",
+            engine=eng.opts,
+            retry_truncated=retry,
+        )
+        serve_calls.clear()
+        conv = Converter(opts, engine=eng)
+        raws[retry] = [[p.raw for p in d.pages] for d in conv.run(docs)]
+        # Streaming: one decoder for all the run's batches (4 + 5 pages with 2 slots); with
+        # the retry, one a batch and one a retry of its truncated pages.
+        assert len(serve_calls) > 2 if retry else serve_calls == [2], serve_calls
+        stats = conv.stats.to_dict()
+        assert 0 < stats["engine_busy_fraction"] <= 1
+    assert raws[False] == raws[True]
+    assert not any(t.name == "ocrpress-device" for t in threading.enumerate())
