@@ -197,10 +197,13 @@ class Converter:
 
     @staticmethod
     def _first_batch(planner: Planner, runner: Runner) -> int | None:
-        """The first batch of an engine that decodes in slots: twice its slots, so that it
-        starts early yet has pages to refill its slots with (see Batcher.run)."""
+        """The first batch of an engine that decodes in slots (see Batcher.run): its slots
+        when its decode takes the next batches' pages as it goes (nothing to lose by starting
+        small), else twice its slots, to have pages to refill its slots with."""
         slots = getattr(planner, "slots", None)
-        return 2 * slots if isinstance(runner, LOCAL_RUNNERS) and slots else None
+        if not slots or not isinstance(runner, LOCAL_RUNNERS):
+            return None
+        return slots if isinstance(runner, StreamRunner) else 2 * slots
 
     def _runner(self, never: bool, devices: DevicePool | None) -> tuple[Planner, int, Runner]:
         """What plans batches, the most pages a batch may have, and where batches run."""

@@ -130,7 +130,7 @@ def test_a_page_that_breaks_preparation_is_its_own_error(
 
 
 def test_the_pipeline_streams_unless_truncated_pages_are_retried(
-    tiny_v2_model: Path, tmp_path: Path, serve_calls: list[int]
+    tiny_v2_model: Path, tmp_path: Path, serve_calls: list[int], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     from docgen import labelled_pdf
 
@@ -140,6 +140,14 @@ def test_the_pipeline_streams_unless_truncated_pages_are_retried(
     files = [labelled_pdf(tmp_path / f"d{i}.pdf", 3) for i in range(3)]
     docs, _ = discover([str(f) for f in files])
     raws = {}
+    sizes: list[int] = []
+    submit = StreamRunner.submit
+
+    def spy(self, pages, retry):
+        sizes.append(len(pages))
+        return submit(self, pages, retry)
+
+    monkeypatch.setattr(StreamRunner, "submit", spy)
     for retry in (False, True):
         eng = make_engine(tiny_v2_model, mode="small", batch_size=2, max_new_tokens=6)
         opts = ConvertOptions(
@@ -160,4 +168,6 @@ def test_the_pipeline_streams_unless_truncated_pages_are_retried(
         stats = conv.stats.to_dict()
         assert 0 < stats["engine_busy_fraction"] <= 1
     assert raws[False] == raws[True]
+    # The stream starts on its slots' worth of pages, then batches double (to 4 x 2 slots).
+    assert sizes == [2, 4, 3]
     assert not any(t.name == "ocrpress-device" for t in threading.enumerate())
