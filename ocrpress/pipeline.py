@@ -141,7 +141,7 @@ class Converter:
             if workers and isinstance(runner, LOCAL_RUNNERS) and recipe and recipe.folder:
                 # Render workers prepare the engine's inputs too (engines.page_inputs).
                 renders.inputs = recipe
-                window = window_for(recipe, window, max_batch + 2 * workers)
+                window = window_for(recipe, window, max_batch + 2 * workers, renders.spool)
             self.stats.engine, self.stats.model, self.stats.mode = (
                 planner.name,
                 planner.model,

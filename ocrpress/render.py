@@ -22,6 +22,7 @@ from typing import Any
 from . import inputs, procs
 from .document import PageImage
 from .engines.page_inputs import InputsRecipe
+from .errors import describe
 from .escalation import AutoSpec, choose_page_mode
 from .inputs import InputDoc, InputError
 from .routing import TextLayerPage, route
@@ -224,6 +225,8 @@ class RenderQueue:
                     continue
                 result = CRASH_ERROR  # it broke a pool while rendered alone: it is the cause
                 self._restart()
+            except Exception as e:  # e.g. no room left to spool the page: its own error
+                result = f"cannot render ({describe(e)})"
             self.items.popleft()
             self._pump()
             yield page.tag, result

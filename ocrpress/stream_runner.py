@@ -15,16 +15,18 @@ batch halved, a bad page isolated); then a new stream starts for the batches tha
 
 from __future__ import annotations
 
+import gc
 import logging
 import queue
 import threading
+import traceback
 from collections import deque
 from collections.abc import Callable
-from concurrent.futures import Future
+from concurrent.futures import CancelledError, Future
 from dataclasses import dataclass, field
 from typing import Any, Protocol, runtime_checkable
 
-from .backoff import limited_batch
+from .backoff import free_cuda_cache, limited_batch
 from .document import PageImage, PageResult
 from .engines import STREAM_END, ReportsUsage, Usage
 from .errors import describe
@@ -40,6 +42,7 @@ class Streams(Protocol):
         self,
         feed: Callable[[bool], Any],
         deliver: Callable[[int, PageResult | BaseException], None],
+        stop: Callable[[], bool] | None = None,
     ) -> None: ...
 
 
@@ -65,8 +68,11 @@ class StreamRunner:
         self._where: dict[int, tuple[_Batch, int]] = {}  # key -> its batch, its place there
         self._waiting: deque[tuple[int, PageImage]] = deque()  # fed, not yet taken
         self._next_key = 0
-        self._reported = Usage()
-        self._closing = False
+        # Usage is reported as deltas from what the engine had done before this run.
+        self._reported = engine.usage() if isinstance(engine, ReportsUsage) else Usage()
+        self._closing = False  # the run's last batch was fed
+        self._stop = False  # close() came: stop decoding, drop what is left
+        self._dead: BaseException | None = None
         self._thread: threading.Thread | None = None
 
     # ------------------------------------------------------------- the pipeline's side
@@ -76,6 +82,9 @@ class StreamRunner:
         ``--retry-truncated``)."""
         assert not retry, "the truncated-page retry runs per batch, on the inline runner"
         batch = _Batch(Future(), pages, [None] * len(pages), len(pages))
+        if self._dead is not None:
+            batch.fut.set_exception(RuntimeError(f"the device thread died ({self._dead!r})"))
+            return batch.fut
         if not pages:
             batch.fut.set_result(([], 0, Usage()))
             return batch.fut
@@ -89,7 +98,10 @@ class StreamRunner:
         return fut.result()
 
     def close(self, wait: bool = True) -> None:
-        """End the stream once the queued batches are done (``wait``: and wait for that)."""
+        """Stop the stream: nothing more is taken, the step under way ends it, and batches
+        not finished are cancelled (at the end of a run there are none). ``wait``: until the
+        device thread has stopped (an interrupted run does not wait)."""
+        self._stop = True
         self._incoming.put(None)
         if wait and self._thread is not None:
             self._thread.join()
@@ -98,24 +110,43 @@ class StreamRunner:
 
     def _serve(self) -> None:
         try:
-            while not self._closing:
-                try:
-                    self.engine.stream(self._feed, self._deliver)
-                except Exception as e:
-                    log.warning(
-                        "decode stream stopped (%s); its unfinished pages run again", describe(e)
-                    )
-                    self._recover()
+            while not (self._closing or self._stop):
+                taken = self._next_key
+                error = self._one_stream()
+                if error is None:
+                    continue  # it ended: the run closed, or close() stopped it
+                # Out of the except block, the failed stream's frames (its cache, the
+                # activations of the failed step) are gone: free them before the re-runs.
+                gc.collect()
+                free_cuda_cache()
+                log.warning("decode stream stopped (%s); unfinished pages run again", error)
+                self._recover()
+                if self._next_key == taken:
+                    # It failed before taking a page: it would again. Batch by batch instead.
+                    log.warning("decoding batch by batch for the rest of the run")
+                    self._batch_by_batch()
         except BaseException as e:  # a bug: fail what is open rather than hang the run
-            with self._lock:
-                open_batches = {id(b): b for b, _ in self._where.values()}
-            for b in open_batches.values():
-                if not b.fut.done():
-                    b.fut.set_exception(e)
+            self._dead = e
+            self._cancel(e)
             raise
+        self._cancel(CancelledError())
+
+    def _one_stream(self) -> str | None:
+        """Run one stream; None when it ended, else the error that stopped it (its
+        traceback's frames cleared: nothing of the stream stays referenced)."""
+        try:
+            self.engine.stream(self._feed, self._deliver, lambda: self._stop)
+        except Exception as e:
+            error = describe(e)
+            traceback.clear_frames(e.__traceback__)
+            e.__traceback__ = None
+            return error
+        return None
 
     def _feed(self, block: bool) -> Any:
         """The stream's pages, batch after batch; None: none now; END: the run is over."""
+        if self._stop:
+            return STREAM_END
         if not self._waiting:
             try:
                 batch = self._incoming.get(block=block)
@@ -134,7 +165,10 @@ class StreamRunner:
 
     def _deliver(self, key: int, result: PageResult | BaseException) -> None:
         with self._lock:
-            batch, i = self._where.pop(key)
+            where = self._where.pop(key, None)
+            if where is None:  # its batch was already re-run or cancelled
+                return
+            batch, i = where
             if isinstance(result, BaseException):
                 page = batch.pages[i]
                 result = PageResult.failed(page, self.engine.name, describe(result))
@@ -150,7 +184,8 @@ class StreamRunner:
         usage, self._reported = now.minus(self._reported), now
         results = [r for r in batch.results if r is not None]
         assert len(results) == len(batch.pages)
-        batch.fut.set_result((results, batch.lowered, usage))
+        if not batch.fut.done():
+            batch.fut.set_result((results, batch.lowered, usage))
 
     def _recover(self) -> None:
         """After a failed stream: the unfinished pages of each open batch, batch by batch,
@@ -162,11 +197,41 @@ class StreamRunner:
             self._where.clear()
             self._waiting.clear()
         for batch, places in todo.values():
-            pages = [batch.pages[i] for i in sorted(places)]
-            results, lowered, _usage = limited_batch(self.engine, pages, False)
-            with self._lock:
-                for i, res in zip(sorted(places), results, strict=True):
-                    batch.results[i] = res
-                batch.left = 0
-                batch.lowered = lowered
-                self._finish(batch)
+            self._run_alone(batch, sorted(places))
+
+    def _run_alone(self, batch: _Batch, places: list[int]) -> None:
+        results, lowered, _usage = limited_batch(
+            self.engine, [batch.pages[i] for i in places], False
+        )
+        with self._lock:
+            for i, res in zip(places, results, strict=True):
+                batch.results[i] = res
+            batch.left = 0
+            batch.lowered = lowered
+            self._finish(batch)
+
+    def _batch_by_batch(self) -> None:
+        while not self._stop:
+            batch = self._incoming.get()
+            if batch is None:
+                self._closing = True
+                return
+            self._run_alone(batch, list(range(len(batch.pages))))
+
+    def _cancel(self, error: BaseException) -> None:
+        """Fail every batch not finished: open ones and queued ones (after close() or a
+        dead device thread nobody should wait on them)."""
+        with self._lock:
+            batches = {id(b): b for b, _ in self._where.values()}
+            self._where.clear()
+            self._waiting.clear()
+        while True:
+            try:
+                queued = self._incoming.get_nowait()
+            except queue.Empty:
+                break
+            if queued is not None:
+                batches[id(queued)] = queued
+        for b in batches.values():
+            if not b.fut.done():
+                b.fut.set_exception(error)

@@ -313,6 +313,33 @@ def test_render_queue_isolates_the_page_that_kills_workers(tmp_path: Path) -> No
     assert all(not isinstance(v, str) for v in done.values())
 
 
+def test_a_page_that_cannot_be_spooled_is_its_own_error(tmp_path: Path) -> None:
+    """A worker that cannot write its page (no room left in the temporary folder) fails that
+    page with one line, not the run."""
+    from concurrent.futures import wait
+
+    from ocrpress.inputs import discover
+    from ocrpress.render import RenderQueue
+
+    docs, _ = discover([str(labelled_pdf(tmp_path / "a.pdf", 2))])
+    queue = RenderQueue(1, 36)
+    done: dict[int, object] = {}
+    try:
+        spool, queue.spool = queue.spool, str(tmp_path / "gone")  # the writes fail
+        queue.submit(0, docs[0], 0)
+        wait([queue.head()], timeout=60)
+        done.update(queue.ready())
+        queue.spool = spool
+        queue.submit(1, docs[0], 1)
+        wait([queue.head()], timeout=60)
+        done.update(queue.ready())
+    finally:
+        queue.close()
+    assert isinstance(done[0], str) and done[0].startswith("cannot render (")
+    assert "gone" in done[0]
+    assert not isinstance(done[1], str)  # the next page renders as usual
+
+
 def _workers_of(main_pid: int) -> list[int]:
     """Render workers: children of the forkserver, itself a child of the main process."""
 

@@ -139,6 +139,12 @@ def test_the_window_shrinks_to_the_prepared_budget(
     assert window_for(recipe, 632, 120) == 120  # never below the floor (a batch and more)
     monkeypatch.setattr(page_inputs, "available_memory", lambda: None)
     assert window_for(recipe, 10**6, 1) == page_inputs.PREPARED_BUDGET // per_page
+    # The workers leave the inputs in the run's temporary folder: half its free space.
+    import shutil
+    from types import SimpleNamespace
+
+    monkeypatch.setattr(shutil, "disk_usage", lambda _: SimpleNamespace(free=100 * per_page))
+    assert window_for(recipe, 632, 10, "/tmp") == 50
 
 
 def test_a_page_copy_carries_its_prepared_handle(tiny_v2_model: Path, tmp_path: Path) -> None:
@@ -150,3 +156,20 @@ def test_a_page_copy_carries_its_prepared_handle(tiny_v2_model: Path, tmp_path: 
     prepare_in_worker(p, eng.inputs_recipe, str(tmp_path))
     back = pickle.loads(pickle.dumps(copy.copy(p)))
     assert back.prepared == p.prepared and len(pickle.dumps(p.prepared)) < 2000
+
+
+def test_a_worker_that_cannot_write_leaves_no_partial_file(
+    tiny_v2_model: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import errno
+
+    eng = make_engine(tiny_v2_model, mode="small")
+
+    def full_disk(obj, path):
+        Path(path).write_bytes(b"half a tensor file")
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(torch, "save", full_disk)
+    p = page(0)
+    prepare_in_worker(p, eng.inputs_recipe, str(tmp_path))
+    assert p.prepared is None and not list(tmp_path.iterdir())

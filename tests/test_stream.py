@@ -4,14 +4,17 @@ running decode, and failures that cost only a re-run of the unfinished pages."""
 
 from __future__ import annotations
 
+import gc
 import threading
+import time
+from concurrent.futures import CancelledError
 from pathlib import Path
 
 import pytest
 from test_deepseek import make_engine, page
 
 from ocrpress.engines.deepseek import DeepSeekEngine
-from ocrpress.engines.refill import RefillDecoder
+from ocrpress.engines.refill import RefillDecoder, _Rows
 from ocrpress.stream_runner import StreamRunner
 
 
@@ -39,9 +42,9 @@ def serve_calls(monkeypatch: pytest.MonkeyPatch) -> list[int]:
     calls: list[int] = []
     original = RefillDecoder.serve
 
-    def spy(self, poll, on_done=None):
+    def spy(self, poll, on_done=None, stop=None):
         calls.append(self.slots)
-        return original(self, poll, on_done)
+        return original(self, poll, on_done, stop)
 
     monkeypatch.setattr(RefillDecoder, "serve", spy)
     return calls
@@ -63,6 +66,7 @@ def test_a_stream_decodes_every_batch_as_batch_by_batch(
 
 def test_batch_usages_add_up_to_the_engines(tiny_v2_model: Path) -> None:
     eng = make_engine(tiny_v2_model, mode="small", batch_size=2, max_new_tokens=8)
+    eng.run([page(0), page(1)])  # work done before the run is not the run's
     before = eng.usage()
     _, outs = streamed(eng, batches())
     total = eng.usage().minus(before)
@@ -82,6 +86,10 @@ def test_an_out_of_memory_error_reruns_only_unfinished_pages(
     original_run = DeepSeekEngine.run
 
     def counting_run(self, batch):
+        # The failed stream's cache is gone before the re-runs start (on a GPU it would
+        # hold the memory that just ran out).
+        gc.collect()
+        assert not [o for o in gc.get_objects() if type(o) is _Rows and o.cache is not None]
         ran.append(len(batch))
         return original_run(self, batch)
 
@@ -105,7 +113,7 @@ def test_an_out_of_memory_error_reruns_only_unfinished_pages(
 
 
 def test_a_page_that_breaks_preparation_is_its_own_error(
-    tiny_v2_model: Path, monkeypatch: pytest.MonkeyPatch
+    tiny_v2_model: Path, monkeypatch: pytest.MonkeyPatch, serve_calls: list[int]
 ) -> None:
     eng = make_engine(tiny_v2_model, mode="small", batch_size=3, max_new_tokens=6)
     groups = batches()
@@ -119,7 +127,11 @@ def test_a_page_that_breaks_preparation_is_its_own_error(
 
     want = reference(eng, groups)
     monkeypatch.setattr(DeepSeekEngine, "prepare", prepare)
+    reruns: list[int] = []
+    monkeypatch.setattr(DeepSeekEngine, "run", lambda self, b: reruns.append(len(b)))
+    serve_calls.clear()
     _, outs = streamed(eng, groups)
+    assert serve_calls == [3] and reruns == []  # the stream went on; nothing ran again
     results = [r for res, _, _ in outs for r in res]
     flat_want = [raw for g in want for raw in g]
     for r, raw, p in zip(results, flat_want, [p for g in groups for p in g], strict=True):
@@ -171,3 +183,48 @@ def test_the_pipeline_streams_unless_truncated_pages_are_retried(
     # The stream starts on its slots' worth of pages, then batches double (to 4 x 2 slots).
     assert sizes == [2, 4, 3]
     assert not any(t.name == "ocrpress-device" for t in threading.enumerate())
+
+
+def test_a_stream_that_cannot_start_falls_back_to_batch_by_batch(
+    tiny_v2_model: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    eng = make_engine(tiny_v2_model, mode="small", batch_size=3, max_new_tokens=6)
+    groups = batches()
+    want = reference(eng, groups)
+    tries: list[int] = []
+
+    def broken(self, feed, deliver, stop=None):
+        tries.append(1)
+        raise RuntimeError("cannot start")
+
+    monkeypatch.setattr(DeepSeekEngine, "stream", broken)
+    runner = StreamRunner(eng)
+    futs = [runner.submit(list(g), False) for g in groups]
+    got = [[r.raw for r in f.result(timeout=120)[0]] for f in futs]
+    runner.close()
+    assert got == want
+    assert tries == [1]  # no second attempt, no spinning
+
+
+def test_close_stops_the_stream_and_cancels_what_is_left(
+    tiny_v2_model: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    eng = make_engine(tiny_v2_model, mode="small", batch_size=2, max_new_tokens=40)
+    step = RefillDecoder._step
+
+    def slow_step(self, rows):
+        time.sleep(0.02)
+        return step(self, rows)
+
+    monkeypatch.setattr(RefillDecoder, "_step", slow_step)
+    runner = StreamRunner(eng)
+    futs = [runner.submit(list(g), False) for g in batches()]
+    time.sleep(0.5)
+    t0 = time.perf_counter()
+    runner.close(wait=True)
+    assert time.perf_counter() - t0 < 30
+    assert not any(t.name == "ocrpress-device" for t in threading.enumerate())
+    assert all(f.done() for f in futs)
+    assert isinstance(futs[-1].exception(), CancelledError)
+    # The engine is free again: a new run on it decodes normally.
+    assert eng.run([page(0)])[0].status != "error"

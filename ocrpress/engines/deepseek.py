@@ -59,7 +59,7 @@ from .deepseek_spec import (  # noqa: F401 - re-exported: the engine module's pu
     strong_guard,
     to_result,
 )
-from .deepseek_stream import Deliver, Feed, serve
+from .deepseek_stream import Deliver, Feed, Stop, serve
 from .page_inputs import InputsRecipe, PreparedFile, make_inputs
 from .refill import DecodeStats, Prepared, RefillDecoder, StepHook
 from .refill_items import decode_experts
@@ -216,10 +216,11 @@ class DeepSeekEngine:
         self._slot_limit.succeeded(self.slots)
         return [finished[i].result() for i in range(len(batch))]
 
-    def stream(self, feed: Feed, deliver: Deliver) -> None:
-        """Decode the pages ``feed`` gives until it ends, delivering each page's result as
-        it is done: one refill decode across batches (see :mod:`.deepseek_stream`)."""
-        serve(self, feed, deliver)
+    def stream(self, feed: Feed, deliver: Deliver, stop: Stop | None = None) -> None:
+        """Decode the pages ``feed`` gives until it ends (or ``stop()``), delivering each
+        page's result as it is done: one refill decode across batches
+        (see :mod:`.deepseek_stream`)."""
+        serve(self, feed, deliver, stop)
 
     def decoder(self, slots: int, step_hook: StepHook | None) -> RefillDecoder:
         """A refill decoder of ``slots`` rows with this engine's guards and limits."""
@@ -276,7 +277,8 @@ class DeepSeekEngine:
             if ref.recipe == self.inputs_recipe and ref.mode == self.planner.page_mode(page):
                 try:
                     inputs = ref.load()
-                    self.prepared_by_workers += 1
+                    with self.usage_lock:
+                        self.prepared_by_workers += 1
                 except Exception as e:  # a damaged spool file: prepare it here instead
                     log.debug("cannot read the prepared inputs %s: %s", ref.path, e)
             else:

@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Any
 
 from ..backoff import is_oom
 from ..document import PageImage, PageResult
+from .deepseek_spec import REFILL_DEPTH
 from .refill import END, Prepared
 
 if TYPE_CHECKING:
@@ -28,6 +29,9 @@ log = logging.getLogger("ocrpress")
 #: waiting (only if ``block`` is false), END when the run has no more.
 Feed = Callable[[bool], Any]
 
+#: ``stop()``: true once the run is over and the stream should end at its next step.
+Stop = Callable[[], bool]
+
 #: ``deliver(key, result)``: a page is done (``result`` is a PageResult, or the exception
 #: its post-processing raised). Called from the engine's preparation threads.
 Deliver = Callable[[int, "PageResult | BaseException"], None]
@@ -35,13 +39,15 @@ Deliver = Callable[[int, "PageResult | BaseException"], None]
 
 class _Source:
     """The decoder's page source: pages from ``feed``, prepared on the engine's threads at
-    most ``ahead`` pages before the decoder takes them."""
+    most ``ahead`` pages before the decoder takes them. A page whose preparation fails is
+    delivered as that error and the stream goes on (an out-of-memory error stops it)."""
 
-    def __init__(self, engine: DeepSeekEngine, feed: Feed, ahead: int) -> None:
+    def __init__(self, engine: DeepSeekEngine, feed: Feed, deliver: Deliver, ahead: int) -> None:
         self.engine = engine
         self.feed = feed
+        self.deliver = deliver
         self.ahead = ahead
-        self.queue: deque[Future[Prepared]] = deque()
+        self.queue: deque[tuple[int, Future[Prepared]]] = deque()
         self.ended = False
         self.pages: dict[int, PageImage] = {}  # key -> page, until its result is made
         self.budgets: dict[int, int] = {}  # key -> its token budget, once prepared
@@ -56,52 +62,74 @@ class _Source:
             return False
         key, page = item
         self.pages[key] = page
-        self.queue.append(self.engine._pool.submit(self.engine.prepare, page, key))
+        self.queue.append((key, self.engine._pool.submit(self.engine.prepare, page, key)))
         return True
 
     def __call__(self, block: bool) -> Any:
-        while not self.ended and len(self.queue) < self.ahead and self._take(False):
-            pass
-        if not self.queue and (self.ended or not block or not self._take(True)):
-            return END if self.ended else None
-        head = self.queue[0]
-        if not block and not head.done():
-            return None  # decoding goes on; the page joins at a later step
-        self.queue.popleft()
-        item = head.result()
-        self.budgets[item.key] = item.budget
-        return item
+        while True:
+            while not self.ended and len(self.queue) < self.ahead and self._take(False):
+                pass
+            if not self.queue and (self.ended or not block or not self._take(True)):
+                return END if self.ended else None
+            key, head = self.queue[0]
+            if not block and not head.done():
+                return None  # decoding goes on; the page joins at a later step
+            self.queue.popleft()
+            try:
+                item = head.result()
+            except Exception as e:
+                if is_oom(e):
+                    raise
+                self.pages.pop(key, None)
+                self.deliver(key, e)
+                continue
+            self.budgets[item.key] = item.budget
+            return item
 
 
-def serve(engine: DeepSeekEngine, feed: Feed, deliver: Deliver) -> None:
-    """Decode every page ``feed`` gives until it ends. Raises what the decoder raises (a
-    CUDA out-of-memory error lowers the engine's decode slots first); pages delivered
-    before that are done, the others are the caller's to run again."""
+def serve(engine: DeepSeekEngine, feed: Feed, deliver: Deliver, stop: Stop | None = None) -> None:
+    """Decode every page ``feed`` gives until it ends or ``stop()``. Raises what the decoder
+    raises (a CUDA out-of-memory error lowers the engine's decode slots first); every page
+    finished before that has been delivered, the others are the caller's to run again."""
     slots = engine._slot_limit.cap(engine.slots)
-    source = _Source(engine, feed, slots)
-    posted: list[Future[PageResult]] = []
+    source = _Source(engine, feed, deliver, slots)
+    posted: list[Future[None]] = []
+    finished = 0
+
+    def result(key: int, page: PageImage, tokens: list[int], budget: int) -> None:
+        try:
+            res: PageResult | BaseException = engine._result(
+                page, engine.token_plan(page), tokens, budget
+            )
+        except Exception as e:
+            res = e
+        deliver(key, res)  # here, not in a done-callback: waiting on the task waits for it
 
     def post(key: int, tokens: list[int]) -> None:
+        nonlocal finished
         page, budget = source.pages.pop(key), source.budgets.pop(key)
-        fut = engine._pool.submit(engine._result, page, engine.token_plan(page), tokens, budget)
-        fut.add_done_callback(lambda f: deliver(key, f.exception() or f.result()))
-        posted.append(fut)
+        posted.append(engine._pool.submit(result, key, page, tokens, budget))
         if len(posted) > 4 * slots:
             posted[:] = [f for f in posted if not f.done()]
+        # Slots lowered by an out-of-memory error grow back as batches' worth of pages go
+        # through without one (BatchLimit's rule, pages for batches).
+        finished += 1
+        if engine._slot_limit.ceiling and finished % (REFILL_DEPTH * decoder.slots) == 0:
+            engine._slot_limit.succeeded(engine.slots)
+            decoder.resize(engine._slot_limit.cap(engine.slots))
 
     decoder = engine.decoder(slots, engine.step_hook(source.pages) if engine.step_hook else None)
     engine.live = decoder
     try:
-        decoder.serve(source, on_done=post)
+        decoder.serve(source, on_done=post, stop=stop)
     except Exception as e:
         if is_oom(e):
-            engine._slot_limit.lower(max(1, slots // 2))
+            engine._slot_limit.lower(max(1, decoder.slots // 2))
         raise
     finally:
         with engine.usage_lock:
             engine.live = None
             engine.decode_stats.add(decoder.stats)
-        for fut in source.queue:  # pages prepared but never decoded: the caller runs them
+        for _key, fut in source.queue:  # pages prepared but never decoded: the caller's
             fut.cancel()
         wait(posted)  # every finished page is delivered before this returns or raises
-    engine._slot_limit.succeeded(engine.slots)

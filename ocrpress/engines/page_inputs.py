@@ -16,6 +16,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import shutil
 import uuid
 from dataclasses import dataclass
 from typing import Any
@@ -63,13 +64,17 @@ def available_memory() -> int | None:
         return None
 
 
-def window_for(recipe: InputsRecipe, window: int, floor: int) -> int:
+def window_for(recipe: InputsRecipe, window: int, floor: int, folder: str = "") -> int:
     """The pipeline's window of pages in flight, shrunk (not below ``floor``) so that their
-    prepared inputs fit :data:`PREPARED_BUDGET` or a quarter of the free memory."""
+    prepared inputs fit :data:`PREPARED_BUDGET`, a quarter of the free memory, and half the
+    free space of ``folder`` (where the workers leave them)."""
     budget = PREPARED_BUDGET
     free = available_memory()
     if free:
         budget = min(budget, free // 4)
+    if folder:
+        with contextlib.suppress(OSError):
+            budget = min(budget, shutil.disk_usage(folder).free // 2)
     return max(floor, min(window, budget // recipe.page_bytes()))
 
 
@@ -164,9 +169,12 @@ _PROCESSORS: dict[InputsRecipe, Any] = {}
 def prepare_in_worker(page: PageImage, recipe: InputsRecipe, folder: str) -> None:
     """Runs in a render worker: ``page.prepared`` becomes a file of its inputs in ``folder``.
 
-    A failure leaves the page without one: the engine then prepares it and reports whatever
-    is wrong with it as that page's error.
+    A failure leaves the page without one (and no partial file): the engine then prepares it
+    and reports whatever is wrong with it as that page's error. A worker's first failure is
+    logged as a warning; ``pages_prepared_by_workers`` in the run statistics tells the rest.
     """
+    global _WARNED
+    path = os.path.join(folder, f"inputs-{os.getpid()}-{uuid.uuid4().hex}.pt")
     try:
         processor = _PROCESSORS.get(recipe)
         if processor is None:
@@ -179,9 +187,21 @@ def prepare_in_worker(page: PageImage, recipe: InputsRecipe, folder: str) -> Non
         import torch
 
         inputs = make_inputs(processor, recipe, page)
-        path = os.path.join(folder, f"inputs-{os.getpid()}-{uuid.uuid4().hex}.pt")
-        torch.save(inputs, path)
+        torch.save(inputs, path + ".part")
+        os.replace(path + ".part", path)  # whole or absent: never a half-written file
         page.prepared = PreparedFile(path, recipe, recipe.page_mode(page))
     except Exception as e:  # the engine prepares it instead, and says what is wrong
-        log.debug("render worker could not prepare %s page %d: %s", page.source, page.index, e)
+        with contextlib.suppress(OSError):
+            os.unlink(path + ".part")
+        log.log(
+            logging.DEBUG if _WARNED else logging.WARNING,
+            "render worker could not prepare %s page %d (%s); the engine will",
+            page.source,
+            page.index + 1,
+            e,
+        )
+        _WARNED = True
         page.prepared = None
+
+
+_WARNED = False

@@ -130,17 +130,21 @@ class RefillDecoder:
         return self.serve(lambda block: next(source, END), on_done)
 
     def serve(
-        self, poll: Poll, on_done: Callable[[int, list[int]], None] | None = None
+        self,
+        poll: Poll,
+        on_done: Callable[[int, list[int]], None] | None = None,
+        stop: Callable[[], bool] | None = None,
     ) -> dict[int, list[int]]:
         """:meth:`run` over pages that arrive while others decode: ``poll(block)`` gives the
         next page, None when none is ready yet (only if ``block`` is false: there are rows to
-        go on decoding meanwhile), or :data:`END`."""
+        go on decoding meanwhile), or :data:`END`. Once ``stop()`` is true it returns at the
+        next step, leaving running pages unfinished."""
         pending: deque[Prepared] = deque()
         rows = _Rows()
         done: dict[int, list[int]] = {}
         exhausted = False
         with torch.inference_mode(), self._restoring_experts():
-            while True:
+            while stop is None or not stop():
                 free = self.slots - len(rows.keys)
                 while not exhausted and len(pending) < free:
                     nxt = poll(not rows.keys and not pending)
@@ -163,6 +167,11 @@ class RefillDecoder:
                 self._step(rows)
                 self._retire(rows, done, on_done)
         return done
+
+    def resize(self, slots: int) -> None:
+        """Change the rows allowed from the next admission on (running rows stay)."""
+        self.slots = max(1, slots)
+        self.refill_group = max(1, self.slots // 4)
 
     # ---------------------------------------------------------------- experts setting
 
