@@ -32,8 +32,9 @@ Feed = Callable[[bool], Any]
 #: ``stop()``: true once the run is over and the stream should end at its next step.
 Stop = Callable[[], bool]
 
-#: ``deliver(key, result)``: a page is done (``result`` is a PageResult, or the exception
-#: its post-processing raised). Called from the engine's preparation threads.
+#: ``deliver(key, result)``: a page is done (``result`` is a PageResult, or the exception its
+#: preparation or post-processing raised). Called from the engine's threads and, for a page
+#: whose preparation failed, from the decoding thread.
 Deliver = Callable[[int, "PageResult | BaseException"], None]
 
 
