@@ -168,11 +168,15 @@ class Converter:
         finally:
             # Interrupted: no waiting for workers (they die with this process); a worker
             # still starting must not find the pool's semaphores already gone.
-            renders.close(wait=not interrupted)
-            if isinstance(runner, StreamRunner):
-                runner.close(wait=not interrupted)
-            if devices is not None:
-                devices.close()
+            try:
+                renders.close(wait=not interrupted)
+            finally:
+                try:
+                    if isinstance(runner, StreamRunner):
+                        runner.close(wait=not interrupted)
+                finally:
+                    if devices is not None:
+                        devices.close()
         self.stats.stop()
         if self.to_dir:
             assert self.opts.output is not None

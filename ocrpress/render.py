@@ -6,6 +6,7 @@ rendered comes back as the reason (a string), so one bad page never kills the po
 
 from __future__ import annotations
 
+import contextlib
 import multiprocessing
 import os
 import pickle
@@ -91,8 +92,18 @@ def spooled_call(task: Callable[..., Any], folder: str, doc: InputDoc, *args: An
     few dozen bytes is written in one atomic pipe write, so it either arrives or does not.
     """
     path = os.path.join(folder, f"page-{os.getpid()}-{uuid.uuid4().hex}.pickle")
-    with open(path, "wb") as f:
-        pickle.dump(task(doc, *args), f, protocol=pickle.HIGHEST_PROTOCOL)
+    result = task(doc, *args)
+    try:
+        with open(path, "wb") as f:
+            pickle.dump(result, f, protocol=pickle.HIGHEST_PROTOCOL)
+    except BaseException:
+        # No room left, most likely: leave nothing behind that keeps the folder full.
+        with contextlib.suppress(OSError):
+            os.unlink(path)
+        prepared = getattr(result, "prepared", None)
+        if prepared is not None:
+            prepared.discard()
+        raise
     return Spooled(path)
 
 

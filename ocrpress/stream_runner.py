@@ -73,6 +73,7 @@ class StreamRunner:
         self._closing = False  # the run's last batch was fed
         self._stop = False  # close() came: stop decoding, drop what is left
         self._dead: BaseException | None = None
+        self._alone: _Batch | None = None  # a batch being run again batch by batch
         self._thread: threading.Thread | None = None
 
     # ------------------------------------------------------------- the pipeline's side
@@ -89,6 +90,8 @@ class StreamRunner:
             batch.fut.set_result(([], 0, Usage()))
             return batch.fut
         self._incoming.put(batch)
+        if self._dead is not None:  # it died meanwhile: fail the batch just queued
+            self._cancel(RuntimeError(f"the device thread died ({self._dead!r})"))
         if self._thread is None:
             self._thread = threading.Thread(target=self._serve, name="ocrpress-device", daemon=True)
             self._thread.start()
@@ -113,8 +116,8 @@ class StreamRunner:
             while not (self._closing or self._stop):
                 taken = self._next_key
                 error = self._one_stream()
-                if error is None:
-                    continue  # it ended: the run closed, or close() stopped it
+                if error is None or self._stop:
+                    continue  # it ended (the run closed), or close() stopped it: no re-runs
                 # Out of the except block, the failed stream's frames (its cache, the
                 # activations of the failed step) are gone: free them before the re-runs.
                 gc.collect()
@@ -200,9 +203,12 @@ class StreamRunner:
             self._run_alone(batch, sorted(places))
 
     def _run_alone(self, batch: _Batch, places: list[int]) -> None:
-        results, lowered, _usage = limited_batch(
-            self.engine, [batch.pages[i] for i in places], False
-        )
+        pages = [batch.pages[i] for i in places]
+        self._alone = batch  # for _cancel, should this thread die meanwhile
+        try:
+            results, lowered, _usage = limited_batch(self.engine, pages, False)
+        finally:
+            self._alone = None
         with self._lock:
             for i, res in zip(places, results, strict=True):
                 batch.results[i] = res
@@ -223,6 +229,8 @@ class StreamRunner:
         dead device thread nobody should wait on them)."""
         with self._lock:
             batches = {id(b): b for b, _ in self._where.values()}
+            if self._alone is not None:
+                batches[id(self._alone)] = self._alone
             self._where.clear()
             self._waiting.clear()
         while True:

@@ -340,6 +340,35 @@ def test_a_page_that_cannot_be_spooled_is_its_own_error(tmp_path: Path) -> None:
     assert not isinstance(done[1], str)  # the next page renders as usual
 
 
+def test_a_page_spooled_halfway_leaves_nothing_behind(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A full disk mid-write: neither the half-written page nor its prepared inputs stay."""
+    import errno
+    import pickle
+
+    from PIL import Image
+
+    from ocrpress import render
+    from ocrpress.document import PageImage
+    from ocrpress.engines.page_inputs import InputsRecipe, PreparedFile
+
+    inputs = tmp_path / "inputs-1.pt"
+    inputs.write_bytes(b"tensors")
+    recipe = InputsRecipe("v2", "m", "p", 2, 6, "float32", "small", False)
+    page = PageImage("a.pdf", 0, Image.new("RGB", (8, 8)), 72.0)
+    page.prepared = PreparedFile(str(inputs), recipe, "small")
+
+    def full(obj, f, protocol=None):
+        f.write(b"half a page")
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(pickle, "dump", full)
+    with pytest.raises(OSError):
+        render.spooled_call(lambda doc: page, str(tmp_path), None)
+    assert list(tmp_path.iterdir()) == []
+
+
 def _workers_of(main_pid: int) -> list[int]:
     """Render workers: children of the forkserver, itself a child of the main process."""
 

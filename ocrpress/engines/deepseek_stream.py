@@ -104,7 +104,10 @@ def serve(engine: DeepSeekEngine, feed: Feed, deliver: Deliver, stop: Stop | Non
             )
         except Exception as e:
             res = e
-        deliver(key, res)  # here, not in a done-callback: waiting on the task waits for it
+        try:
+            deliver(key, res)  # here, not in a done-callback: waiting on the task waits for it
+        except Exception:  # a bug in the runner: say so, the pool would swallow it
+            log.exception("could not deliver %s page %d", page.source, page.index + 1)
 
     def post(key: int, tokens: list[int]) -> None:
         nonlocal finished
