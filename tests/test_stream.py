@@ -228,3 +228,27 @@ def test_close_stops_the_stream_and_cancels_what_is_left(
     assert isinstance(futs[-1].exception(), CancelledError)
     # The engine is free again: a new run on it decodes normally.
     assert eng.run([page(0)])[0].status != "error"
+
+
+def test_slots_lowered_by_an_oom_grow_back_within_a_stream(
+    tiny_v2_model: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from ocrpress import backoff
+
+    eng = make_engine(tiny_v2_model, mode="small", batch_size=4, max_new_tokens=4)
+    groups = [[page(i % 5) for i in range(k, k + 6)] for k in (0, 6, 12)]
+    want = reference(eng, groups)
+    monkeypatch.setattr(backoff, "GROW_AFTER", 1)  # one batch's worth of pages is enough
+    eng._slot_limit.lower(2)  # as after an out-of-memory error
+    sizes: list[int] = []
+    resize = RefillDecoder.resize
+
+    def spy(self, slots):
+        sizes.append(slots)
+        return resize(self, slots)
+
+    monkeypatch.setattr(RefillDecoder, "resize", spy)
+    got, _ = streamed(eng, groups)
+    assert got == want
+    assert sizes and sizes[-1] == 4  # back to the engine's slots, mid-stream
+    assert eng._slot_limit.ceiling == 0
