@@ -24,7 +24,7 @@ from .batcher import Batcher
 from .devices import DevicePool, Planner, make_planner, resolve_devices
 from .document import DocumentResult
 from .engines import Engine, create_engine, resolve_engine_name
-from .engines.page_inputs import window_for
+from .engines.page_inputs import InputsRecipe, window_for
 from .errors import EngineLoadError, Terminated
 from .escalation import Escalator, auto_spec
 from .inputs import InputDoc
@@ -48,6 +48,13 @@ RUN_STATS_FILE = "_ocrpress_run.json"
 
 #: Runners whose engine is in this process (render workers can prepare its inputs).
 LOCAL_RUNNERS = (InlineRunner, StreamRunner)
+
+
+def worker_recipe(engine: Any) -> InputsRecipe | None:
+    """The engine's inputs recipe if render workers can follow it (it names a checkpoint
+    folder to load the processor from), else None."""
+    recipe = getattr(engine, "inputs_recipe", None)
+    return recipe if recipe is not None and recipe.folder else None
 
 
 class Converter:
@@ -137,8 +144,8 @@ class Converter:
                 max(2 * max_batch, max_batch + 2 * max(workers, 1))
                 + (runner.capacity - 1) * max_batch  # one more batch per extra replica
             )
-            recipe = getattr(planner, "inputs_recipe", None)
-            if workers and isinstance(runner, LOCAL_RUNNERS) and recipe and recipe.folder:
+            recipe = worker_recipe(planner)
+            if workers and isinstance(runner, LOCAL_RUNNERS) and recipe:
                 # Render workers prepare the engine's inputs too (engines.page_inputs).
                 renders.inputs = recipe
                 window = window_for(recipe, window, max_batch + 2 * workers, renders.spool)
@@ -190,8 +197,7 @@ class Converter:
     def _vlm_inputs(self) -> bool:
         """Whether this run's engine (loaded or not) will want its inputs made by workers."""
         if self._engine is not None:
-            recipe = getattr(self._engine, "inputs_recipe", None)
-            return bool(recipe and recipe.folder)
+            return worker_recipe(self._engine) is not None
         if self.opts.devices:
             return False
         try:

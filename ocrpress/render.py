@@ -22,7 +22,7 @@ from typing import Any
 
 from . import inputs, procs
 from .document import PageImage
-from .engines.page_inputs import InputsRecipe
+from .engines.page_inputs import InputsRecipe, prepare_in_worker
 from .errors import describe
 from .escalation import AutoSpec, choose_page_mode
 from .inputs import InputDoc, InputError
@@ -59,8 +59,6 @@ def render_task(
         if auto is not None and isinstance(page, PageImage):
             choose_page_mode(page, _RENDERER, doc, auto)
         if prepare is not None and isinstance(page, PageImage):
-            from .engines.page_inputs import prepare_in_worker
-
             prepare_in_worker(page, *prepare)
         return page
     except InputError as e:

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from spies import before_each_call
 from test_deepseek import make_engine, page
 
 from ocrpress.engines.refill import RefillDecoder
@@ -36,13 +37,9 @@ def forced_lengths(targets: dict[int, int], eos_ids: set[int]):
 def prefill_sizes(monkeypatch: pytest.MonkeyPatch) -> list[int]:
     """Pages in each prefill call, in call order."""
     sizes: list[int] = []
-    original = RefillDecoder._prefill
-
-    def spy(self, rows, group):
-        sizes.append(len(group))
-        return original(self, rows, group)
-
-    monkeypatch.setattr(RefillDecoder, "_prefill", spy)
+    before_each_call(
+        monkeypatch, RefillDecoder, "_prefill", lambda self, rows, group: sizes.append(len(group))
+    )
     return sizes
 
 

@@ -11,6 +11,7 @@ from concurrent.futures import CancelledError
 from pathlib import Path
 
 import pytest
+from spies import before_each_call
 from test_deepseek import make_engine, page
 
 from ocrpress.engines.deepseek import DeepSeekEngine
@@ -40,13 +41,9 @@ def streamed(eng: DeepSeekEngine, groups: list[list]) -> tuple[list[list], list]
 @pytest.fixture
 def serve_calls(monkeypatch: pytest.MonkeyPatch) -> list[int]:
     calls: list[int] = []
-    original = RefillDecoder.serve
-
-    def spy(self, poll, on_done=None, stop=None):
-        calls.append(self.slots)
-        return original(self, poll, on_done, stop)
-
-    monkeypatch.setattr(RefillDecoder, "serve", spy)
+    before_each_call(
+        monkeypatch, RefillDecoder, "serve", lambda self, *a, **k: calls.append(self.slots)
+    )
     return calls
 
 
@@ -83,27 +80,23 @@ def test_an_out_of_memory_error_reruns_only_unfinished_pages(
     want = reference(eng, groups)
     serve_calls.clear()
     ran: list[int] = []
-    original_run = DeepSeekEngine.run
 
-    def counting_run(self, batch):
+    def counting(self, batch):
         # The failed stream's cache is gone before the re-runs start (on a GPU it would
         # hold the memory that just ran out).
         gc.collect()
         assert not [o for o in gc.get_objects() if type(o) is _Rows and o.cache is not None]
         ran.append(len(batch))
-        return original_run(self, batch)
 
-    monkeypatch.setattr(DeepSeekEngine, "run", counting_run)
-    step = RefillDecoder._step
+    before_each_call(monkeypatch, DeepSeekEngine, "run", counting)
     state = {"steps": 0}
 
-    def failing_step(self, rows):
+    def failing(self, rows):
         state["steps"] += 1
         if state["steps"] == 15:
             raise RuntimeError("CUDA out of memory. Tried to allocate 2.00 GiB (fake)")
-        return step(self, rows)
 
-    monkeypatch.setattr(RefillDecoder, "_step", failing_step)
+    before_each_call(monkeypatch, RefillDecoder, "_step", failing)
     got, _ = streamed(eng, groups)
     assert got == want
     assert eng._slot_limit.ceiling == 2  # slots halved for what follows
@@ -118,15 +111,13 @@ def test_a_page_that_breaks_preparation_is_its_own_error(
     eng = make_engine(tiny_v2_model, mode="small", batch_size=3, max_new_tokens=6)
     groups = batches()
     bad = groups[1][2]
-    original = DeepSeekEngine.prepare
 
-    def prepare(self, p, key=0):
+    def damaged(self, p, key=0):
         if p is bad:
             raise ValueError("image is damaged")
-        return original(self, p, key)
 
     want = reference(eng, groups)
-    monkeypatch.setattr(DeepSeekEngine, "prepare", prepare)
+    before_each_call(monkeypatch, DeepSeekEngine, "prepare", damaged)
     reruns: list[int] = []
     monkeypatch.setattr(DeepSeekEngine, "run", lambda self, b: reruns.append(len(b)))
     serve_calls.clear()
@@ -153,13 +144,9 @@ def test_the_pipeline_streams_unless_truncated_pages_are_retried(
     docs, _ = discover([str(f) for f in files])
     raws = {}
     sizes: list[int] = []
-    submit = StreamRunner.submit
-
-    def spy(self, pages, retry):
-        sizes.append(len(pages))
-        return submit(self, pages, retry)
-
-    monkeypatch.setattr(StreamRunner, "submit", spy)
+    before_each_call(
+        monkeypatch, StreamRunner, "submit", lambda self, pages, retry: sizes.append(len(pages))
+    )
     for retry in (False, True):
         eng = make_engine(tiny_v2_model, mode="small", batch_size=2, max_new_tokens=6)
         opts = ConvertOptions(
@@ -210,13 +197,7 @@ def test_close_stops_the_stream_and_cancels_what_is_left(
     tiny_v2_model: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     eng = make_engine(tiny_v2_model, mode="small", batch_size=2, max_new_tokens=40)
-    step = RefillDecoder._step
-
-    def slow_step(self, rows):
-        time.sleep(0.02)
-        return step(self, rows)
-
-    monkeypatch.setattr(RefillDecoder, "_step", slow_step)
+    before_each_call(monkeypatch, RefillDecoder, "_step", lambda self, rows: time.sleep(0.02))
     runner = StreamRunner(eng)
     futs = [runner.submit(list(g), False) for g in batches()]
     time.sleep(0.5)
@@ -241,13 +222,7 @@ def test_slots_lowered_by_an_oom_grow_back_within_a_stream(
     monkeypatch.setattr(backoff, "GROW_AFTER", 1)  # one batch's worth of pages is enough
     eng._slot_limit.lower(2)  # as after an out-of-memory error
     sizes: list[int] = []
-    resize = RefillDecoder.resize
-
-    def spy(self, slots):
-        sizes.append(slots)
-        return resize(self, slots)
-
-    monkeypatch.setattr(RefillDecoder, "resize", spy)
+    before_each_call(monkeypatch, RefillDecoder, "resize", lambda self, slots: sizes.append(slots))
     got, _ = streamed(eng, groups)
     assert got == want
     assert sizes and sizes[-1] == 4  # back to the engine's slots, mid-stream

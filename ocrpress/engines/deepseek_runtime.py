@@ -76,7 +76,9 @@ def load_with_fallback(load: Any, device: str, what: str) -> tuple[Any, str]:
 
 def load_v2(folder: str, model_name: str, device: str, dtype: Any) -> tuple[Any, Any, str]:
     """(model, processor, attention) of a DeepSeek-OCR-2 checkpoint folder."""
-    from transformers import AutoModelForImageTextToText, AutoProcessor
+    from transformers import AutoModelForImageTextToText
+
+    from .page_inputs import v2_processor
 
     def load(attn: Any) -> Any:
         try:
@@ -90,10 +92,9 @@ def load_v2(folder: str, model_name: str, device: str, dtype: Any) -> tuple[Any,
     # No device_map: that would make accelerate a dependency.
     model = model.to(device)
     try:
-        processor = AutoProcessor.from_pretrained(folder, local_files_only=True)
+        processor = v2_processor(folder)
     except (OSError, ValueError) as e:
         raise EngineError(f"cannot load the processor of {model_name!r}: {e}") from e
-    processor.tokenizer.padding_side = "left"
     return model, processor, attention
 
 

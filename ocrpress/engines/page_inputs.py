@@ -112,9 +112,15 @@ def load_processor(recipe: InputsRecipe) -> Any:
 
         tokenizer = _load_tokenizer(Path(recipe.folder))
         return V1Processor(tokenizer, device="cpu", dtype=getattr(torch, recipe.dtype))
+    return v2_processor(recipe.folder)
+
+
+def v2_processor(folder: str) -> Any:
+    """A DeepSeek-OCR-2 folder's processor, its tokenizer padding on the left (the engine's
+    loader uses it too)."""
     from transformers import AutoProcessor
 
-    processor = AutoProcessor.from_pretrained(recipe.folder, local_files_only=True)
+    processor = AutoProcessor.from_pretrained(folder, local_files_only=True)
     processor.tokenizer.padding_side = "left"
     return processor
 
@@ -176,16 +182,14 @@ def prepare_in_worker(page: PageImage, recipe: InputsRecipe, folder: str) -> Non
     global _WARNED
     path = os.path.join(folder, f"inputs-{os.getpid()}-{uuid.uuid4().hex}.pt")
     try:
+        import torch
+
         processor = _PROCESSORS.get(recipe)
         if processor is None:
-            import torch
-
             # One thread: the workers are the parallelism, and they share the cores with
             # the decode loop.
             torch.set_num_threads(1)
             processor = _PROCESSORS[recipe] = load_processor(recipe)
-        import torch
-
         inputs = make_inputs(processor, recipe, page)
         torch.save(inputs, path + ".part")
         os.replace(path + ".part", path)  # whole or absent: never a half-written file
