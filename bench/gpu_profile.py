@@ -1,10 +1,14 @@
-"""Where the DeepSeek engine's GPU time goes: prefill and per-step decode cost by batch size,
-for the refill decoder and for transformers' ``generate`` on the same pages, peak memory, and
-the top operators of one batched run (torch.profiler); and the pages/s of the engine's CPU
-preparation with 1..8 threads (how much of it the GIL serialises on the GPU box's cores).
+"""Where the DeepSeek engine's GPU time goes: the prefill's cost a page and a decode step's
+cost by rows, for each MoE experts setting of the decode steps (``grouped_mm``, ``batched_mm``
+and the engine's choice by rows) and for transformers' ``generate``; peak memory; the pages/s
+of the engine's CPU preparation with 1..8 threads; and the top operators of one run
+(torch.profiler).
 
-Each batch of ``B`` identical-length pages is decoded twice, to ``--short`` and to ``--long``
-forced tokens: (long - short) steps separate the decode step's cost from the prefill's.
+Pages are prepared before anything is timed, and the refill decoder runs on them directly, so
+the CPU's preparation never counts as prefill. ``B`` pages are decoded to 1 token (the prefill
+alone), then to ``--long`` tokens (EOS banned until then) once per setting, each decode step
+timed. ``generate`` prepares its pages inside its call: its step cost is the difference of a
+``--short`` and a ``--long`` run over their steps.
 
     python bench/gpu_profile.py                 # full size on a GPU
     python bench/gpu_profile.py --tiny          # CPU check of the script
@@ -15,45 +19,121 @@ from __future__ import annotations
 import argparse
 import sys
 import time
+from concurrent.futures import ThreadPoolExecutor
 
 import torch
-from _vlm import A4_144DPI, ForceLengths, build_model, force_lengths_hook, sync, synthetic_pages
+from _vlm import A4_144DPI, ForceLengths, build_model, sync, synthetic_pages
 
 from ocrpress.engines import EngineOptions
 from ocrpress.engines.deepseek import DeepSeekEngine
+from ocrpress.engines.refill import RefillDecoder
+from ocrpress.engines.refill_items import Prepared, batched_mm_rows, decode_experts
+
+#: Decode-step experts settings compared: most rows that run batched_mm (None: the engine's).
+SETTINGS = {"grouped": 0, "batched": 10**9, "engine": None}
 
 
-def timed_run(
-    eng: DeepSeekEngine, pages: list, length: int, generate: bool = False
+def peak_gib(device: str) -> float:
+    return torch.cuda.max_memory_allocated() / 2**30 if device.startswith("cuda") else 0.0
+
+
+def decode_seconds(
+    eng: DeepSeekEngine, prepared: list[Prepared], length: int, rows_cap: int | None
 ) -> tuple[float, float]:
-    """Seconds for one engine call (or one ``generate`` call) forcing every page to ``length``
-    tokens, and peak GiB."""
-    eos, limit = min(eng.eos_ids), len(eng.tokenizer)
-    target_of = {(p.source, p.index): length for p in pages}
-    eng.step_hook = force_lengths_hook(target_of, eos, limit)
+    """Seconds for the refill decoder to take every page to exactly ``length`` tokens, and
+    seconds of its decode steps alone (each step ends in a synchronising ``tolist``)."""
+    limit = len(eng.tokenizer)
+    banned = sorted(eng.eos_ids)
+
+    def no_end(keys: list[int], counts: torch.Tensor, scores: torch.Tensor) -> torch.Tensor:
+        scores[:, banned] = -float("inf")
+        scores[:, limit:] = -float("inf")
+        return scores
+
+    for it in prepared:
+        it.budget = length
+    decoder = RefillDecoder(
+        eng.hf_model,
+        slots=len(prepared),
+        eos_ids=eng.eos_ids,
+        device=eng.device,
+        dtype=eng.dtype,
+        guard=None,
+        step_hook=no_end,
+        prefill_pages=eng.prefill_pages,
+        decode_experts=decode_experts(eng.hf_model, eng.device),
+        decode_experts_rows=batched_mm_rows(eng.hf_model) if rows_cap is None else rows_cap,
+    )
+    step_time = [0.0]
+    step = decoder._step
+
+    def timed_step(rows) -> None:
+        t = time.perf_counter()
+        step(rows)
+        step_time[0] += time.perf_counter() - t
+
+    decoder._step = timed_step  # type: ignore[method-assign]
     if eng.device.startswith("cuda"):
         torch.cuda.reset_peak_memory_stats()
     sync(eng.device)
     t0 = time.perf_counter()
-    if generate:
-        rows = eng.generate_ids(
-            pages, extra_processors=[ForceLengths([length] * len(pages), eos, limit)]
-        )
-        got = [row.index(eos) if eos in row else len(row) for row in rows]
-    else:
-        got = [r.text_tokens for r in eng.run(pages)]
+    tokens = decoder.run(prepared)
     sync(eng.device)
     secs = time.perf_counter() - t0
-    bad = sum(n != length for n in got)
+    bad = sum(len(t) != length for t in tokens.values())
     if bad:
-        print(f"WARNING: {bad} pages did not hit {length} tokens")
-    peak = torch.cuda.max_memory_allocated() / 2**30 if eng.device.startswith("cuda") else 0.0
-    return secs, peak
+        print(f"WARNING: {bad} pages did not reach {length} tokens")
+    return secs, step_time[0]
+
+
+def generate_seconds(eng: DeepSeekEngine, pages: list, length: int) -> float:
+    """Seconds for one ``generate`` call (preparation included) forcing ``length`` tokens."""
+    eos, limit = min(eng.eos_ids), len(eng.tokenizer)
+    sync(eng.device)
+    t0 = time.perf_counter()
+    eng.generate_ids(pages, extra_processors=[ForceLengths([length] * len(pages), eos, limit)])
+    sync(eng.device)
+    return time.perf_counter() - t0
+
+
+def step_table(eng: DeepSeekEngine, prepared: list[Prepared], pages: list, args) -> None:
+    steps = args.long - 1
+    print(f"a run of {args.long} tokens: {steps} decode steps, timed one by one")
+    print(" rows | prefill s | s/page | setting  | ms/step | ms/step/row | tokens/s | peak GiB")
+    for b in (int(x) for x in args.batches.split(",")):
+        if b > len(prepared):
+            break
+        try:
+            pre, _ = decode_seconds(eng, prepared[:b], 1, 0)
+        except torch.OutOfMemoryError as exc:
+            print(f" {b:4d} | out of memory in the prefill: {str(exc).splitlines()[0][:80]}")
+            torch.cuda.empty_cache()
+            break
+        for name, cap in SETTINGS.items():
+            try:
+                _, step_s = decode_seconds(eng, prepared[:b], args.long, cap)
+            except torch.OutOfMemoryError as exc:
+                print(f" {b:4d} | {name:<8} | out of memory: {str(exc).splitlines()[0][:80]}")
+                torch.cuda.empty_cache()
+                continue
+            ms = step_s / steps * 1000
+            print(
+                f" {b:4d} | {pre:9.2f} | {pre / b:6.3f} | {name:<8} | {ms:7.1f} | "
+                f"{ms / b:11.2f} | {b * 1000 / ms:8.0f} | {peak_gib(eng.device):4.1f}"
+            )
+        if b <= args.generate_max:
+            try:
+                long = generate_seconds(eng, pages[:b], args.long)
+                ms = (long - generate_seconds(eng, pages[:b], args.short)) * 1000
+                ms /= args.long - args.short
+                print(f" {b:4d} |           |        | generate | {ms:7.1f} | {ms / b:11.2f} |")
+            except torch.OutOfMemoryError:
+                print(f" {b:4d} | generate: out of memory")
+                torch.cuda.empty_cache()
 
 
 def prep_scaling(eng: DeepSeekEngine, size: tuple[int, int], threads: str) -> None:
     """Pages/s of the engine's CPU preparation with 1, 2, 4... threads (the GIL's share)."""
-    from concurrent.futures import ThreadPoolExecutor
 
     pages = synthetic_pages(16, size, 7)
     eng.prepare(pages[0])  # warm
@@ -65,13 +145,32 @@ def prep_scaling(eng: DeepSeekEngine, size: tuple[int, int], threads: str) -> No
         print(f"preparation, {n} threads: {len(pages) / secs:6.1f} pages/s")
 
 
+def profile_run(eng: DeepSeekEngine, prepared: list[Prepared], tokens: int) -> None:
+    """The top operators of one decode of ``prepared`` to ``tokens`` tokens."""
+    acts = [torch.profiler.ProfilerActivity.CPU]
+    if eng.device == "cuda":
+        acts.append(torch.profiler.ProfilerActivity.CUDA)
+    with torch.profiler.profile(activities=acts) as prof:
+        secs, _ = decode_seconds(eng, prepared, tokens, None)
+    print(f"profile: {len(prepared)} pages, {tokens} tokens, {secs:.2f} s")
+    key = "self_cuda_time_total" if eng.device == "cuda" else "self_cpu_time_total"
+    print(prof.key_averages().table(sort_by=key, row_limit=25, max_name_column_width=60))
+    if eng.device == "cuda":
+        print(
+            prof.key_averages().table(
+                sort_by="cpu_time_total", row_limit=15, max_name_column_width=60
+            )
+        )
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--tiny", action="store_true")
     ap.add_argument("--mode", default=None)
-    ap.add_argument("--batches", default="1,8,32")
+    ap.add_argument("--batches", default="1,8,32,64")
     ap.add_argument("--short", type=int, default=16)
-    ap.add_argument("--long", type=int, default=96)
+    ap.add_argument("--long", type=int, default=80)
+    ap.add_argument("--generate-max", type=int, default=8, help="largest batch for generate")
     ap.add_argument("--profile-batch", type=int, default=8)
     ap.add_argument("--prep-threads", default="1,2,4,8", help="preparation threads to time")
     args = ap.parse_args()
@@ -80,12 +179,6 @@ def main() -> int:
     mode = args.mode or ("small" if args.tiny else "gundam")
     size = (600, 850) if args.tiny else A4_144DPI
     model, processor = build_model(args.tiny, device, dtype)
-    print(
-        "attention:",
-        model.config._attn_implementation,
-        "experts:",
-        getattr(model.config.text_config, "_experts_implementation", None),
-    )
     batches = [int(b) for b in args.batches.split(",")]
     opts = EngineOptions(
         engine="deepseek",
@@ -97,42 +190,26 @@ def main() -> int:
         max_new_tokens=args.long + 8,
     )
     eng = DeepSeekEngine(opts, components=(model, processor))
-    timed_run(eng, synthetic_pages(2, size, 99), 4)  # warm-up
-    steps = args.long - args.short
-    print(f"mode {mode}, page {size}; decode cost from {args.short} vs {args.long} tokens")
-    print(" path     | batch | prefill+short s | long s | ms/step | ms/step/row | tokens/s | GiB")
-    for b in batches:
-        pages = synthetic_pages(b, size, b)
-        for path in ("refill", "generate"):
-            try:
-                s_short, _ = timed_run(eng, pages, args.short, path == "generate")
-                s_long, peak = timed_run(eng, pages, args.long, path == "generate")
-            except torch.OutOfMemoryError as exc:
-                print(f" {path:<8} | {b:5d} | out of memory: {str(exc).splitlines()[0][:90]}")
-                torch.cuda.empty_cache()
-                continue
-            ms = (s_long - s_short) / steps * 1000
-            print(
-                f" {path:<8} | {b:5d} | {s_short:15.2f} | {s_long:6.2f} | {ms:7.1f} | "
-                f"{ms / b:11.2f} | {b * steps / (s_long - s_short):8.0f} | {peak:4.1f}"
-            )
+    print(
+        f"attention: {model.config._attn_implementation}; experts: "
+        f"{getattr(model.config.text_config, '_experts_implementation', None)}, decode "
+        f"steps of <= {batched_mm_rows(model)} rows on batched_mm "
+        f"(switch {'on' if decode_experts(model, device) else 'off'} on {device}); "
+        f"prefill pages a call: {eng.prefill_pages}; mode {mode}, page {size}"
+    )
+    pages = synthetic_pages(max(batches), size, 7)
+    t0 = time.perf_counter()
+    with ThreadPoolExecutor(8) as pool:
+        prepared = list(pool.map(eng.prepare, pages, range(len(pages))))
+    print(f"prepared {len(pages)} pages in {time.perf_counter() - t0:.1f} s (8 threads)")
+    decode_seconds(eng, prepared[:2], 4, None)  # warm-up
+    step_table(eng, prepared, pages, args)
+    try:
+        profile_run(eng, prepared[: args.profile_batch], args.short + 16)
+    except torch.OutOfMemoryError as exc:
+        print(f"profile: out of memory: {str(exc).splitlines()[0][:90]}")
+        torch.cuda.empty_cache()
     prep_scaling(eng, size, args.prep_threads)
-    b = args.profile_batch
-    pages = synthetic_pages(b, size, 1000 + b)
-    acts = [torch.profiler.ProfilerActivity.CPU]
-    if device == "cuda":
-        acts.append(torch.profiler.ProfilerActivity.CUDA)
-    with torch.profiler.profile(activities=acts) as prof:
-        secs, _ = timed_run(eng, pages, args.short + 16)
-    print(f"profile: batch {b}, {args.short + 16} tokens, {secs:.2f} s")
-    key = "self_cuda_time_total" if device == "cuda" else "self_cpu_time_total"
-    print(prof.key_averages().table(sort_by=key, row_limit=25, max_name_column_width=60))
-    if device == "cuda":
-        print(
-            prof.key_averages().table(
-                sort_by="cpu_time_total", row_limit=15, max_name_column_width=60
-            )
-        )
     return 0
 
 

@@ -1,7 +1,8 @@
 #!/bin/sh
 # The GPU benchmark as one device call (bench/RESULTS.md, "On a GPU"): install the carried
-# wheels (.whl: transformers 5.24, pymupdf), then where the time goes (refill decoder vs
-# generate per step), the engine comparison, and the end-to-end run. Each step has its own time
+# wheels (.whl: transformers 5.24, pymupdf), then where the time goes (prefill a page; decode
+# step by rows for each MoE experts setting and for generate), the cache update (torch.cat vs
+# in place), the engine comparison, and the end-to-end run. Each step has its own time
 # limit so that a slow one still leaves the others' numbers in $OUT. About 6 minutes on an H100.
 set -u
 OUT=${OUT:-/tmp/ocrpress-gpu}
@@ -9,10 +10,13 @@ mkdir -p "$OUT"
 python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade \
   --target /tmp/site .whl/*.whl || exit 1
 export PYTHONPATH=/tmp/site:$PWD PYTHONUNBUFFERED=1
+export PYTORCH_CUDA_ALLOC_CONF=expandable_segments:True
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv | tee "$OUT/gpu.txt"
 python3 -c "import sys, torch, transformers, pymupdf; print(sys.version.split()[0], \
 torch.__version__, transformers.__version__, pymupdf.__version__)" | tee -a "$OUT/gpu.txt"
-timeout "${PROFILE_S:-120}" python3 bench/gpu_profile.py 2>&1 | grep -v USDT | tee "$OUT/profile.log"
+timeout "${PROFILE_S:-150}" python3 bench/gpu_profile.py --batches 1,8,24,64 --long 48 2>&1 \
+  | grep -v USDT | tee "$OUT/profile.log"
+timeout 60 python3 bench/kv_cache.py --device cuda --rows 96 2>&1 | tee "$OUT/kv_cache.log"
 timeout "${ENGINE_S:-200}" python3 bench/gpu_throughput.py --pages 48 --slots 16 \
   --min-tokens 100 --max-tokens 500 --naive-budget "${NAIVE_S:-60}" 2>&1 | tee "$OUT/engine.log"
 timeout "${E2E_S:-150}" python3 bench/gpu_throughput.py --end-to-end --pages 96 --slots 96 \

@@ -140,6 +140,27 @@ def test_decode_steps_switch_the_experts_on_accelerators_only(tiny_v2_model: Pat
     assert decode_experts(eager, "cuda") is None
 
 
+def test_batched_mm_only_while_the_pairs_fit_the_experts(tiny_v2_model: Path) -> None:
+    """batched_mm copies a weight matrix per (row, expert) pair: it is chosen for at most as many
+    rows as make the pairs no more than the experts (64 experts, 6 a token: 10 rows)."""
+    from types import SimpleNamespace
+
+    from ocrpress.engines.refill_items import batched_mm_rows
+
+    eng = make_engine(tiny_v2_model, mode="small")
+    text = eng.hf_model.config.text_config
+    assert batched_mm_rows(eng.hf_model) == text.n_routed_experts // text.num_experts_per_tok
+    published = SimpleNamespace(
+        config=SimpleNamespace(
+            text_config=SimpleNamespace(n_routed_experts=64, num_experts_per_tok=6)
+        )
+    )
+    assert batched_mm_rows(published) == 10
+    flat = SimpleNamespace(config=SimpleNamespace(num_experts=8, num_experts_per_tok=16))
+    assert batched_mm_rows(flat) == 1
+    assert batched_mm_rows(SimpleNamespace(config=SimpleNamespace())) is None
+
+
 def test_decode_steps_run_batched_mm_and_prefills_grouped_mm(tiny_v2_model: Path) -> None:
     """With the switch forced on the CPU: every prefill forward sees grouped_mm, every decode
     step batched_mm, the tokens are those of the unswitched decoder, and the model is left as
@@ -157,7 +178,7 @@ def test_decode_steps_run_batched_mm_and_prefills_grouped_mm(tiny_v2_model: Path
     handle = model.register_forward_pre_hook(record, with_kwargs=True)
     prepared = [eng.prepare(p, i) for i, p in enumerate(pages)]
 
-    def decoder(hook=None, switch=True) -> RefillDecoder:
+    def decoder(hook=None, switch=True, rows=None) -> RefillDecoder:
         return RefillDecoder(
             model,
             slots=3,
@@ -167,6 +188,7 @@ def test_decode_steps_run_batched_mm_and_prefills_grouped_mm(tiny_v2_model: Path
             guard=(eng.opts.ngram_size, eng.opts.ngram_window),
             whitelist_ids=eng.whitelist_ids,
             decode_experts={"": "batched_mm", "text_config": "batched_mm"} if switch else None,
+            decode_experts_rows=rows,
             step_hook=hook,
         )
 
@@ -182,6 +204,22 @@ def test_decode_steps_run_batched_mm_and_prefills_grouped_mm(tiny_v2_model: Path
         assert prefills and set(prefills) == {"grouped_mm"}
         assert tokens == reference and len(tokens) == 5
 
+        # With a row cap, steps of more rows stay on grouped_mm; the tokens do not change.
+        seen.clear()
+        record_rows: list[int] = []
+        handle_rows = model.register_forward_pre_hook(
+            lambda _m, _a, kw: record_rows.append(kw["input_ids"].shape[0]), with_kwargs=True
+        )
+        try:
+            assert decoder(rows=2).run(prepared) == reference
+        finally:
+            handle_rows.remove()
+        by_rows = {
+            (rows, impl) for (n, impl), rows in zip(seen, record_rows, strict=True) if n == 1
+        }
+        assert {impl for rows, impl in by_rows if rows > 2} == {"grouped_mm"}
+        assert {impl for rows, impl in by_rows if rows <= 2} == {"batched_mm"}
+
         def fail(keys, counts, scores):
             if counts.max() > 3:
                 raise RuntimeError("boom")
@@ -192,3 +230,44 @@ def test_decode_steps_run_batched_mm_and_prefills_grouped_mm(tiny_v2_model: Path
         assert model.config.text_config._experts_implementation == "grouped_mm"
     finally:
         handle.remove()
+
+
+def test_long_decodes_through_cache_reallocations_match_pages_alone(
+    tiny_v2_model: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Five pages of three prompt lengths with budgets of 40..150 tokens on two slots: rows
+    leave and join many times and the in-place cache outgrows its spare columns (64) in a
+    decode step, and each page's tokens are still those transformers' generate gives it alone."""
+    from test_deepseek import SMALL_PAGE
+
+    eng = make_engine(tiny_v2_model, mode="gundam", max_tiles=2, max_new_tokens=150, ngram_size=0)
+    sizes = [SMALL_PAGE, (1000, 700), (700, 1000), SMALL_PAGE, (1000, 700)]
+    pages = [page(i, s) for i, s in enumerate(sizes)]
+    budgets = [150, 40, 90, 130, 70]
+    alone = []
+    for p, budget in zip(pages, budgets, strict=True):
+        row = eng.generate_ids([p])[0][:budget]
+        eos = [i for i, t in enumerate(row) if t in eng.eos_ids]
+        alone.append(row[: eos[0] + 1] if eos else row)
+    assert sum(len(t) for t in alone) > 300, "pages should decode long"
+    prepared = [eng.prepare(p, i) for i, p in enumerate(pages)]
+    for it, budget in zip(prepared, budgets, strict=True):
+        it.budget = budget
+    decoder = RefillDecoder(
+        eng.hf_model,
+        slots=2,
+        eos_ids=eng.eos_ids,
+        device="cpu",
+        dtype=torch.float32,
+        guard=None,
+    )
+    from ocrpress.engines.kv_slab import SlabLayer
+
+    grown: list[int] = []  # reallocations because a step found no spare column
+    before_each_call(
+        monkeypatch, SlabLayer, "_reallocate", lambda *a, **k: grown.append(k.get("extra", 0))
+    )
+    tokens = decoder.run(prepared)
+    assert [tokens[i] for i in range(5)] == alone
+    layers = eng.hf_model.config.text_config.num_hidden_layers
+    assert sum(1 for extra in grown if extra) >= layers

@@ -62,7 +62,7 @@ from .deepseek_spec import (  # noqa: F401 - re-exported: the engine module's pu
 from .deepseek_stream import Deliver, Feed, Stop, serve
 from .page_inputs import InputsRecipe, PreparedFile, make_inputs
 from .refill import DecodeStats, Prepared, RefillDecoder, StepHook
-from .refill_items import decode_experts
+from .refill_items import batched_mm_rows, decode_experts
 
 log = logging.getLogger("ocrpress")
 
@@ -235,6 +235,7 @@ class DeepSeekEngine:
             step_hook=step_hook,
             prefill_pages=self.prefill_pages,
             decode_experts=decode_experts(self.hf_model, self.device),
+            decode_experts_rows=batched_mm_rows(self.hf_model),
         )
 
     def close(self) -> None:

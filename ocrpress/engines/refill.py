@@ -16,14 +16,18 @@ How rows of different lengths share one decode step: each row keeps its own posi
 keys were rotated at the positions it had when decoded alone) and the cache is left-padded to
 a common length with masked columns. Padding keys are masked out exactly, so greedy outputs
 are those of decoding each page alone (token for token in fp32; tested). Finished rows are
-dropped from the cache, and columns that only padding uses any more are cut off.
+dropped from the cache, and columns that only padding uses any more are cut off. The cache is
+a :class:`.kv_slab.SlabLayer` per layer: a decode step writes its column in place instead of
+copying the whole cache, and a finished row's place goes to the last row.
 
 The MoE experts run as ``grouped_mm`` in the prefill (thousands of tokens: one kernel over all
-experts) and, on an accelerator, as ``batched_mm`` in decode steps (a few tokens: each picks its
-experts' weights), as transformers' own ``generate`` switches them: on an H100 the refill
-decoder without the switch took ~55 ms a step against ``generate``'s ~21-25 ms. ``batched_mm``
-gathers the chosen experts' weights per token (~40 MB a row in DeepSeek-OCR-2, one layer at a
-time): far less than the prefill budget that the decode steps share.
+experts) and, on an accelerator, as ``batched_mm`` in decode steps of few rows (each token picks
+its experts' weights), as transformers' own ``generate`` switches them: on an H100 the refill
+decoder without the switch took ~55 ms a step against ``generate``'s ~21 ms at 1..8 rows.
+Unlike ``generate``, steps of more rows than ``decode_experts_rows`` stay on ``grouped_mm``:
+``batched_mm`` copies each (row, expert) pair's weights (~40 MB a row in DeepSeek-OCR-2, one
+layer at a time), which costs more than reading every expert once when the pairs outnumber the
+experts (:func:`.refill_items.batched_mm_rows`).
 
 Works with transformers' ``DynamicCache`` (``cache.layers[i].keys/values``) and either name of
 the cache argument (``cache`` in transformers >= 5.24, ``past_key_values`` before).
@@ -41,6 +45,7 @@ from typing import Any
 
 import torch
 
+from .kv_slab import SlabLayer, swap_remove_order
 from .ngram import WindowedNoRepeatNGramLogitsProcessor
 from .refill_items import (
     END,
@@ -90,6 +95,7 @@ class RefillDecoder:
         step_hook: StepHook | None = None,
         prefill_pages: int | None = None,
         decode_experts: dict[str, Any] | None = None,
+        decode_experts_rows: int | None = None,
     ) -> None:
         self.model = model
         # (prefill setting, decode setting) of the MoE experts; None: one setting throughout.
@@ -97,6 +103,8 @@ class RefillDecoder:
             (model.get_experts_implementation(), decode_experts) if decode_experts else None
         )
         self._decoding = False
+        # Steps of more rows than this stay on the prefill setting (None: no limit).
+        self._decode_rows = decode_experts_rows
         self.slots = max(1, slots)
         self.prefill_pages = max(1, prefill_pages or self.slots)
         self.refill_group = max(1, self.slots // 4)
@@ -240,18 +248,14 @@ class RefillDecoder:
     ) -> None:
         history = torch.cat([history[:, 1:], first[:, None]], dim=1)
         if rows.cache is None:
+            SlabLayer.adopt(cache, self.slots)
             rows.cache, rows.mask, rows.positions = cache, mask, positions
             rows.history, rows.last = history, first
             return
         old, new = rows.mask.shape[1], mask.shape[1]
         width = max(old, new)
         for mine, theirs in zip(rows.cache.layers, cache.layers, strict=True):
-            mine.keys = torch.cat(
-                [_pad_left(mine.keys, width - old, 2), _pad_left(theirs.keys, width - new, 2)]
-            )
-            mine.values = torch.cat(
-                [_pad_left(mine.values, width - old, 2), _pad_left(theirs.values, width - new, 2)]
-            )
+            mine.add(theirs.keys, theirs.values)
         rows.mask = torch.cat(
             [_pad_left(rows.mask, width - old, 1), _pad_left(mask, width - new, 1)]
         )
@@ -275,10 +279,10 @@ class RefillDecoder:
         return scores.argmax(dim=-1)
 
     def _step(self, rows: _Rows) -> None:
-        self._phase(True)
+        n = len(rows.keys)
+        self._phase(self._decode_rows is None or n <= self._decode_rows)
         t0 = time.perf_counter()
         assert rows.mask is not None and rows.positions is not None and rows.last is not None
-        n = len(rows.keys)
         rows.mask = torch.cat([rows.mask, rows.mask.new_ones(n, 1)], dim=1)
         out = self.model(
             input_ids=rows.last[:, None],
@@ -327,10 +331,12 @@ class RefillDecoder:
             # Nothing left running: drop the cache entirely.
             rows.__dict__.update(_Rows().__dict__)
             return
-        idx = torch.tensor(keep, device=self.device)
-        rows.keys = [rows.keys[i] for i in keep]
-        rows.tokens = [rows.tokens[i] for i in keep]
-        rows.budgets = [rows.budgets[i] for i in keep]
+        # The last rows take the places of those that left: only they move in the cache.
+        order = swap_remove_order(len(rows.keys), keep)
+        idx = torch.tensor(order, device=self.device)
+        rows.keys = [rows.keys[i] for i in order]
+        rows.tokens = [rows.tokens[i] for i in order]
+        rows.budgets = [rows.budgets[i] for i in order]
         assert rows.mask is not None and rows.positions is not None and rows.history is not None
         mask = rows.mask.index_select(0, idx)
         # Columns only finished rows used: cut them off (the mask is left-aligned padding).
@@ -338,8 +344,7 @@ class RefillDecoder:
         start = int(used[0]) if len(used) else 0
         rows.mask = mask[:, start:]
         for layer in rows.cache.layers:
-            layer.keys = layer.keys.index_select(0, idx)[:, :, start:]
-            layer.values = layer.values.index_select(0, idx)[:, :, start:]
+            layer.keep(order, start)
         rows.positions = rows.positions.index_select(0, idx)
         rows.history = rows.history.index_select(0, idx)
         assert rows.last is not None

@@ -54,15 +54,35 @@ class DecodeStats:
 
 
 def decode_experts(model: Any, device: str) -> dict[str, Any] | None:
-    """The experts setting for decode steps (``grouped_mm`` parts switched to ``batched_mm``),
-    or None to keep the model's: on the CPU, where ``grouped_mm`` is the faster (transformers'
-    ``generate`` keeps it there too), and for models without switchable experts."""
+    """The experts setting for decode steps of few rows (``grouped_mm`` parts switched to
+    ``batched_mm``), or None to keep the model's: on the CPU, where ``grouped_mm`` is the
+    faster (transformers' ``generate`` keeps it there too), and for models without switchable
+    experts. :func:`batched_mm_rows` says up to how many rows the switch pays."""
     if device.startswith("cpu") or not hasattr(model, "get_experts_implementation"):
         return None
     current = model.get_experts_implementation()
     if "grouped_mm" not in current.values():
         return None
     return {k: "batched_mm" if v == "grouped_mm" else v for k, v in current.items()}
+
+
+def batched_mm_rows(model: Any) -> int | None:
+    """Most decode rows for which ``batched_mm`` beats ``grouped_mm``, None when unknown.
+
+    ``batched_mm`` copies the weights of every (token, chosen expert) pair and multiplies the
+    copies; ``grouped_mm`` reads each expert that has tokens once. Once the pairs outnumber the
+    experts (rows x experts per token > routed experts: 10 rows for DeepSeek-OCR-2's 64 experts,
+    6 a token) the copies cost more than reading every expert: an H100 decoded 8 rows in ~21 ms
+    a step on ``batched_mm`` and 24 rows in ~68 ms, where ``grouped_mm`` took ~55 ms at 1..32
+    rows; on the CPU a step of 96 rows took 8x longer on ``batched_mm`` (bench/RESULTS.md)."""
+    text = getattr(getattr(model, "config", None), "text_config", None) or getattr(
+        model, "config", None
+    )
+    experts = getattr(text, "n_routed_experts", None) or getattr(text, "num_experts", None)
+    per_token = getattr(text, "num_experts_per_tok", None)
+    if not isinstance(experts, int) or not isinstance(per_token, int) or per_token < 1:
+        return None
+    return max(1, experts // per_token)
 
 
 def collate(items: list[Prepared], device: str, dtype: torch.dtype) -> dict[str, Any]:

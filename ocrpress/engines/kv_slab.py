@@ -1,0 +1,145 @@
+"""A key/value cache layer for the refill decoder that a decode step writes into in place.
+
+transformers' ``DynamicLayer`` appends a step's keys with ``torch.cat``: every decode step
+copies the whole cache, twice the bytes that attention itself reads. With 96 pages of ~2,000
+positions (61 KB a position in DeepSeek-OCR-2) that is ~24 GB of copying a step, several ms
+on an H100. A :class:`SlabLayer` keeps its rows in a buffer with spare columns and rows:
+
+- a decode step writes its one column (``update``) and attention reads a view;
+- finished rows leave by moving the last rows into their places (``keep``): the copying is
+  that of the rows moved, not of the cache; columns no row uses any more are dropped by
+  moving the window's left edge;
+- new rows, right-aligned with the running ones, are written into free rows (``add``).
+
+The buffer is reallocated (one copy of the live cache) only when the window reaches its last
+column or rows outgrow it; spare columns are a quarter of the window (at least 64), so that
+happens every few hundred steps. Unused rows and columns hold zeros or old keys, never
+uninitialised memory: padding is masked, and a masked NaN would still poison attention.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from transformers.cache_utils import DynamicLayer
+
+MIN_SPARE_COLUMNS = 64
+
+
+def swap_remove_order(rows: int, keep: list[int]) -> list[int]:
+    """The rows that stay, as old indices in their new places: rows that stay where they are
+    keep their place, and the last ones fill the places of rows that left (so only those
+    move). ``keep`` is sorted."""
+    m = len(keep)
+    kept = set(keep)
+    holes = [p for p in range(m) if p not in kept]
+    tails = [j for j in keep if j >= m]
+    order = list(range(m))
+    for hole, tail in zip(holes, tails, strict=True):
+        order[hole] = tail
+    return order
+
+
+class SlabLayer(DynamicLayer):
+    """One layer's keys and values (rows, heads, columns, head dim) in a preallocated buffer;
+    ``keys``/``values`` are views of its live window ``[lo, hi)`` of rows ``[0, n)``."""
+
+    def __init__(self, keys: torch.Tensor, values: torch.Tensor, rows: int) -> None:
+        super().__init__()
+        self.device = keys.device
+        self.is_initialized = True
+        self.n = 0
+        self.lo = self.hi = 0
+        self._k = self._v = keys.new_zeros(0)
+        self._reallocate(keys.shape[2], max(rows, keys.shape[0]), like=keys)
+        self._write_rows(keys, values)
+
+    @classmethod
+    def adopt(cls, cache: Any, rows: int) -> None:
+        """Turn every layer of transformers' ``cache`` (after a prefill) into a slab layer able
+        to hold ``rows`` rows."""
+        cache.layers = [cls(layer.keys, layer.values, rows) for layer in cache.layers]
+
+    # ---------------------------------------------------------------- views
+
+    def _views(self) -> None:
+        self.keys = self._k[: self.n, :, self.lo : self.hi]
+        self.values = self._v[: self.n, :, self.lo : self.hi]
+
+    @property
+    def width(self) -> int:
+        return self.hi - self.lo
+
+    # ---------------------------------------------------------------- transformers' API
+
+    def update(
+        self, key_states: torch.Tensor, value_states: torch.Tensor, *args: Any, **kwargs: Any
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Append the step's columns in place (reallocating only when the buffer is full)."""
+        new = key_states.shape[2]
+        if self.hi + new > self._k.shape[2]:
+            self._reallocate(self.width, self._k.shape[0], extra=new)
+        self._k[: self.n, :, self.hi : self.hi + new].copy_(key_states)
+        self._v[: self.n, :, self.hi : self.hi + new].copy_(value_states)
+        self.hi += new
+        self._views()
+        return self.keys, self.values
+
+    # ---------------------------------------------------------------- refill's operations
+
+    def keep(self, order: list[int], start: int) -> None:
+        """Keep rows ``order`` (old indices, in their new places; see
+        :func:`swap_remove_order`) and drop the window's first ``start`` columns."""
+        moves = [(p, j) for p, j in enumerate(order) if p != j]
+        if moves:
+            dst = torch.tensor([p for p, _ in moves], device=self.device)
+            src = torch.tensor([j for _, j in moves], device=self.device)
+            for buf in (self._k, self._v):
+                window = buf[:, :, self.lo : self.hi]
+                window.index_copy_(0, dst, window.index_select(0, src))
+        self.n = len(order)
+        self.lo += start
+        self._views()
+
+    def add(self, keys: torch.Tensor, values: torch.Tensor) -> None:
+        """Join rows whose keys end where the running rows' do; the shorter side is left-padded
+        (the caller masks the padding)."""
+        need = max(self.width, keys.shape[2])
+        rows = self.n + keys.shape[0]
+        if rows > self._k.shape[0] or self.hi - need < 0:
+            self._reallocate(need, max(rows, self._k.shape[0]))
+        self.lo = min(self.lo, self.hi - need)
+        self._write_rows(keys, values)
+
+    # ---------------------------------------------------------------- buffer
+
+    def _write_rows(self, keys: torch.Tensor, values: torch.Tensor) -> None:
+        g, width = keys.shape[0], keys.shape[2]
+        if self.width == 0:
+            self.lo, self.hi = 0, width
+        rows = slice(self.n, self.n + g)
+        # Columns left of the new rows' keys hold another row's old keys or zeros: masked.
+        self._k[rows, :, self.hi - width : self.hi].copy_(keys)
+        self._v[rows, :, self.hi - width : self.hi].copy_(values)
+        self.n += g
+        self._views()
+
+    def _reallocate(
+        self, width: int, rows: int, like: torch.Tensor | None = None, extra: int = 0
+    ) -> None:
+        """A new buffer of ``rows`` rows holding the live window right-aligned at column
+        ``width`` (room on its left for wider rows to join), with spare columns on its right
+        (at least ``extra``)."""
+        src = self._k if like is None else like
+        spare = max(MIN_SPARE_COLUMNS, width // 4, extra)
+        shape = (rows, src.shape[1], width + spare, src.shape[3])
+        k = src.new_zeros(shape)
+        v = src.new_zeros(shape)
+        live = self.width
+        if self.n and live:
+            k[: self.n, :, width - live : width].copy_(self.keys)
+            v[: self.n, :, width - live : width].copy_(self.values)
+        self._k, self._v = k, v
+        self.lo, self.hi = width - live, width
+        self._views()
