@@ -183,7 +183,7 @@ class Converter:
                         runner.close(wait=not interrupted)
                 finally:
                     if devices is not None:
-                        devices.close()
+                        devices.close(wait=not interrupted)
         self.stats.stop()
         if self.to_dir:
             assert self.opts.output is not None

@@ -164,25 +164,39 @@ def forkserver_env() -> Iterator[None]:
     """
     from multiprocessing import util
 
-    keys = (MAIN_PID_ENV, TEMPDIR_ENV, "PYTHONSAFEPATH", "PYTHONWARNINGS")
+    keys = (MAIN_PID_ENV, TEMPDIR_ENV, "PYTHONSAFEPATH")
     saved = {k: os.environ.get(k) for k in keys}
     os.environ[MAIN_PID_ENV] = str(os.getpid())
     # The main process's multiprocessing folder (/tmp/pymp-*, the forkserver's socket): the
     # forkserver removes it when the main process dies without removing it itself.
     os.environ[TEMPDIR_ENV] = util.get_temp_dir()
     os.environ["PYTHONSAFEPATH"] = "1"
-    # The resource tracker (started here too) unlinks the semaphores a killed run leaves,
-    # as it should, but warns about each on stderr: noise after a kill.
-    quiet = "ignore::UserWarning:multiprocessing.resource_tracker"
-    os.environ["PYTHONWARNINGS"] = ",".join(w for w in (saved["PYTHONWARNINGS"], quiet) if w)
     try:
-        yield
+        with quiet_resource_tracker():
+            yield
     finally:
         for k, v in saved.items():
             if v is None:
                 os.environ.pop(k, None)
             else:
                 os.environ[k] = v
+
+
+@contextlib.contextmanager
+def quiet_resource_tracker() -> Iterator[None]:
+    """While multiprocessing starts its resource tracker (with the first semaphore or the
+    forkserver): the tracker unlinks the semaphores a killed run leaves, as it should, but
+    warns about each on stderr: noise after a kill."""
+    saved = os.environ.get("PYTHONWARNINGS")
+    quiet = "ignore::UserWarning:multiprocessing.resource_tracker"
+    os.environ["PYTHONWARNINGS"] = ",".join(w for w in (saved, quiet) if w)
+    try:
+        yield
+    finally:
+        if saved is None:
+            os.environ.pop("PYTHONWARNINGS", None)
+        else:
+            os.environ["PYTHONWARNINGS"] = saved
 
 
 def raise_on_sigterm() -> None:

@@ -1,4 +1,4 @@
-"""Where batches run: the engine in this process, or (``devices.DevicePool``) one replica
+"""Where batches run: the engine in this process, or (``device_pool.DevicePool``) one replica
 per GPU. Both hand back, per batch, the results, the lowest batch limit a CUDA out-of-memory
 error forced (0: none) and what the device did (:class:`~ocrpress.engines.Usage`)."""
 

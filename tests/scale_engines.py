@@ -18,3 +18,40 @@ class DeviceEchoEngine(EchoEngine):
         for r in results:
             r.blocks[0].text += f" cvd={seen} pid={os.getpid()}"
         return results
+
+
+class StreamEchoEngine(DeviceEchoEngine):
+    """DeviceEchoEngine with a ``stream``: it takes every page fed to it while it "decodes"
+    the oldest (``ECHO_DELAY`` seconds a page), so pages of later batches join those of
+    earlier ones. Each page's text says how many pages the stream held when it finished."""
+
+    def stream(self, feed, deliver, stop=None) -> None:  # type: ignore[no-untyped-def]
+        from ocrpress.engines import STREAM_END
+
+        held: list[tuple[int, PageImage]] = []
+        ended = False
+        while stop is None or not stop():
+            while not ended:
+                item = feed(not held)
+                if item is STREAM_END:
+                    ended = True
+                elif item is None:
+                    break
+                else:
+                    held.append(item)
+            if not held:
+                return
+            open_now = len(held)
+            key, page = held.pop(0)
+            result = self.run([page])[0]
+            result.blocks[0].text += f" open={open_now}"
+            deliver(key, result)
+
+
+class DyingEngine(DeviceEchoEngine):
+    """Kills its own process at a document's third page (a worker that dies mid-run)."""
+
+    def run(self, batch: list[PageImage]) -> list[PageResult]:
+        if any(p.index == 2 for p in batch):
+            os._exit(1)
+        return super().run(batch)

@@ -25,7 +25,7 @@ def docs(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return src
 
 
-def _convert(model: Path, docs: Path, out: Path, *extra: str):  # type: ignore[no-untyped-def]
+def _convert(model: Path, docs: Path, out: Path, *extra: str, env=None):  # type: ignore[no-untyped-def]
     return ocrpress(
         "convert",
         str(docs),
@@ -44,6 +44,7 @@ def _convert(model: Path, docs: Path, out: Path, *extra: str):  # type: ignore[n
         "--workers",
         "1",
         *extra,
+        env=env,
     )
 
 
@@ -86,6 +87,35 @@ def test_convert_end_to_end(
     summary = r.stderr.decode()
     assert "vision" in summary and "compression" in summary
     assert "engine busy" in summary and "decode slots" in summary
+
+
+def test_devices_replicas_stream_the_same_outputs(
+    tiny_v2_model: Path, docs: Path, tmp_path: Path
+) -> None:
+    """--devices on two (fake) GPUs: each replica runs DeepSeek's one decode across batches in
+    its own process, and the outputs are those of one process."""
+    one = _convert(tiny_v2_model, docs, tmp_path / "one", "--mode", "small", "--device", "cpu")
+    assert one.returncode == 0, one.stderr.decode()
+    two = _convert(
+        tiny_v2_model,
+        docs,
+        tmp_path / "two",
+        "--mode",
+        "small",
+        "--device",
+        "cpu",
+        "--devices",
+        "all",
+        "--batch-size",
+        "1",
+        env={"OCRPRESS_FAKE_GPUS": "2"},
+    )
+    assert two.returncode == 0, two.stderr.decode()
+    for name in ("report.md", "report.txt", "photo.md"):
+        assert (tmp_path / "two" / name).read_text() == (tmp_path / "one" / name).read_text()
+    stats = json.loads((tmp_path / "two" / "_ocrpress_run.json").read_text())
+    assert stats["pages"] == 3 and 0 < stats["decode_slot_utilisation"] <= 1
+    assert 0 < stats["engine_busy_fraction"] <= 1
 
 
 def test_retry_truncated_is_recorded(tiny_v2_model: Path, docs: Path, tmp_path: Path) -> None:

@@ -108,6 +108,49 @@ def test_devices_match_single_process_and_isolate_errors(
     assert conv.stats.skipped_documents == 3 and conv.stats.pages == 0
 
 
+def test_streaming_replicas_hold_two_batches_each(
+    corpus: list[Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A replica whose engine streams holds two batches: pages of the next batch join its
+    stream while the last pages of one finish; outputs are those of one process."""
+    _single(corpus, tmp_path / "single")
+    monkeypatch.setenv("OCRPRESS_FAKE_GPUS", "2")
+    monkeypatch.setenv("ECHO_DELAY", "0.3")
+    out = tmp_path / "devices"
+    conv = Converter(_opts(out, "scale_engines:StreamEchoEngine", devices="all"))
+    results = conv.run(discover([str(p) for p in _corpus_good(corpus)])[0])
+    assert all(r.ok for r in results)
+    texts = _texts(out, strip_device=True)
+    held = [int(n) for t in texts.values() for n in re.findall(r" open=(\d+)", t)]
+    assert len(held) == 2 * 9  # every page, in its .md and its .json
+    assert max(held) > 2, held  # more than one batch (2 pages) in a stream at once
+    stripped = {k: re.sub(r" open=\d+", "", v) for k, v in texts.items()}
+    single = {k: v for k, v in _texts(tmp_path / "single").items() if "b_bad" not in k}
+    assert stripped == single
+    assert sorted(_devices_seen(out).values()) == ["0", "1"]
+    assert conv.device_pool is not None and conv.device_pool.capacity == 4
+    assert conv.stats.engine_replicas == 2
+
+
+def test_a_dying_replica_ends_the_run_with_a_device_error(
+    corpus: list[Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A worker process that dies fails the open batches with DeviceError (exit 3, resume)
+    instead of leaving the run waiting; no worker is left running."""
+    from ocrpress.devices import DeviceError
+
+    monkeypatch.setenv("OCRPRESS_FAKE_GPUS", "2")
+    conv = Converter(_opts(tmp_path / "o", "scale_engines:DyingEngine", devices="all"))
+    with pytest.raises(DeviceError, match="device worker died"):
+        conv.run(discover([str(p) for p in _corpus_good(corpus)])[0])
+    assert conv.device_pool is not None
+    assert not any(p.is_alive() for p in conv.device_pool._procs)
+
+
+def _corpus_good(corpus: list[Path]) -> list[Path]:
+    return [p for p in corpus if "bad" not in p.name]
+
+
 def test_devices_cli_needs_cuda(tmp_path: Path) -> None:
     pdf = labelled_pdf(tmp_path / "a.pdf", 1)
     env = {k: v for k, v in os.environ.items() if k != "OCRPRESS_FAKE_GPUS"}
