@@ -14,10 +14,10 @@ export PYTORCH_CUDA_ALLOC_CONF=expandable_segments:True
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv | tee "$OUT/gpu.txt"
 python3 -c "import sys, torch, transformers, pymupdf; print(sys.version.split()[0], \
 torch.__version__, transformers.__version__, pymupdf.__version__)" | tee -a "$OUT/gpu.txt"
-timeout "${PROFILE_S:-150}" python3 bench/gpu_profile.py --batches 1,8,24,64 --long 48 2>&1 \
+timeout "${PROFILE_S:-170}" python3 bench/gpu_profile.py --batches 1,8,16,32,64 --long 48 2>&1 \
   | grep -v USDT | tee "$OUT/profile.log"
-timeout 60 python3 bench/kv_cache.py --device cuda --rows 96 2>&1 | tee "$OUT/kv_cache.log"
-timeout "${ENGINE_S:-200}" python3 bench/gpu_throughput.py --pages 48 --slots 16 \
+timeout 40 python3 bench/kv_cache.py --device cuda --rows 96 2>&1 | tee "$OUT/kv_cache.log"
+timeout "${ENGINE_S:-160}" python3 bench/gpu_throughput.py --pages 48 --slots 16 \
   --min-tokens 100 --max-tokens 500 --naive-budget "${NAIVE_S:-60}" 2>&1 | tee "$OUT/engine.log"
 timeout "${E2E_S:-150}" python3 bench/gpu_throughput.py --end-to-end --pages 96 --slots 96 \
   --min-tokens 900 --max-tokens 900 --workers 4 2>&1 | tee "$OUT/e2e.log"

@@ -4,14 +4,17 @@ Each worker claims one device (``CUDA_VISIBLE_DEVICES`` set before torch touches
 builds its engine once and takes batches from one queue that all workers share, so a free
 replica takes the next batch (dynamic balance). A replica whose engine has a ``stream``
 (``deepseek``) runs it as the single-device pipeline does (:class:`~ocrpress.stream_runner.
-StreamRunner`): it holds two batches, the pages of the second joining the decode while the
-first finishes, so its GPU does not empty at batch ends. Other engines, and ``--retry-
-truncated`` (a per-batch step), take one batch at a time through the per-batch path. Results
-come back on a second queue; a collector thread completes each batch's future.
+StreamRunner`): it holds two batches of twice its decode slots, the pages of the second
+joining the decode while the first finishes, so its GPU does not empty at batch ends. Other
+engines, and ``--retry-truncated`` (a per-batch step), take one batch at a time through the
+per-batch path. Each worker sends its results back on a pipe of its own (a worker killed while
+writing cannot garble another's messages: its pipe just ends); a collector thread completes
+each batch's future.
 
-Workers die with the main process (``PR_SET_PDEATHSIG`` and a watcher thread); a worker that
-dies fails every open batch with :class:`DeviceError` (exit 3: run the command again to
-resume) instead of leaving the run waiting.
+Workers die with the main process (``PR_SET_PDEATHSIG`` and a watcher thread). A worker that
+dies, or a collector that fails, fails every open batch with :class:`DeviceError` (exit 3: run
+the command again to resume) instead of leaving the run waiting, and the pool then closes
+without waiting for the other workers' batches.
 """
 
 from __future__ import annotations
@@ -20,11 +23,12 @@ import logging
 import multiprocessing
 import os
 import pickle
-import queue
 import signal
 import threading
+import time
 from concurrent.futures import Future
 from dataclasses import replace
+from multiprocessing.connection import Connection, wait
 from typing import Any
 
 from .backoff import limited_batch
@@ -38,6 +42,11 @@ log = logging.getLogger("ocrpress")
 #: Batches a streaming replica holds: one decoding, the next joining it.
 STREAM_DEPTH = 2
 
+#: Seconds ``close`` waits, in all, for workers to finish their open batches.
+CLOSE_WAIT = 60.0
+
+DIED = "a device worker died; finished pages are kept, run the same command to resume"
+
 
 class DeviceError(EngineError):
     """No usable device, or a device worker could not start or died (CLI exit code 3)."""
@@ -46,7 +55,9 @@ class DeviceError(EngineError):
 # ------------------------------------------------------------------ the worker process
 
 
-def _worker_main(device: str, opts: EngineOptions, tasks: Any, results: Any, main_pid: int) -> None:
+def _worker_main(
+    device: str, opts: EngineOptions, tasks: Any, out: Connection, main_pid: int
+) -> None:
     """A replica: claim ``device``, build the engine, say what it is, serve batches."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the main process reports Ctrl-C once
     die_with_parent()
@@ -55,27 +66,41 @@ def _worker_main(device: str, opts: EngineOptions, tasks: Any, results: Any, mai
     os.environ["CUDA_VISIBLE_DEVICES"] = device
     if opts.device and opts.device.startswith("cuda"):
         opts = replace(opts, device="cuda")  # the only visible GPU
+    lock = threading.Lock()  # the stream's threads and this one send on the same pipe
+
+    def put(msg: tuple[Any, ...]) -> None:
+        data = pickle.dumps(msg)
+        with lock:
+            out.send_bytes(data)
+
     try:
         engine = create_engine(opts)
         from .stream_runner import StreamRunner, Streams
 
         streams = isinstance(engine, Streams)
-        info = {"max_batch_size": int(engine.max_batch_size), "streams": streams}
+        slots = getattr(engine, "slots", None)
+        info = {
+            "max_batch_size": int(engine.max_batch_size),
+            "streams": streams,
+            "slots": slots if isinstance(slots, int) else None,
+        }
     except BaseException as e:
         error = str(e) if isinstance(e, EngineError) else f"{type(e).__name__}: {e}"
-        results.put(("info", device, {"error": error, "pid": os.getpid()}))
+        put(("info", {"error": error}))
         return
-    results.put(("info", device, {**info, "pid": os.getpid()}))
+    put(("info", info))
     free = threading.Semaphore(STREAM_DEPTH if streams else 1)
     runner: StreamRunner | None = None
 
     def send(batch_id: int, outcome: Any) -> None:
         try:
-            payload = pickle.dumps(outcome)
-        except Exception as e:  # an exception that does not pickle: its description does
-            payload = pickle.dumps(RuntimeError(describe(e)))
-        results.put(("done", batch_id, device, payload))
-        free.release()
+            try:
+                put(("done", batch_id, outcome))
+            except Exception as e:  # it does not pickle: say what it was
+                what = outcome if isinstance(outcome, BaseException) else e
+                put(("done", batch_id, DeviceError(f"device {device}: {describe(what)}")))
+        finally:
+            free.release()
 
     try:
         while True:
@@ -83,7 +108,7 @@ def _worker_main(device: str, opts: EngineOptions, tasks: Any, results: Any, mai
             task = tasks.get()
             if task is None:
                 break
-            batch_id, pages, retry = task
+            batch_id, pages, retry = pickle.loads(task)
             if streams and not retry:
                 if runner is None:
                     runner = StreamRunner(engine)
@@ -91,9 +116,10 @@ def _worker_main(device: str, opts: EngineOptions, tasks: Any, results: Any, mai
                 fut.add_done_callback(lambda f, b=batch_id: send(b, _outcome(f)))
                 continue
             try:
-                send(batch_id, limited_batch(engine, pages, retry))
+                outcome: Any = limited_batch(engine, pages, retry)
             except Exception as e:
-                send(batch_id, e)
+                outcome = e
+            send(batch_id, outcome)
         for _ in range(STREAM_DEPTH - 1 if streams else 0):
             free.acquire()  # the batches still open are sent before the stream stops
     finally:
@@ -121,9 +147,8 @@ class DevicePool:
         self.replicas = len(devices)
         self.capacity = len(devices)  # batches at once; more once the replicas say they stream
         self.pages_per_device: dict[str, int] = dict.fromkeys(devices, 0)
-        with quiet_resource_tracker():  # the queues' semaphores may start it
+        with quiet_resource_tracker():  # the queue's semaphores may start it
             self._tasks = ctx.Queue()
-            self._results = ctx.Queue()
         self._lock = threading.Lock()
         self._open: dict[int, Future[Any]] = {}
         self._next_id = 0
@@ -131,33 +156,44 @@ class DevicePool:
         self._all_info = threading.Event()
         self._broken: str | None = None
         self._closing = False
-        self._procs = [
-            ctx.Process(
+        self._procs: dict[str, Any] = {}
+        self._pipes: dict[Connection, str] = {}
+        for d in devices:  # all engines load in parallel from the start
+            reader, writer = ctx.Pipe(duplex=False)
+            proc = ctx.Process(
                 target=_worker_main,
-                args=(d, opts, self._tasks, self._results, os.getpid()),
+                args=(d, opts, self._tasks, writer, os.getpid()),
                 name=f"ocrpress-device-{d}",
                 daemon=True,
             )
-            for d in devices
-        ]
-        for p in self._procs:  # all engines load in parallel from the start
-            p.start()
+            proc.start()
+            writer.close()  # the worker holds the only writing end: its death ends the pipe
+            self._procs[d] = proc
+            self._pipes[reader] = d
         self._collector = threading.Thread(
             target=self._collect, name="ocrpress-devices", daemon=True
         )
         self._collector.start()
 
     def max_batch_size(self) -> int:
-        """Smallest batch size the replicas chose (waits for their engines to load); a
-        replica that streams makes the pool hold two batches for it."""
+        """Pages a batch should have (waits for the engines to load). A replica that streams
+        holds two batches of twice its decode slots (pages join its decode as others end);
+        other engines take their own batch size."""
         self._all_info.wait()
         errors = [f"device {d}: {i['error']}" for d, i in self._info.items() if "error" in i]
         if errors:
             raise DeviceError(errors[0])
         if self._broken is not None:
             raise DeviceError(self._broken)
-        self.capacity = sum(STREAM_DEPTH if i["streams"] else 1 for i in self._info.values())
-        return max(1, min(i["max_batch_size"] for i in self._info.values()))
+        infos = list(self._info.values())
+        self.capacity = sum(STREAM_DEPTH if i["streams"] else 1 for i in infos)
+        sizes = [
+            min(i["max_batch_size"], 2 * i["slots"])
+            if i["streams"] and i["slots"]
+            else i["max_batch_size"]
+            for i in infos
+        ]
+        return max(1, min(sizes))
 
     def submit(self, pages: list[PageImage], retry: bool) -> Future[Any]:
         fut: Future[Any] = Future()
@@ -167,8 +203,14 @@ class DevicePool:
                 return fut
             batch_id = self._next_id
             self._next_id += 1
+        try:  # here, not in the queue's feeder thread, where a failure would be lost
+            task = pickle.dumps((batch_id, pages, retry))
+        except Exception as e:
+            fut.set_exception(DeviceError(f"cannot send a batch to a device: {describe(e)}"))
+            return fut
+        with self._lock:
             self._open[batch_id] = fut
-        self._tasks.put((batch_id, pages, retry))
+        self._tasks.put(task)
         return fut
 
     def result(self, fut: Future[Any]) -> tuple[list[PageResult], int, Usage]:
@@ -178,64 +220,84 @@ class DevicePool:
 
     def close(self, wait: bool = True) -> None:
         """Stop the workers and the collector. ``wait``: each worker first finishes its open
-        batches (at the end of a run there are none); else (an interrupted run) they are
-        killed at once."""
+        batches (at the end of a run there are none); not after a worker died (their results
+        would be thrown away) nor for an interrupted run: then they are killed at once."""
+        wait = wait and self._broken is None
         self._closing = True
-        for p in self._procs:
-            if wait and p.is_alive():
+        for proc in self._procs.values():
+            if wait and proc.is_alive():
                 self._tasks.put(None)
-        for p in self._procs:
-            p.join(timeout=60 if wait else 0)
-            if p.is_alive():
-                p.kill()
-                p.join()
+        deadline = time.monotonic() + (CLOSE_WAIT if wait else 0.0)
+        for proc in self._procs.values():
+            proc.join(timeout=max(0.0, deadline - time.monotonic()))
+            if proc.is_alive():
+                proc.kill()
+                proc.join()
         self._fail("the device pool was closed")
         self._collector.join(timeout=5)
-        for q in (self._tasks, self._results):
-            q.cancel_join_thread()  # nobody reads them any more: never block on exit
-            q.close()
+        self._tasks.cancel_join_thread()  # nobody reads it any more: never block on exit
+        self._tasks.close()
+        for reader in self._pipes:
+            reader.close()
 
     # ------------------------------------------------------------------ collector thread
 
     def _collect(self) -> None:
-        while True:
-            try:
-                msg = self._results.get(timeout=0.2)
-            except queue.Empty:
-                if self._closing and not any(p.is_alive() for p in self._procs):
-                    return
-                dead = [p for p in self._procs if p.exitcode is not None]
-                if dead and not self._closing:
-                    if not self._all_info.is_set():
-                        for p in dead:  # died while loading: its engine never said anything
-                            self._info.setdefault(p.name.rsplit("-", 1)[1], {"error": "died"})
-                        self._check_info()
-                    self._fail(
-                        "a device worker died; finished pages are kept, run the same command "
-                        "to resume"
-                    )
-                continue
-            except (EOFError, OSError):
-                return
-            if msg[0] == "info":
-                self._info[msg[1]] = msg[2]
-                self._check_info()
-                continue
-            _, batch_id, device, payload = msg
-            with self._lock:
-                fut = self._open.pop(batch_id, None)
-            if fut is None or fut.done():
-                continue
-            outcome = pickle.loads(payload)
-            if isinstance(outcome, BaseException):
-                fut.set_exception(outcome)
-            else:
-                results, limit, usage = outcome
-                fut.set_result((results, limit, device, usage))
+        try:
+            self._serve_pipes()
+        except BaseException as e:  # a bug: fail what is open rather than hang the run
+            log.debug("device result collector failed", exc_info=True)
+            self._fail(f"the device result collector failed: {describe(e)}")
 
-    def _check_info(self) -> None:
-        if len(self._info) == len(self.devices):
-            self._all_info.set()
+    def _serve_pipes(self) -> None:
+        live = dict(self._pipes)
+        while live:
+            for reader in wait(list(live), timeout=0.5):
+                assert isinstance(reader, Connection)
+                device = live[reader]
+                try:
+                    msg = pickle.loads(reader.recv_bytes())
+                except (EOFError, OSError):  # the worker is gone (or its message cut off)
+                    del live[reader]
+                    self._gone(device)
+                    continue
+                except Exception as e:  # a message that does not unpickle here
+                    log.debug("unreadable message from device %s: %s", device, e)
+                    self._fail(f"device {device} sent an unreadable result: {describe(e)}")
+                    continue
+                if msg[0] == "info":
+                    self._info[device] = msg[1]
+                    if len(self._info) == len(self.devices):
+                        self._all_info.set()
+                else:
+                    self._done(device, msg[1], msg[2])
+            if self._closing and not any(p.is_alive() for p in self._procs.values()):
+                return
+
+    def _done(self, device: str, batch_id: int, outcome: Any) -> None:
+        with self._lock:
+            fut = self._open.pop(batch_id, None)
+        if fut is None or fut.done():
+            return  # the pool already failed it
+        if isinstance(outcome, BaseException):
+            fut.set_exception(outcome)
+        else:
+            results, limit, usage = outcome
+            fut.set_result((results, limit, device, usage))
+
+    def _gone(self, device: str) -> None:
+        """A worker's pipe ended: at the end of the run that is its exit, else it died."""
+        if self._closing:
+            return
+        proc = self._procs[device]
+        proc.join(timeout=1)
+        if device not in self._info:
+            self._info[device] = {"error": f"the worker died while loading (exit {proc.exitcode})"}
+            if len(self._info) == len(self.devices):
+                self._all_info.set()
+        elif "error" not in self._info[device]:  # a load failure says so itself
+            log.warning("device %s: the worker died (exit code %s)", device, proc.exitcode)
+        self._fail(DIED)
 
     def _fail(self, why: str) -> None:
         """Fail every open batch (and every later one) with :class:`DeviceError`."""

@@ -128,8 +128,19 @@ class Converter:
         # Workers that will prepare a VLM's inputs import torch once, in their forkserver,
         # while this process loads the model.
         preload = PRELOAD_INPUTS if workers and not never and self._vlm_inputs() else None
-        renders = RenderQueue(workers, self.opts.dpi, ocr=self.opts.ocr, preload=preload)
-        ledger = Ledger(docs, self.opts, self.stats, self._fingerprint, self.on_error, self.stdout)
+        renders: RenderQueue | None = None
+        try:
+            renders = RenderQueue(workers, self.opts.dpi, ocr=self.opts.ocr, preload=preload)
+            ledger = Ledger(
+                docs, self.opts, self.stats, self._fingerprint, self.on_error, self.stdout
+            )
+        except BaseException:
+            # Processes already started are not left behind.
+            if renders is not None:
+                renders.close(wait=False)
+            if devices is not None:
+                devices.close(wait=False)
+            raise
         interrupted = False
         runner: Runner | None = None
         try:

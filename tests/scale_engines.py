@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import time
 
 from fake_engines import EchoEngine
 
@@ -48,10 +49,30 @@ class StreamEchoEngine(DeviceEchoEngine):
             deliver(key, result)
 
 
-class DyingEngine(DeviceEchoEngine):
-    """Kills its own process at a document's third page (a worker that dies mid-run)."""
+class HalfDyingEngine(StreamEchoEngine):
+    """On device 0 the worker dies at its first batch; on device 1 pages take 3 s each."""
 
     def run(self, batch: list[PageImage]) -> list[PageResult]:
-        if any(p.index == 2 for p in batch):
+        if os.environ.get("CUDA_VISIBLE_DEVICES") == "0":
+            time.sleep(0.3)
             os._exit(1)
+        time.sleep(3 * len(batch))
         return super().run(batch)
+
+
+def _refuse() -> None:
+    raise TypeError("this object cannot be read back")
+
+
+class _Unreadable:
+    def __reduce__(self):  # type: ignore[no-untyped-def]
+        return (_refuse, ())
+
+
+class UnreadableEngine(DeviceEchoEngine):
+    """Results that pickle in the worker but fail to unpickle in the main process."""
+
+    def run(self, batch: list[PageImage]) -> list[PageResult]:
+        results = super().run(batch)
+        results[0].notes.append(_Unreadable())  # type: ignore[arg-type]
+        return results

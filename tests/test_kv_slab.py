@@ -8,7 +8,9 @@ import random
 
 import torch
 
-from ocrpress.engines.kv_slab import SlabLayer, swap_remove_order
+from ocrpress.engines.kv_slab import SlabLayer, row_moves, swap_remove_order
+
+CPU = torch.device("cpu")
 
 H, D = 2, 3
 
@@ -71,24 +73,24 @@ def test_random_joins_steps_and_departures_match_the_reference() -> None:
             n = layer.keys.shape[0]
             if roll < 0.6:
                 col = rows_of(n, 1, gen)
-                keys, _ = layer.update(col, -col)
+                layer.update(col, -col)
                 ref.step(col)
-                assert keys.data_ptr() == layer.keys.data_ptr()
             elif roll < 0.8:
                 new = rows_of(rng.randint(1, 3), rng.randint(1, 80), gen)
-                layer.add(new, -new)
+                layer.add(new, -new, rows=rng.randint(0, 8))
                 ref.add(new)
             elif n > 1:
                 keep = sorted(rng.sample(range(n), rng.randint(1, n - 1)))
                 order = swap_remove_order(n, keep)
                 assert sorted(order) == keep
                 start = ref.keep(order)
-                layer.keep(order, start)
+                layer.keep(order, start, row_moves(order, CPU))
             same_where_visible(layer, ref)
 
 
 def test_a_step_writes_in_place_until_the_spare_columns_run_out() -> None:
-    """200 steps on a 100-column cache: a handful of reallocations, not one copy a step."""
+    """200 steps on a 100-column cache: a handful of reallocations, not one copy a step; the
+    spare columns stay within 64..256."""
     gen = torch.Generator().manual_seed(1)
     first = rows_of(4, 100, gen)
     layer = SlabLayer(first, -first, rows=4)
@@ -98,7 +100,9 @@ def test_a_step_writes_in_place_until_the_spare_columns_run_out() -> None:
         layer.update(col, -col)
         buffers.add(layer._k.data_ptr())
     assert layer.width == 300
-    assert len(buffers) <= 4  # spare = a quarter of the window: 100 -> 125 -> 156 -> 195 ...
+    wide = SlabLayer(rows_of(1, 4000, gen), rows_of(1, 4000, gen), rows=1)
+    assert wide._k.shape[2] - wide.width == 256
+    assert len(buffers) <= 4  # 64 spare columns at this width: 164, 228, 292 columns
     assert layer.get_seq_length() == 300
 
 
@@ -109,8 +113,25 @@ def test_departures_move_only_the_last_rows() -> None:
     before = layer._k.data_ptr()
     order = swap_remove_order(6, [0, 2, 3, 5])
     assert order == [0, 5, 2, 3]  # row 5 fills the place of row 1; rows 0, 2, 3 stay
-    layer.keep(order, 0)
+    layer.keep(order, 0, row_moves(order, CPU))
     assert layer._k.data_ptr() == before
     assert torch.equal(layer.keys, first[order])
     assert swap_remove_order(3, [0, 1, 2]) == [0, 1, 2]
+    assert row_moves([0, 1, 2], CPU) is None
     assert swap_remove_order(4, [3]) == [3]
+
+
+def test_joins_within_the_slots_reuse_the_buffer() -> None:
+    """``add`` sized for the decoder's slots: rows joining later (each narrower than the
+    window) are written into free rows of the same buffer."""
+    gen = torch.Generator().manual_seed(3)
+    first = rows_of(1, 50, gen)
+    layer = SlabLayer(first, -first, rows=1)
+    new = rows_of(1, 30, gen)
+    layer.add(new, -new, rows=6)  # a second row: the buffer grows, to the six slots
+    buffer = layer._k.data_ptr()
+    for _ in range(4):
+        new = rows_of(1, 40, gen)
+        layer.add(new, -new, rows=6)
+    assert layer._k.data_ptr() == buffer and layer.keys.shape[0] == 6
+    assert torch.equal(layer.keys[-1, :, -40:], new[0])

@@ -132,19 +132,35 @@ def test_streaming_replicas_hold_two_batches_each(
     assert conv.stats.engine_replicas == 2
 
 
-def test_a_dying_replica_ends_the_run_with_a_device_error(
+def test_a_dying_replica_ends_the_run_at_once_with_a_device_error(
     corpus: list[Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """A worker process that dies fails the open batches with DeviceError (exit 3, resume)
-    instead of leaving the run waiting; no worker is left running."""
+    instead of leaving the run waiting, and the other worker is not waited for: its two
+    batches of 3-second pages would take 12 s, and their results would be thrown away."""
+    import time
+
     from ocrpress.devices import DeviceError
 
     monkeypatch.setenv("OCRPRESS_FAKE_GPUS", "2")
-    conv = Converter(_opts(tmp_path / "o", "scale_engines:DyingEngine", devices="all"))
+    conv = Converter(_opts(tmp_path / "o", "scale_engines:HalfDyingEngine", devices="all"))
+    t0 = time.monotonic()
     with pytest.raises(DeviceError, match="device worker died"):
         conv.run(discover([str(p) for p in _corpus_good(corpus)])[0])
+    assert time.monotonic() - t0 < 9
     assert conv.device_pool is not None
-    assert not any(p.is_alive() for p in conv.device_pool._procs)
+    assert not any(p.is_alive() for p in conv.device_pool._procs.values())
+
+
+def test_a_result_that_cannot_be_read_back_fails_the_run_not_hangs_it(
+    corpus: list[Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from ocrpress.devices import DeviceError
+
+    monkeypatch.setenv("OCRPRESS_FAKE_GPUS", "2")
+    conv = Converter(_opts(tmp_path / "o", "scale_engines:UnreadableEngine", devices="all"))
+    with pytest.raises(DeviceError, match=r"unreadable result.*cannot be read back"):
+        conv.run(discover([str(p) for p in _corpus_good(corpus)])[0])
 
 
 def _corpus_good(corpus: list[Path]) -> list[Path]:

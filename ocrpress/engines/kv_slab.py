@@ -12,8 +12,9 @@ on an H100. A :class:`SlabLayer` keeps its rows in a buffer with spare columns a
 - new rows, right-aligned with the running ones, are written into free rows (``add``).
 
 The buffer is reallocated (one copy of the live cache) only when the window reaches its last
-column or rows outgrow it; spare columns are a quarter of the window (at least 64), so that
-happens every few hundred steps. Unused rows and columns hold zeros or old keys, never
+column or rows outgrow it; spare columns are a quarter of the window, from 64 to 256, so that
+happens every 64-256 steps and the spare costs at most 256 positions a row (the decode slots
+are sized for each row's whole context). Unused rows and columns hold zeros or old keys, never
 uninitialised memory: padding is masked, and a masked NaN would still poison attention.
 """
 
@@ -25,6 +26,7 @@ import torch
 from transformers.cache_utils import DynamicLayer
 
 MIN_SPARE_COLUMNS = 64
+MAX_SPARE_COLUMNS = 256
 
 
 def swap_remove_order(rows: int, keep: list[int]) -> list[int]:
@@ -39,6 +41,16 @@ def swap_remove_order(rows: int, keep: list[int]) -> list[int]:
     for hole, tail in zip(holes, tails, strict=True):
         order[hole] = tail
     return order
+
+
+def row_moves(order: list[int], device: torch.device) -> tuple[torch.Tensor, torch.Tensor] | None:
+    """(destination rows, source rows) of the rows that move under ``order``; None: none."""
+    moves = [(p, j) for p, j in enumerate(order) if p != j]
+    if not moves:
+        return None
+    dst = torch.tensor([p for p, _ in moves], device=device)
+    src = torch.tensor([j for _, j in moves], device=device)
+    return dst, src
 
 
 class SlabLayer(DynamicLayer):
@@ -88,13 +100,14 @@ class SlabLayer(DynamicLayer):
 
     # ---------------------------------------------------------------- refill's operations
 
-    def keep(self, order: list[int], start: int) -> None:
+    def keep(
+        self, order: list[int], start: int, moves: tuple[torch.Tensor, torch.Tensor] | None
+    ) -> None:
         """Keep rows ``order`` (old indices, in their new places; see
-        :func:`swap_remove_order`) and drop the window's first ``start`` columns."""
-        moves = [(p, j) for p, j in enumerate(order) if p != j]
-        if moves:
-            dst = torch.tensor([p for p, _ in moves], device=self.device)
-            src = torch.tensor([j for _, j in moves], device=self.device)
+        :func:`swap_remove_order`) and drop the window's first ``start`` columns; ``moves``
+        is :func:`row_moves` of ``order`` (made once for all layers)."""
+        if moves is not None:
+            dst, src = moves
             for buf in (self._k, self._v):
                 window = buf[:, :, self.lo : self.hi]
                 window.index_copy_(0, dst, window.index_select(0, src))
@@ -102,15 +115,30 @@ class SlabLayer(DynamicLayer):
         self.lo += start
         self._views()
 
-    def add(self, keys: torch.Tensor, values: torch.Tensor) -> None:
+    def add(self, keys: torch.Tensor, values: torch.Tensor, rows: int = 0) -> None:
         """Join rows whose keys end where the running rows' do; the shorter side is left-padded
-        (the caller masks the padding)."""
+        (the caller masks the padding). A new buffer, if one is needed, has room for ``rows``
+        rows (the decoder's slots: more slots do not mean a new buffer at every join)."""
         need = max(self.width, keys.shape[2])
-        rows = self.n + keys.shape[0]
-        if rows > self._k.shape[0] or self.hi - need < 0:
-            self._reallocate(need, max(rows, self._k.shape[0]))
+        total = self.n + keys.shape[0]
+        if total > self._k.shape[0] or self.hi - need < 0:
+            self._reallocate(need, max(total, rows, self._k.shape[0]))
         self.lo = min(self.lo, self.hi - need)
         self._write_rows(keys, values)
+
+    # Rows and columns are the refill decoder's to change (keep, add): transformers' own
+    # reshaping calls would leave the buffer and its views out of step.
+    def crop(self, tokens_to_remove: int) -> None:
+        raise NotImplementedError("SlabLayer: rows and columns change through keep/add")
+
+    def batch_repeat_interleave(self, repeats: int) -> None:
+        raise NotImplementedError("SlabLayer: rows and columns change through keep/add")
+
+    def batch_select_indices(self, indices: torch.Tensor) -> None:
+        raise NotImplementedError("SlabLayer: rows and columns change through keep/add")
+
+    def reorder_cache(self, beam_idx: torch.LongTensor) -> None:
+        raise NotImplementedError("SlabLayer: rows and columns change through keep/add")
 
     # ---------------------------------------------------------------- buffer
 
@@ -132,7 +160,7 @@ class SlabLayer(DynamicLayer):
         ``width`` (room on its left for wider rows to join), with spare columns on its right
         (at least ``extra``)."""
         src = self._k if like is None else like
-        spare = max(MIN_SPARE_COLUMNS, width // 4, extra)
+        spare = max(MIN_SPARE_COLUMNS, min(MAX_SPARE_COLUMNS, width // 4), extra)
         shape = (rows, src.shape[1], width + spare, src.shape[3])
         k = src.new_zeros(shape)
         v = src.new_zeros(shape)

@@ -26,8 +26,8 @@ its experts' weights), as transformers' own ``generate`` switches them: on an H1
 decoder without the switch took ~55 ms a step against ``generate``'s ~21 ms at 1..8 rows.
 Unlike ``generate``, steps of more rows than ``decode_experts_rows`` stay on ``grouped_mm``:
 ``batched_mm`` copies each (row, expert) pair's weights (~40 MB a row in DeepSeek-OCR-2, one
-layer at a time), which costs more than reading every expert once when the pairs outnumber the
-experts (:func:`.refill_items.batched_mm_rows`).
+layer at a time), which costs more than ``grouped_mm``'s reading every expert once when the
+pairs are more than about twice the experts (:func:`.refill_items.batched_mm_rows`).
 
 Works with transformers' ``DynamicCache`` (``cache.layers[i].keys/values``) and either name of
 the cache argument (``cache`` in transformers >= 5.24, ``past_key_values`` before).
@@ -45,7 +45,7 @@ from typing import Any
 
 import torch
 
-from .kv_slab import SlabLayer, swap_remove_order
+from .kv_slab import SlabLayer, row_moves, swap_remove_order
 from .ngram import WindowedNoRepeatNGramLogitsProcessor
 from .refill_items import (
     END,
@@ -255,10 +255,11 @@ class RefillDecoder:
         old, new = rows.mask.shape[1], mask.shape[1]
         width = max(old, new)
         for mine, theirs in zip(rows.cache.layers, cache.layers, strict=True):
-            mine.add(theirs.keys, theirs.values)
+            mine.add(theirs.keys, theirs.values, rows=self.slots)
         rows.mask = torch.cat(
             [_pad_left(rows.mask, width - old, 1), _pad_left(mask, width - new, 1)]
         )
+        assert rows.cache.layers[0].width == rows.mask.shape[1]
         rows.positions = torch.cat([rows.positions, positions])
         rows.history = torch.cat([rows.history, history])
         rows.last = torch.cat([rows.last, first])
@@ -280,6 +281,8 @@ class RefillDecoder:
 
     def _step(self, rows: _Rows) -> None:
         n = len(rows.keys)
+        # Rows only grow through a prefill (which runs grouped_mm anyway), so the setting
+        # switches at most once between two prefills.
         self._phase(self._decode_rows is None or n <= self._decode_rows)
         t0 = time.perf_counter()
         assert rows.mask is not None and rows.positions is not None and rows.last is not None
@@ -343,8 +346,10 @@ class RefillDecoder:
         used = mask.any(dim=0).nonzero()
         start = int(used[0]) if len(used) else 0
         rows.mask = mask[:, start:]
+        moves = row_moves(order, torch.device(self.device))
         for layer in rows.cache.layers:
-            layer.keep(order, start)
+            layer.keep(order, start, moves)
+        assert rows.cache.layers[0].width == rows.mask.shape[1]
         rows.positions = rows.positions.index_select(0, idx)
         rows.history = rows.history.index_select(0, idx)
         assert rows.last is not None

@@ -67,14 +67,16 @@ def decode_experts(model: Any, device: str) -> dict[str, Any] | None:
 
 
 def batched_mm_rows(model: Any) -> int | None:
-    """Most decode rows for which ``batched_mm`` beats ``grouped_mm``, None when unknown.
+    """Most decode rows for which ``batched_mm`` is taken to beat ``grouped_mm``, None when
+    unknown: twice the experts over the experts a token (21 rows for DeepSeek-OCR-2's 64
+    experts, 6 a token).
 
     ``batched_mm`` copies the weights of every (token, chosen expert) pair and multiplies the
-    copies; ``grouped_mm`` reads each expert that has tokens once. Once the pairs outnumber the
-    experts (rows x experts per token > routed experts: 10 rows for DeepSeek-OCR-2's 64 experts,
-    6 a token) the copies cost more than reading every expert: an H100 decoded 8 rows in ~21 ms
-    a step on ``batched_mm`` and 24 rows in ~68 ms, where ``grouped_mm`` took ~55 ms at 1..32
-    rows; on the CPU a step of 96 rows took 8x longer on ``batched_mm`` (bench/RESULTS.md)."""
+    copies, so its cost grows with the rows; ``grouped_mm`` reads each expert that has tokens
+    once but has a larger fixed cost. On an H100, ``batched_mm`` decoded 8 rows in ~21 ms a
+    step and 24 rows in ~60-70 ms, where ``grouped_mm`` took ~51-58 ms at 1..32 rows: they
+    cross at ~20 rows, where the (row, expert) pairs are about twice the experts. On the CPU a
+    step of 96 rows took 6-8x longer on ``batched_mm`` (bench/RESULTS.md)."""
     text = getattr(getattr(model, "config", None), "text_config", None) or getattr(
         model, "config", None
     )
@@ -82,7 +84,7 @@ def batched_mm_rows(model: Any) -> int | None:
     per_token = getattr(text, "num_experts_per_tok", None)
     if not isinstance(experts, int) or not isinstance(per_token, int) or per_token < 1:
         return None
-    return max(1, experts // per_token)
+    return max(1, 2 * experts // per_token)
 
 
 def collate(items: list[Prepared], device: str, dtype: torch.dtype) -> dict[str, Any]:
