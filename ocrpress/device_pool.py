@@ -23,6 +23,7 @@ import logging
 import multiprocessing
 import os
 import pickle
+import queue
 import signal
 import threading
 import time
@@ -66,12 +67,9 @@ def _worker_main(
     os.environ["CUDA_VISIBLE_DEVICES"] = device
     if opts.device and opts.device.startswith("cuda"):
         opts = replace(opts, device="cuda")  # the only visible GPU
-    lock = threading.Lock()  # the stream's threads and this one send on the same pipe
 
     def put(msg: tuple[Any, ...]) -> None:
-        data = pickle.dumps(msg)
-        with lock:
-            out.send_bytes(data)
+        out.send_bytes(pickle.dumps(msg))
 
     try:
         engine = create_engine(opts)
@@ -87,21 +85,30 @@ def _worker_main(
     except BaseException as e:
         error = str(e) if isinstance(e, EngineError) else f"{type(e).__name__}: {e}"
         put(("info", {"error": error}))
-        return
+        out.close()
+        os._exit(1)  # threads the failed load started must not keep the worker alive
     put(("info", info))
     free = threading.Semaphore(STREAM_DEPTH if streams else 1)
     runner: StreamRunner | None = None
+    # Results leave through one sender thread: a batch completes inside the stream's lock,
+    # which must not wait on the pipe.
+    outbox: queue.SimpleQueue[tuple[int, Any] | None] = queue.SimpleQueue()
 
-    def send(batch_id: int, outcome: Any) -> None:
-        try:
+    def sender() -> None:
+        while (item := outbox.get()) is not None:
+            batch_id, outcome = item
             try:
-                put(("done", batch_id, outcome))
-            except Exception as e:  # it does not pickle: say what it was
-                what = outcome if isinstance(outcome, BaseException) else e
-                put(("done", batch_id, DeviceError(f"device {device}: {describe(what)}")))
-        finally:
-            free.release()
+                try:
+                    payload = pickle.dumps(outcome)
+                except Exception as e:  # it does not pickle: say what it was
+                    what = outcome if isinstance(outcome, BaseException) else e
+                    payload = pickle.dumps(DeviceError(f"device {device}: {describe(what)}"))
+                put(("done", batch_id, payload))
+            finally:
+                free.release()
 
+    sending = threading.Thread(target=sender, name="ocrpress-device-send", daemon=True)
+    sending.start()
     try:
         while True:
             free.acquire()
@@ -113,18 +120,20 @@ def _worker_main(
                 if runner is None:
                     runner = StreamRunner(engine)
                 fut = runner.submit(pages, False)
-                fut.add_done_callback(lambda f, b=batch_id: send(b, _outcome(f)))
+                fut.add_done_callback(lambda f, b=batch_id: outbox.put((b, _outcome(f))))
                 continue
             try:
                 outcome: Any = limited_batch(engine, pages, retry)
             except Exception as e:
                 outcome = e
-            send(batch_id, outcome)
+            outbox.put((batch_id, outcome))
         for _ in range(STREAM_DEPTH - 1 if streams else 0):
             free.acquire()  # the batches still open are sent before the stream stops
     finally:
         if runner is not None:
             runner.close()
+        outbox.put(None)
+        sending.join(timeout=10)
 
 
 def _outcome(fut: Future[Any]) -> Any:
@@ -140,10 +149,13 @@ def _outcome(fut: Future[Any]) -> Any:
 class DevicePool:
     """N worker processes, one engine replica each; ``submit`` returns a Future."""
 
-    def __init__(self, devices: list[str], opts: EngineOptions) -> None:
+    def __init__(self, devices: list[str], opts: EngineOptions, per_batch: bool = False) -> None:
+        """``per_batch``: every batch runs through the per-batch path (``--retry-truncated``),
+        so no replica streams."""
         # spawn: a fresh interpreter per worker, so no CUDA state or threads are inherited.
         ctx = multiprocessing.get_context("spawn")
         self.devices = devices
+        self.per_batch = per_batch
         self.replicas = len(devices)
         self.capacity = len(devices)  # batches at once; more once the replicas say they stream
         self.pages_per_device: dict[str, int] = dict.fromkeys(devices, 0)
@@ -158,18 +170,25 @@ class DevicePool:
         self._closing = False
         self._procs: dict[str, Any] = {}
         self._pipes: dict[Connection, str] = {}
-        for d in devices:  # all engines load in parallel from the start
-            reader, writer = ctx.Pipe(duplex=False)
-            proc = ctx.Process(
-                target=_worker_main,
-                args=(d, opts, self._tasks, writer, os.getpid()),
-                name=f"ocrpress-device-{d}",
-                daemon=True,
-            )
-            proc.start()
-            writer.close()  # the worker holds the only writing end: its death ends the pipe
-            self._procs[d] = proc
-            self._pipes[reader] = d
+        try:
+            for d in devices:  # all engines load in parallel from the start
+                reader, writer = ctx.Pipe(duplex=False)
+                proc = ctx.Process(
+                    target=_worker_main,
+                    args=(d, opts, self._tasks, writer, os.getpid()),
+                    name=f"ocrpress-device-{d}",
+                    daemon=True,
+                )
+                try:
+                    proc.start()
+                finally:
+                    writer.close()  # the worker holds the only writing end
+                self._procs[d] = proc
+                self._pipes[reader] = d
+        except BaseException:
+            for proc in self._procs.values():
+                proc.kill()
+            raise
         self._collector = threading.Thread(
             target=self._collect, name="ocrpress-devices", daemon=True
         )
@@ -180,18 +199,18 @@ class DevicePool:
         holds two batches of twice its decode slots (pages join its decode as others end);
         other engines take their own batch size."""
         self._all_info.wait()
-        errors = [f"device {d}: {i['error']}" for d, i in self._info.items() if "error" in i]
+        with self._lock:
+            info = dict(self._info)
+        errors = [f"device {d}: {i['error']}" for d, i in info.items() if "error" in i]
         if errors:
             raise DeviceError(errors[0])
         if self._broken is not None:
             raise DeviceError(self._broken)
-        infos = list(self._info.values())
-        self.capacity = sum(STREAM_DEPTH if i["streams"] else 1 for i in infos)
+        streaming = [i["streams"] and not self.per_batch for i in info.values()]
+        self.capacity = sum(STREAM_DEPTH if s else 1 for s in streaming)
         sizes = [
-            min(i["max_batch_size"], 2 * i["slots"])
-            if i["streams"] and i["slots"]
-            else i["max_batch_size"]
-            for i in infos
+            min(i["max_batch_size"], 2 * i["slots"]) if s and i["slots"] else i["max_batch_size"]
+            for i, s in zip(info.values(), streaming, strict=True)
         ]
         return max(1, min(sizes))
 
@@ -209,6 +228,9 @@ class DevicePool:
             fut.set_exception(DeviceError(f"cannot send a batch to a device: {describe(e)}"))
             return fut
         with self._lock:
+            if self._broken is not None:  # it broke while the batch was being pickled
+                fut.set_exception(DeviceError(self._broken))
+                return fut
             self._open[batch_id] = fut
         self._tasks.put(task)
         return fut
@@ -219,10 +241,12 @@ class DevicePool:
         return results, limit, usage
 
     def close(self, wait: bool = True) -> None:
-        """Stop the workers and the collector. ``wait``: each worker first finishes its open
-        batches (at the end of a run there are none); not after a worker died (their results
-        would be thrown away) nor for an interrupted run: then they are killed at once."""
-        wait = wait and self._broken is None
+        """Stop the workers and the collector. ``wait``: let each worker end by itself (at the
+        end of a run nothing is open); not after a worker died, with batches still open (the
+        run failed) nor for an interrupted run: then they are killed at once."""
+        with self._lock:
+            # Batches still open mean the run failed: their results would be thrown away.
+            wait = wait and self._broken is None and not self._open
         self._closing = True
         for proc in self._procs.values():
             if wait and proc.is_alive():
@@ -252,33 +276,52 @@ class DevicePool:
     def _serve_pipes(self) -> None:
         live = dict(self._pipes)
         while live:
-            for reader in wait(list(live), timeout=0.5):
-                assert isinstance(reader, Connection)
+            ready = set(wait(list(live), timeout=0.5))
+            # A process that ended is gone even if its pipe has not ended: a child it forked
+            # may still hold the pipe (and its sentinel) open.
+            ended = {r for r, d in live.items() if self._procs[d].exitcode is not None}
+            for reader in ready | ended:
                 device = live[reader]
                 try:
-                    msg = pickle.loads(reader.recv_bytes())
-                except (EOFError, OSError):  # the worker is gone (or its message cut off)
-                    del live[reader]
-                    self._gone(device)
-                    continue
-                except Exception as e:  # a message that does not unpickle here
-                    log.debug("unreadable message from device %s: %s", device, e)
-                    self._fail(f"device {device} sent an unreadable result: {describe(e)}")
-                    continue
-                if msg[0] == "info":
-                    self._info[device] = msg[1]
-                    if len(self._info) == len(self.devices):
-                        self._all_info.set()
-                else:
-                    self._done(device, msg[1], msg[2])
+                    while reader.poll():
+                        self._message(device, reader.recv_bytes())
+                    if reader not in ended:
+                        continue
+                except (EOFError, OSError):  # the pipe ended (or a message was cut off)
+                    pass
+                del live[reader]
+                self._gone(device)
             if self._closing and not any(p.is_alive() for p in self._procs.values()):
                 return
 
-    def _done(self, device: str, batch_id: int, outcome: Any) -> None:
+    def _message(self, device: str, data: bytes) -> None:
+        try:
+            msg = pickle.loads(data)
+        except Exception as e:  # cannot happen for our own tuples; say so if it does
+            self._fail(f"device {device} sent an unreadable message: {describe(e)}")
+            return
+        if msg[0] == "info":
+            with self._lock:
+                self._info[device] = msg[1]
+                complete = len(self._info) == len(self.devices)
+            if "error" in msg[1]:  # no point waiting for the other engines
+                self._fail(f"device {device}: {msg[1]['error']}")
+            if complete:
+                self._all_info.set()
+        else:
+            self._done(device, msg[1], msg[2])
+
+    def _done(self, device: str, batch_id: int, payload: bytes) -> None:
         with self._lock:
             fut = self._open.pop(batch_id, None)
         if fut is None or fut.done():
             return  # the pool already failed it
+        try:
+            outcome = pickle.loads(payload)
+        except Exception as e:  # only this batch is lost
+            why = f"device {device} sent an unreadable result: {describe(e)}"
+            fut.set_exception(DeviceError(why))
+            return
         if isinstance(outcome, BaseException):
             fut.set_exception(outcome)
         else:
@@ -291,11 +334,12 @@ class DevicePool:
             return
         proc = self._procs[device]
         proc.join(timeout=1)
-        if device not in self._info:
-            self._info[device] = {"error": f"the worker died while loading (exit {proc.exitcode})"}
-            if len(self._info) == len(self.devices):
-                self._all_info.set()
-        elif "error" not in self._info[device]:  # a load failure says so itself
+        with self._lock:
+            known = self._info.get(device)
+            if known is None:
+                died = f"the worker died while loading (exit {proc.exitcode})"
+                self._info[device] = {"error": died}
+        if known is not None and "error" not in known:  # a load failure said so itself
             log.warning("device %s: the worker died (exit code %s)", device, proc.exitcode)
         self._fail(DIED)
 

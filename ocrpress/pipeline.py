@@ -238,7 +238,8 @@ class Converter:
                 # per-batch step: it keeps the inline runner).
                 return engine, max_batch, StreamRunner(engine)
             return engine, max_batch, InlineRunner(lambda: self.engine)
-        # The replicas' own pages per call (for DeepSeek, 4x --batch-size decode slots).
+        # The replicas' pages per batch (for DeepSeek, 2x its decode slots when it streams,
+        # else 4x).
         return self.planner, devices.max_batch_size(), devices
 
     def _plan_only(self) -> Planner:
@@ -263,5 +264,5 @@ class Converter:
         except Exception as e:
             raise EngineLoadError(str(e)) from e
         log.info("devices: %s (one engine replica each)", ",".join(ids))
-        self.device_pool = DevicePool(ids, resolved)
+        self.device_pool = DevicePool(ids, resolved, per_batch=self.opts.retry_truncated)
         return self.device_pool

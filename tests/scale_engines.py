@@ -50,13 +50,13 @@ class StreamEchoEngine(DeviceEchoEngine):
 
 
 class HalfDyingEngine(StreamEchoEngine):
-    """On device 0 the worker dies at its first batch; on device 1 pages take 3 s each."""
+    """On device 0 the worker dies at its first batch; on device 1 pages take 20 s each."""
 
     def run(self, batch: list[PageImage]) -> list[PageResult]:
         if os.environ.get("CUDA_VISIBLE_DEVICES") == "0":
             time.sleep(0.3)
             os._exit(1)
-        time.sleep(3 * len(batch))
+        time.sleep(20 * len(batch))
         return super().run(batch)
 
 
@@ -76,3 +76,33 @@ class UnreadableEngine(DeviceEchoEngine):
         results = super().run(batch)
         results[0].notes.append(_Unreadable())  # type: ignore[arg-type]
         return results
+
+
+class LoadFailEngine(DeviceEchoEngine):
+    """On device 0 the engine fails to load; on device 1 it takes 20 s to load."""
+
+    def __init__(self, opts=None) -> None:  # type: ignore[no-untyped-def]
+        super().__init__(opts)
+        device = os.environ.get("CUDA_VISIBLE_DEVICES")
+        if device == "0":
+            raise RuntimeError("no model here")
+        if device == "1":  # not the main process, which plans with an instance of its own
+            time.sleep(20)
+
+
+class ForkThenDieEngine(DeviceEchoEngine):
+    """On device 0 the worker forks a child that outlives it by a few seconds (holding the
+    worker's end of its result pipe, as a fork-based helper pool would), then dies. The
+    child's pid goes to the file ``FORK_PID_FILE`` names."""
+
+    def run(self, batch: list[PageImage]) -> list[PageResult]:
+        if os.environ.get("CUDA_VISIBLE_DEVICES") == "0":
+            pid = os.fork()
+            if pid == 0:
+                time.sleep(15)
+                os._exit(0)
+            with open(os.environ["FORK_PID_FILE"], "w") as f:
+                f.write(str(pid))
+            os._exit(1)
+        time.sleep(20 * len(batch))
+        return super().run(batch)

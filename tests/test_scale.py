@@ -6,6 +6,7 @@ replica's CUDA_VISIBLE_DEVICES is observed by the engine itself (``DeviceEchoEng
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
@@ -132,35 +133,68 @@ def test_streaming_replicas_hold_two_batches_each(
     assert conv.stats.engine_replicas == 2
 
 
-def test_a_dying_replica_ends_the_run_at_once_with_a_device_error(
-    corpus: list[Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    """A worker process that dies fails the open batches with DeviceError (exit 3, resume)
-    instead of leaving the run waiting, and the other worker is not waited for: its two
-    batches of 3-second pages would take 12 s, and their results would be thrown away."""
+def _failing_run(
+    corpus: list[Path], out: Path, engine: str, match: str, monkeypatch: pytest.MonkeyPatch
+) -> float:
+    """Seconds a run on two fake GPUs took to end in the DeviceError ``match`` describes;
+    no device worker is left running."""
     import time
 
     from ocrpress.devices import DeviceError
 
     monkeypatch.setenv("OCRPRESS_FAKE_GPUS", "2")
-    conv = Converter(_opts(tmp_path / "o", "scale_engines:HalfDyingEngine", devices="all"))
+    conv = Converter(_opts(out, engine, devices="all"))
     t0 = time.monotonic()
-    with pytest.raises(DeviceError, match="device worker died"):
+    with pytest.raises(DeviceError, match=match):
         conv.run(discover([str(p) for p in _corpus_good(corpus)])[0])
-    assert time.monotonic() - t0 < 9
+    seconds = time.monotonic() - t0
     assert conv.device_pool is not None
     assert not any(p.is_alive() for p in conv.device_pool._procs.values())
+    return seconds
+
+
+def test_a_dying_replica_ends_the_run_at_once_with_a_device_error(
+    corpus: list[Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A worker process that dies fails the open batches with DeviceError (exit 3, resume)
+    instead of leaving the run waiting, and the other worker is not waited for: its two
+    batches of 20-second pages would take 80 s, and their results would be thrown away."""
+    engine = "scale_engines:HalfDyingEngine"
+    assert _failing_run(corpus, tmp_path, engine, "device worker died", monkeypatch) < 30
 
 
 def test_a_result_that_cannot_be_read_back_fails_the_run_not_hangs_it(
     corpus: list[Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from ocrpress.devices import DeviceError
+    match = r"unreadable result.*cannot be read back"
+    _failing_run(corpus, tmp_path, "scale_engines:UnreadableEngine", match, monkeypatch)
 
-    monkeypatch.setenv("OCRPRESS_FAKE_GPUS", "2")
-    conv = Converter(_opts(tmp_path / "o", "scale_engines:UnreadableEngine", devices="all"))
-    with pytest.raises(DeviceError, match=r"unreadable result.*cannot be read back"):
-        conv.run(discover([str(p) for p in _corpus_good(corpus)])[0])
+
+def test_a_replica_that_cannot_load_fails_the_run_without_waiting_for_the_others(
+    corpus: list[Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Device 0's engine fails to load while device 1's takes 20 s: the error comes at once,
+    naming the device, and the slow one is not waited for."""
+    match = "device 0: RuntimeError: no model here"
+    assert _failing_run(corpus, tmp_path, "scale_engines:LoadFailEngine", match, monkeypatch) < 15
+
+
+def test_a_dead_worker_is_noticed_when_a_child_keeps_its_pipe_open(
+    corpus: list[Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The worker's process ending is what counts, not only its pipe's end: a forked child
+    still holding the pipe (for 15 s) does not leave the run waiting."""
+    import signal
+
+    pid_file = tmp_path / "child.pid"
+    monkeypatch.setenv("FORK_PID_FILE", str(pid_file))
+    engine = "scale_engines:ForkThenDieEngine"
+    try:
+        assert _failing_run(corpus, tmp_path, engine, "device worker died", monkeypatch) < 12
+    finally:
+        if pid_file.exists():
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(int(pid_file.read_text()), signal.SIGKILL)
 
 
 def _corpus_good(corpus: list[Path]) -> list[Path]:
