@@ -14,19 +14,12 @@ from __future__ import annotations
 import argparse
 import sys
 import time
-from pathlib import Path
 
 import torch
+from _vlm import sync
 from transformers.cache_utils import DynamicLayer
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-
 from ocrpress.engines.kv_slab import MAX_SPARE_COLUMNS, SlabLayer
-
-
-def sync(device: str) -> None:
-    if device.startswith("cuda"):
-        torch.cuda.synchronize()
 
 
 def per_step(layers: list, steps: int, rows: int, device: str, dtype: torch.dtype) -> float:

@@ -24,7 +24,6 @@ import multiprocessing
 import os
 import pickle
 import queue
-import signal
 import threading
 import time
 from concurrent.futures import Future
@@ -36,7 +35,8 @@ from .backoff import limited_batch
 from .document import PageImage, PageResult
 from .engines import EngineError, EngineOptions, Usage, create_engine
 from .errors import describe
-from .procs import die_with_parent, quiet_resource_tracker, watch_process
+from .procs import quiet_resource_tracker, worker_init
+from .stream_runner import StreamRunner, Streams
 
 log = logging.getLogger("ocrpress")
 
@@ -60,9 +60,7 @@ def _worker_main(
     device: str, opts: EngineOptions, tasks: Any, out: Connection, main_pid: int
 ) -> None:
     """A replica: claim ``device``, build the engine, say what it is, serve batches."""
-    signal.signal(signal.SIGINT, signal.SIG_IGN)  # the main process reports Ctrl-C once
-    die_with_parent()
-    watch_process(main_pid)
+    worker_init(main_pid)  # as a render worker: quiet on Ctrl-C, dies with the main process
     # Before any CUDA call in this process: the worker then sees exactly one GPU, as cuda:0.
     os.environ["CUDA_VISIBLE_DEVICES"] = device
     if opts.device and opts.device.startswith("cuda"):
@@ -73,8 +71,6 @@ def _worker_main(
 
     try:
         engine = create_engine(opts)
-        from .stream_runner import StreamRunner, Streams
-
         streams = isinstance(engine, Streams)
         slots = getattr(engine, "slots", None)
         info = {

@@ -82,7 +82,8 @@ def _alive(pid: int) -> bool:
 
 
 def worker_init(main_pid: int) -> None:
-    """ProcessPoolExecutor initializer of a render worker."""
+    """Start of a helper process (a render worker, a device replica): quiet on Ctrl-C, and
+    gone with the main process."""
     # Ctrl-C reaches the whole process group; the main process reports it once, workers stay
     # quiet instead of printing a traceback each.
     signal.signal(signal.SIGINT, signal.SIG_IGN)

@@ -65,6 +65,7 @@ class SlabLayer(DynamicLayer):
         self.lo = self.hi = 0
         self._k = self._v = keys.new_zeros(0)
         self._reallocate(keys.shape[2], max(rows, keys.shape[0]), like=keys)
+        self.lo = 0  # the first rows' keys make the window
         self._write_rows(keys, values)
 
     @classmethod
@@ -144,8 +145,6 @@ class SlabLayer(DynamicLayer):
 
     def _write_rows(self, keys: torch.Tensor, values: torch.Tensor) -> None:
         g, width = keys.shape[0], keys.shape[2]
-        if self.width == 0:
-            self.lo, self.hi = 0, width
         rows = slice(self.n, self.n + g)
         # Columns left of the new rows' keys hold another row's old keys or zeros: masked.
         self._k[rows, :, self.hi - width : self.hi].copy_(keys)
