@@ -28,12 +28,12 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from . import inputs
-from .cluster_ocr import USAGE_FIELDS, OcrActor
+from .cluster_ocr import USAGE_FIELDS, OcrActor, actor_compute
 from .cluster_render import expand_document, render_page
 from .cluster_shards import Job, finish_document
 from .devices import make_planner
 from .document import DocumentResult, PageResult
-from .engines import Usage
+from .engines import EngineOptions, Usage
 from .inputs import InputDoc, InputError
 from .journal import fingerprint, is_current
 from .lock import locked_output
@@ -78,6 +78,19 @@ def ray_batch_rows(opts: ConvertOptions, planner: Any) -> int:
     return max(RAY_AUTO_ROWS, (opts.engine.batch_size or 0) * REFILL_DEPTH)
 
 
+def ray_job(opts: ConvertOptions, engine: EngineOptions) -> dict[str, Any]:
+    """What every stage of the run needs, as the plain dict that travels to the workers."""
+    keep = {k: v for k, v in asdict(opts).items() if k not in ("engine", "output", "progress")}
+    output = os.path.abspath(opts.output)  # type: ignore[arg-type]
+    return asdict(Job(opts=keep | {"output": output}, engine=asdict(engine)))
+
+
+def document_row(doc: InputDoc, order: int, fp: dict[str, Any]) -> dict[str, Any]:
+    """A document's dataset row: where it is, its place in the run, its fingerprint."""
+    path = os.path.abspath(doc.path)
+    return asdict(doc) | {"path": path, "order": order, "fp": json.dumps(fp)}
+
+
 @dataclass
 class RayConverter:
     """Runs one conversion on Ray; ``run`` mirrors :meth:`ocrpress.pipeline.Converter.run`."""
@@ -112,10 +125,7 @@ class RayConverter:
         )
         opts = self.opts
         out_dir = os.path.abspath(opts.output)  # type: ignore[arg-type]
-        job_opts = {
-            k: v for k, v in asdict(opts).items() if k not in ("engine", "output", "progress")
-        }
-        job = asdict(Job(opts=job_opts | {"output": out_dir}, engine=asdict(resolved)))
+        job = ray_job(opts, resolved)
         run_opts = Job(**job).convert_options()
 
         rows, skipped = [], set()
@@ -127,8 +137,7 @@ class RayConverter:
             if fp and not opts.overwrite and is_current(run_opts, doc, fp):
                 skipped.add(i)
                 continue
-            path = os.path.abspath(doc.path)
-            rows.append(asdict(doc) | {"path": path, "order": i, "fp": json.dumps(fp)})
+            rows.append(document_row(doc, i, fp))
         self.stats.skipped_documents = len(skipped)
         done: dict[int, tuple[str | None, list[PageResult]]] = {}
         if rows:
@@ -182,13 +191,15 @@ class RayConverter:
         # A GPU actor's CPU share is a scheduling hint only: a small one leaves CPUs to the
         # render tasks (asking for a whole CPU per GPU deadlocks a 2-CPU, 2-GPU node).
         res = {"num_gpus": 1, "num_cpus": 0.25} if use_gpu else {"num_cpus": 1}
+        pool, actor_options = actor_compute(ray, size)
         return ds.map_batches(
             OcrActor,
             fn_constructor_kwargs={"job": job},
-            compute=ray.data.ActorPoolStrategy(size=size),
+            compute=pool,
             batch_size=batch,
             batch_format="pandas",
             **res,
+            **actor_options,
         )
 
     def _finish_here(

@@ -80,7 +80,7 @@ class StreamRunner:
 
     def submit(self, pages: list[PageImage], retry: bool) -> Future[Any]:
         """Queue a batch (``retry`` must be false: the pipeline uses the inline runner for
-        ``--retry-truncated``)."""
+        ``--retry-truncated``). Any thread may submit."""
         assert not retry, "the truncated-page retry runs per batch, on the inline runner"
         batch = _Batch(Future(), pages, [None] * len(pages), len(pages))
         if self._dead is not None:
@@ -92,9 +92,12 @@ class StreamRunner:
         self._incoming.put(batch)
         if self._dead is not None:  # it died meanwhile: fail the batch just queued
             self._cancel(RuntimeError(f"the device thread died ({self._dead!r})"))
-        if self._thread is None:
-            self._thread = threading.Thread(target=self._serve, name="ocrpress-device", daemon=True)
-            self._thread.start()
+        with self._lock:  # batches may come from several threads (a Ray actor's calls)
+            if self._thread is None:
+                self._thread = threading.Thread(
+                    target=self._serve, name="ocrpress-device", daemon=True
+                )
+                self._thread.start()
         return batch.fut
 
     def result(self, fut: Future[Any]) -> tuple[list[PageResult], int, Usage]:
@@ -130,7 +133,7 @@ class StreamRunner:
                     self._batch_by_batch()
         except BaseException as e:  # a bug: fail what is open rather than hang the run
             self._dead = e
-            self._cancel(e)
+            self._cancel(RuntimeError(f"the device thread died ({e!r})"))
             raise
         self._cancel(CancelledError())
 

@@ -106,3 +106,15 @@ class ForkThenDieEngine(DeviceEchoEngine):
             os._exit(1)
         time.sleep(20 * len(batch))
         return super().run(batch)
+
+
+class Fatal(BaseException):
+    """Not an Exception: what kills a device thread (a bug, not a page's fault)."""
+
+
+class DyingStreamEngine(StreamEchoEngine):
+    """A stream that takes its first page and then kills the thread it runs on."""
+
+    def stream(self, feed, deliver, stop=None) -> None:  # type: ignore[no-untyped-def]
+        feed(True)
+        raise Fatal("device thread killed")

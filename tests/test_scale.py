@@ -355,6 +355,38 @@ def test_ray_two_node_cluster(corpus: list[Path], tmp_path: Path) -> None:
         cluster.shutdown()
 
 
+@pytest.mark.ray
+@pytest.mark.slow
+def test_ray_streaming_actor_decodes_across_calls(corpus: list[Path], tmp_path: Path) -> None:
+    """An actor whose engine streams keeps one decode across Ray's calls: pages of the next
+    call join while the last call's pages finish (a call holds at most 2 pages here)."""
+    ray = pytest.importorskip("ray")
+    from ocrpress.cluster import RayConverter
+
+    _single(corpus, tmp_path / "single")
+    ray.init(
+        num_cpus=2,
+        num_gpus=1,
+        include_dashboard=False,
+        log_to_driver=False,
+        runtime_env={"env_vars": {"PYTHONPATH": str(TESTS), "ECHO_DELAY": "0.3"}},
+    )
+    try:
+        out = tmp_path / "ray"
+        docs, _ = discover([str(p) for p in corpus])
+        conv = RayConverter(_opts(out, "scale_engines:StreamEchoEngine"), actors=1)
+        results = conv.run(docs)
+    finally:
+        ray.shutdown()
+    assert [r.ok for r in results] == [True, False, True, True]
+    texts = _texts(out, strip_device=True)
+    held = [int(n) for t in texts.values() for n in re.findall(r" open=(\d+)", t)]
+    assert len(held) == 2 * 9  # every page went through the stream, in its .md and .json
+    assert max(held) > 2, held  # pages of two calls in the stream at once
+    stripped = {k: re.sub(r" open=\d+", "", v) for k, v in texts.items()}
+    assert stripped == _texts(tmp_path / "single")
+
+
 def test_ray_batches_follow_the_engine(tiny_v2_model: Path) -> None:
     """Ray hands actors --batch-size rows, else the engine's own batch size (not a fixed 4)."""
     from ocrpress.cluster import RAY_AUTO_ROWS, ray_batch_rows

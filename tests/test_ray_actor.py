@@ -1,0 +1,99 @@
+"""The Ray run's engine actor (ocrpress.cluster_ocr.OcrActor) called in this process, as Ray
+would call it, with rows made by the run's own CPU stages: no Ray needed, only pandas."""
+
+from __future__ import annotations
+
+import gc
+import json
+import re
+import threading
+from pathlib import Path
+from typing import Any
+
+import pytest
+from docgen import labelled_pdf
+
+from ocrpress.cluster import document_row, ray_job
+from ocrpress.cluster_ocr import OcrActor
+from ocrpress.cluster_render import expand_document, render_page
+from ocrpress.devices import make_planner
+from ocrpress.engines import EngineOptions
+from ocrpress.inputs import discover
+from ocrpress.journal import fingerprint
+from ocrpress.pipeline import ConvertOptions
+
+pd = pytest.importorskip("pandas")
+
+
+def _rows(tmp_path: Path, engine: str) -> tuple[dict[str, Any], list[dict[str, Any]], Path]:
+    """The job and the rendered page rows of two documents (3 + 2 pages)."""
+    src = tmp_path / "in"
+    src.mkdir()
+    docs, _ = discover([str(labelled_pdf(src / "a.pdf", 3)), str(labelled_pdf(src / "b.pdf", 2))])
+    out = tmp_path / "out"
+    opts = ConvertOptions(
+        output=str(out),
+        formats=["markdown"],
+        dpi=36,
+        ocr="always",  # labelled_pdf pages have text layers
+        engine=EngineOptions(engine=engine, batch_size=2),
+    )
+    planner, resolved = make_planner(opts.engine)
+    job = ray_job(opts, resolved)
+    rows = []
+    for i, doc in enumerate(docs):
+        row = document_row(doc, i, fingerprint(doc, planner, opts))
+        rows += [render_page(r, job) for r in expand_document(row, job)]
+    assert [r["index"] for r in rows] == [0, 1, 2, 0, 1]
+    return job, rows, out
+
+
+def test_concurrent_calls_share_one_decode(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Two of Ray's calls at once: the second call's pages join the stream the first call's
+    pages are decoding in, and every document is written once all its pages are done."""
+    monkeypatch.setenv("ECHO_DELAY", "0.2")
+    job, rows, out = _rows(tmp_path, "scale_engines:StreamEchoEngine")
+    actor = OcrActor(job)
+    answers: list[Any] = []
+    calls = [
+        threading.Thread(
+            target=lambda part=part, call=actor: answers.append(call(pd.DataFrame(part)))
+        )
+        for part in (rows[:2], rows[2:])
+    ]
+    for t in calls:
+        t.start()
+    for t in calls:
+        t.join(timeout=60)
+    calls.clear()  # the threads' targets hold the actor
+    assert len(answers) == 2
+    finished = pd.concat(answers)
+    assert sorted(finished[finished["finished"]]["order"]) == [0, 1]  # each document once
+    assert not finished["error"].any()
+    texts = {p.name: p.read_text() for p in out.glob("*.md")}
+    assert sorted(texts) == ["a.md", "b.md"]
+    held = [int(n) for t in texts.values() for n in re.findall(r" open=(\d+)", t)]
+    assert len(held) == 5 and max(held) > 2, held  # pages of both calls in one stream
+    del actor  # as Ray Data's pool does at the end: the decode's thread goes with it
+    gc.collect()
+    for t in threading.enumerate():
+        if t.name == "ocrpress-device":
+            t.join(timeout=10)
+    assert not any(t.name == "ocrpress-device" for t in threading.enumerate())
+
+
+@pytest.mark.filterwarnings("ignore::pytest.PytestUnhandledThreadExceptionWarning")
+def test_a_dead_device_thread_fails_the_pages_not_the_call(tmp_path: Path) -> None:
+    """Ray would drop a block whose call raised: the pages fail instead, with the reason."""
+    job, rows, out = _rows(tmp_path, "scale_engines:DyingStreamEngine")
+    actor = OcrActor(job)
+    answer = actor(pd.DataFrame(rows))
+    assert sorted(answer["order"]) == [0, 1] and answer["finished"].all()
+    for order in (0, 1):
+        pages = json.loads(answer[answer["order"] == order]["pages"].iloc[0])
+        assert pages and all(p["status"] == "error" for p in pages)
+        assert all("device thread died" in p["error"] for p in pages)
+    # A later call fails fast too, rather than waiting on a decode that is gone.
+    again = actor(pd.DataFrame(rows[:1]))
+    assert again["finished"].all()
+    assert not list(out.glob("*.md"))  # no output for documents whose every page failed
