@@ -42,9 +42,9 @@ Chunk = list[tuple[dict[str, Any], PageImage]]
 
 def actor_compute(ray: Any, size: int) -> tuple[Any, dict[str, Any]]:
     """Ray Data's pool of ``size`` actors and the actors' Ray options: each actor runs
-    :data:`CALLS_PER_ACTOR` calls at once where this Ray can (``enable_true_multi_threading``,
-    Ray >= 2.52); older ones run an actor's calls one by one, each still one decode across
-    its batches."""
+    :data:`CALLS_PER_ACTOR` calls at once where this Ray can (``enable_true_multi_threading``:
+    Ray 2.60 has it); without it an actor runs its calls one by one, each still one decode
+    across its batches."""
     strategy = ray.data.ActorPoolStrategy
     params = inspect.signature(strategy).parameters
     if "enable_true_multi_threading" not in params:
