@@ -97,3 +97,46 @@ def test_a_dead_device_thread_fails_the_pages_not_the_call(tmp_path: Path) -> No
     again = actor(pd.DataFrame(rows[:1]))
     assert again["finished"].all()
     assert not list(out.glob("*.md"))  # no output for documents whose every page failed
+
+
+def test_the_actor_pool_asks_for_two_calls_at_once_where_ray_can() -> None:
+    from types import SimpleNamespace
+
+    from ocrpress.cluster_ocr import CALLS_PER_ACTOR, actor_compute
+
+    class Old:  # a Ray without multi-threaded actor calls
+        def __init__(self, *, size: int) -> None:
+            self.kw = {"size": size}
+
+    class Threads:  # enable_true_multi_threading; concurrency through max_concurrency
+        def __init__(self, *, size: int, enable_true_multi_threading: bool = False) -> None:
+            self.kw = {"size": size, "threads": enable_true_multi_threading}
+
+    class Calls:  # and max_concurrent_calls_per_actor
+        def __init__(
+            self,
+            *,
+            size: int,
+            max_concurrent_calls_per_actor: int | None = None,
+            enable_true_multi_threading: bool = False,
+        ) -> None:
+            self.kw = {
+                "size": size,
+                "calls": max_concurrent_calls_per_actor,
+                "threads": enable_true_multi_threading,
+            }
+
+    def compute(cls: type) -> tuple[dict[str, Any], dict[str, Any]]:
+        pool, options = actor_compute(
+            SimpleNamespace(data=SimpleNamespace(ActorPoolStrategy=cls)), 3
+        )
+        return pool.kw, options
+
+    assert compute(Old) == ({"size": 3}, {})
+    assert compute(Threads) == ({"size": 3, "threads": True}, {"max_concurrency": CALLS_PER_ACTOR})
+    assert compute(Calls) == ({"size": 3, "calls": CALLS_PER_ACTOR, "threads": True}, {})
+    ray = pytest.importorskip("ray")  # the installed Ray's own pool takes what is asked
+    import ray.data
+
+    pool, _ = actor_compute(ray, 2)
+    assert isinstance(pool, ray.data.ActorPoolStrategy) and pool.enable_true_multi_threading
