@@ -136,7 +136,6 @@ def test_the_actor_pool_asks_for_two_calls_at_once_where_ray_can() -> None:
     assert compute(Threads) == ({"size": 3, "threads": True}, {"max_concurrency": CALLS_PER_ACTOR})
     assert compute(Calls) == ({"size": 3, "calls": CALLS_PER_ACTOR, "threads": True}, {})
     ray = pytest.importorskip("ray")  # the installed Ray's own pool takes what is asked
-    import ray.data
-
+    pytest.importorskip("ray.data")
     pool, _ = actor_compute(ray, 2)
     assert isinstance(pool, ray.data.ActorPoolStrategy) and pool.enable_true_multi_threading
