@@ -7,7 +7,10 @@ replica takes the next batch (dynamic balance). A replica whose engine has a ``s
 StreamRunner`): it holds two batches of twice its decode slots, the pages of the second
 joining the decode while the first finishes, so its GPU does not empty at batch ends. Other
 engines, and ``--retry-truncated`` (a per-batch step), take one batch at a time through the
-per-batch path. Each worker sends its results back on a pipe of its own (a worker killed while
+per-batch path. The main process's render workers prepare the replicas' page inputs, as they
+do for a local engine, when every replica reports the same inputs recipe (the replica reads
+each page's file; a page without one it prepares itself). Each worker sends its results back
+on a pipe of its own (a worker killed while
 writing cannot garble another's messages: its pipe just ends); a collector thread completes
 each batch's future.
 
@@ -34,6 +37,7 @@ from typing import Any
 from .backoff import limited_batch
 from .document import PageImage, PageResult
 from .engines import EngineError, EngineOptions, Usage, create_engine
+from .engines.page_inputs import InputsRecipe
 from .errors import describe
 from .procs import quiet_resource_tracker, worker_init
 from .stream_runner import StreamRunner, Streams
@@ -77,6 +81,8 @@ def _worker_main(
             "max_batch_size": int(engine.max_batch_size),
             "streams": streams,
             "slots": slots if isinstance(slots, int) else None,
+            # How its pages' inputs are made: the main process's render workers then make them.
+            "inputs_recipe": getattr(engine, "inputs_recipe", None),
         }
     except BaseException as e:
         error = str(e) if isinstance(e, EngineError) else f"{type(e).__name__}: {e}"
@@ -209,6 +215,13 @@ class DevicePool:
             for i, s in zip(info.values(), streaming, strict=True)
         ]
         return max(1, min(sizes))
+
+    def inputs_recipe(self) -> InputsRecipe | None:
+        """The replicas' inputs recipe (after :meth:`max_batch_size`) when they all have the
+        same one: render workers can then prepare pages for any of them."""
+        with self._lock:
+            recipes = {i.get("inputs_recipe") for i in self._info.values()}
+        return recipes.pop() if len(recipes) == 1 else None
 
     def submit(self, pages: list[PageImage], retry: bool) -> Future[Any]:
         fut: Future[Any] = Future()

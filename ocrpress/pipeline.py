@@ -118,13 +118,15 @@ class Converter:
 
     def _run(self, docs: list[InputDoc]) -> list[DocumentResult]:
         self.stats.start()
-        workers = self.opts.workers if self.opts.workers is not None else default_workers()
+        never = self.opts.ocr == "never" and self._engine is None  # no page reaches an engine
+        devices = None if never else self._start_devices()
+        workers = self.opts.workers
+        if workers is None:  # replicas' pages are prepared by the render workers too
+            workers = default_workers(devices.replicas if devices is not None else 1)
         if workers and not main_is_importable():
             # Worker processes re-import __main__; from `python -` or `-c` there is no file
             # to import, so render in this process instead of failing.
             workers = 0
-        never = self.opts.ocr == "never" and self._engine is None  # no page reaches an engine
-        devices = None if never else self._start_devices()
         # Workers that will prepare a VLM's inputs import torch once, in their forkserver,
         # while this process loads the model.
         preload = PRELOAD_INPUTS if workers and not never and self._vlm_inputs() else None
@@ -155,8 +157,8 @@ class Converter:
                 max(2 * max_batch, max_batch + 2 * max(workers, 1))
                 + (runner.capacity - 1) * max_batch  # one more batch per extra replica
             )
-            recipe = worker_recipe(planner)
-            if workers and isinstance(runner, LOCAL_RUNNERS) and recipe:
+            recipe = devices.inputs_recipe() if devices is not None else worker_recipe(planner)
+            if workers and recipe and recipe.folder:
                 # Render workers prepare the engine's inputs too (engines.page_inputs).
                 renders.inputs = recipe
                 window = window_for(recipe, window, max_batch + 2 * workers, renders.spool)
@@ -209,8 +211,6 @@ class Converter:
         """Whether this run's engine (loaded or not) will want its inputs made by workers."""
         if self._engine is not None:
             return worker_recipe(self._engine) is not None
-        if self.opts.devices:
-            return False
         try:
             return resolve_engine_name(self.opts.engine)[0] == "deepseek"
         except Exception:  # the engine's own load reports it

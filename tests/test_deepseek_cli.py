@@ -93,7 +93,8 @@ def test_devices_replicas_stream_the_same_outputs(
     tiny_v2_model: Path, docs: Path, tmp_path: Path
 ) -> None:
     """--devices on two (fake) GPUs: each replica runs DeepSeek's one decode across batches in
-    its own process, and the outputs are those of one process."""
+    its own process on inputs the render worker prepared, and the outputs are those of one
+    process."""
     one = _convert(tiny_v2_model, docs, tmp_path / "one", "--mode", "small", "--device", "cpu")
     assert one.returncode == 0, one.stderr.decode()
     two = _convert(
@@ -116,6 +117,8 @@ def test_devices_replicas_stream_the_same_outputs(
     stats = json.loads((tmp_path / "two" / "_ocrpress_run.json").read_text())
     assert stats["pages"] == 3 and 0 < stats["decode_slot_utilisation"] <= 1
     assert 0 < stats["engine_busy_fraction"] <= 1
+    # The render worker prepared every page's inputs; the replicas only decoded.
+    assert stats["pages_prepared_by_workers"] == 3
 
 
 def test_retry_truncated_is_recorded(tiny_v2_model: Path, docs: Path, tmp_path: Path) -> None:

@@ -109,6 +109,18 @@ def test_devices_match_single_process_and_isolate_errors(
     assert conv.stats.skipped_documents == 3 and conv.stats.pages == 0
 
 
+def test_default_render_workers_grow_with_the_replicas(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Render workers prepare every replica's pages: a core left to each replica, up to 4
+    workers a replica (one device: cores - 1, at most 4, as before)."""
+    from ocrpress.render import default_workers
+
+    for cores, replicas, want in ((64, 1, 4), (64, 8, 32), (16, 8, 8), (8, 2, 6), (2, 1, 1)):
+        monkeypatch.setattr(os, "cpu_count", lambda cores=cores: cores)
+        assert default_workers(replicas) == want, (cores, replicas)
+    monkeypatch.setattr(os, "cpu_count", lambda: 2)
+    assert default_workers(2) == 1  # never none
+
+
 def test_streaming_replicas_hold_two_batches_each(
     corpus: list[Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
