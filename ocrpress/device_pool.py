@@ -4,8 +4,10 @@ Each worker claims one device (``CUDA_VISIBLE_DEVICES`` set before torch touches
 builds its engine once and takes batches from one queue that all workers share, so a free
 replica takes the next batch (dynamic balance). A replica whose engine has a ``stream``
 (``deepseek``) runs it as the single-device pipeline does (:class:`~ocrpress.stream_runner.
-StreamRunner`): it holds two batches of twice its decode slots, the pages of the second
-joining the decode while the first finishes, so its GPU does not empty at batch ends. Other
+StreamRunner`): batches are twice its decode slots, and it takes the next one as soon as its
+stream holds every page of the last (at most two at once), so the pages of the next join the
+decode while the last finish and its GPU does not empty at batch ends, while batches no
+replica needs yet wait in the shared queue, where the first replica to need one takes it. Other
 engines, and ``--retry-truncated`` (a per-batch step), take one batch at a time through the
 per-batch path. The main process's render workers prepare the replicas' page inputs, as they
 do for a local engine, when every replica reports the same inputs recipe (the replica reads
@@ -114,6 +116,10 @@ def _worker_main(
     try:
         while True:
             free.acquire()
+            if runner is not None:
+                # The next batch only once the stream holds every page it was given: until
+                # then it waits in the shared queue, where an idle replica can take it.
+                runner.wait_hungry()
             task = tasks.get()
             if task is None:
                 break
@@ -198,8 +204,8 @@ class DevicePool:
 
     def max_batch_size(self) -> int:
         """Pages a batch should have (waits for the engines to load). A replica that streams
-        holds two batches of twice its decode slots (pages join its decode as others end);
-        other engines take their own batch size."""
+        takes batches of twice its decode slots, up to two at once (pages join its decode as
+        others end); other engines take their own batch size."""
         self._all_info.wait()
         with self._lock:
             info = dict(self._info)

@@ -75,6 +75,9 @@ class StreamRunner:
         self._dead: BaseException | None = None
         self._alone: _Batch | None = None  # a batch being run again batch by batch
         self._thread: threading.Thread | None = None
+        # Set while the engine holds every page submitted (it would take more now).
+        self._hungry = threading.Event()
+        self._hungry.set()
 
     # ------------------------------------------------------------- the pipeline's side
 
@@ -89,6 +92,7 @@ class StreamRunner:
         if not pages:
             batch.fut.set_result(([], 0, Usage()))
             return batch.fut
+        self._hungry.clear()
         self._incoming.put(batch)
         if self._dead is not None:  # it died meanwhile: fail the batch just queued
             self._cancel(RuntimeError(f"the device thread died ({self._dead!r})"))
@@ -102,6 +106,12 @@ class StreamRunner:
 
     def result(self, fut: Future[Any]) -> tuple[list[PageResult], int, Usage]:
         return fut.result()
+
+    def wait_hungry(self, timeout: float | None = None) -> bool:
+        """Wait until the engine has taken every page submitted (or the stream is over): a
+        caller with batches to share between replicas submits the next one only then, so
+        that batches wait where any replica can take them. False on timeout."""
+        return self._hungry.wait(timeout)
 
     def close(self, wait: bool = True) -> None:
         """Stop the stream: nothing more is taken, the step under way ends it, and batches
@@ -135,6 +145,8 @@ class StreamRunner:
             self._dead = e
             self._cancel(RuntimeError(f"the device thread died ({e!r})"))
             raise
+        finally:
+            self._hungry.set()  # nothing more is taken: nobody should wait for that
         self._cancel(CancelledError())
 
     def _one_stream(self) -> str | None:
@@ -154,6 +166,8 @@ class StreamRunner:
         if self._stop:
             return STREAM_END
         if not self._waiting:
+            if self._incoming.empty():
+                self._hungry.set()
             try:
                 batch = self._incoming.get(block=block)
             except queue.Empty:
@@ -221,6 +235,7 @@ class StreamRunner:
 
     def _batch_by_batch(self) -> None:
         while not self._stop:
+            self._hungry.set()
             batch = self._incoming.get()
             if batch is None:
                 self._closing = True

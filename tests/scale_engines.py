@@ -118,3 +118,21 @@ class DyingStreamEngine(StreamEchoEngine):
     def stream(self, feed, deliver, stop=None) -> None:  # type: ignore[no-untyped-def]
         feed(True)
         raise Fatal("device thread killed")
+
+
+class PageAtATimeEngine(DeviceEchoEngine):
+    """A stream that takes a page only when it starts on it, as DeepSeek's does once its slots
+    and preparation queue are full; a page takes ``SLOW_DEVICE_DELAY`` seconds on device 0."""
+
+    def stream(self, feed, deliver, stop=None) -> None:  # type: ignore[no-untyped-def]
+        from ocrpress.engines import STREAM_END
+
+        slow = os.environ.get("CUDA_VISIBLE_DEVICES") == "0"
+        while stop is None or not stop():
+            item = feed(True)
+            if item is STREAM_END:
+                return
+            key, page = item
+            if slow:
+                time.sleep(float(os.environ.get("SLOW_DEVICE_DELAY", "1")))
+            deliver(key, self.run([page])[0])

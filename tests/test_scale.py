@@ -109,6 +109,24 @@ def test_devices_match_single_process_and_isolate_errors(
     assert conv.stats.skipped_documents == 3 and conv.stats.pages == 0
 
 
+def test_a_busy_replica_leaves_queued_batches_to_an_idle_one(
+    corpus: list[Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A streaming replica takes its next batch only once its stream has taken every page of
+    the last: a slow GPU does not sit on a batch that an idle one could run."""
+    monkeypatch.setenv("OCRPRESS_FAKE_GPUS", "2")
+    monkeypatch.setenv("SLOW_DEVICE_DELAY", "1.5")
+    out = tmp_path / "devices"
+    conv = Converter(_opts(out, "scale_engines:PageAtATimeEngine", devices="all"))
+    results = conv.run(discover([str(p) for p in _corpus_good(corpus)])[0])
+    assert all(r.ok for r in results)
+    assert conv.device_pool is not None
+    # 9 pages in batches of 2: the slow replica (1.5 s a page) finishes one batch and may have
+    # taken a second by then; holding two from the start, it took 4 pages or more.
+    done = conv.device_pool.pages_per_device
+    assert sum(done.values()) == 9 and done["0"] <= 3, done
+
+
 def test_default_render_workers_grow_with_the_replicas(monkeypatch: pytest.MonkeyPatch) -> None:
     """Render workers prepare every replica's pages: a core left to each replica, up to 4
     workers a replica (one device: cores - 1, at most 4, as before)."""
