@@ -43,22 +43,19 @@ Chunk = list[tuple[dict[str, Any], PageImage]]
 def actor_compute(ray: Any, size: int) -> tuple[Any, dict[str, Any]]:
     """Ray Data's pool of ``size`` actors and the actors' Ray options: each actor runs
     :data:`CALLS_PER_ACTOR` calls at once where this Ray can (``enable_true_multi_threading``:
-    Ray 2.60 has it); without it an actor runs its calls one by one, each still one decode
-    across its batches."""
+    Ray 2.60 has it), and is sent no more than that: a call queued behind them would wait on
+    this actor at the end of the job while another actor idles. Without the option an actor
+    runs its calls one by one, each still one decode across its batches."""
     strategy = ray.data.ActorPoolStrategy
     params = inspect.signature(strategy).parameters
     if "enable_true_multi_threading" not in params:
         return strategy(size=size), {}
+    kwargs: dict[str, Any] = {"size": size, "enable_true_multi_threading": True}
+    if "max_tasks_in_flight_per_actor" in params:
+        kwargs["max_tasks_in_flight_per_actor"] = CALLS_PER_ACTOR
     if "max_concurrent_calls_per_actor" in params:
-        pool = strategy(
-            size=size,
-            max_concurrent_calls_per_actor=CALLS_PER_ACTOR,
-            enable_true_multi_threading=True,
-        )
-        return pool, {}
-    return strategy(size=size, enable_true_multi_threading=True), {
-        "max_concurrency": CALLS_PER_ACTOR
-    }
+        return strategy(**kwargs, max_concurrent_calls_per_actor=CALLS_PER_ACTOR), {}
+    return strategy(**kwargs), {"max_concurrency": CALLS_PER_ACTOR}
 
 
 class OcrActor:

@@ -109,19 +109,31 @@ def test_the_actor_pool_asks_for_two_calls_at_once_where_ray_can() -> None:
             self.kw = {"size": size}
 
     class Threads:  # enable_true_multi_threading; concurrency through max_concurrency
-        def __init__(self, *, size: int, enable_true_multi_threading: bool = False) -> None:
-            self.kw = {"size": size, "threads": enable_true_multi_threading}
+        def __init__(
+            self,
+            *,
+            size: int,
+            max_tasks_in_flight_per_actor: int | None = None,
+            enable_true_multi_threading: bool = False,
+        ) -> None:
+            self.kw = {
+                "size": size,
+                "sent": max_tasks_in_flight_per_actor,
+                "threads": enable_true_multi_threading,
+            }
 
     class Calls:  # and max_concurrent_calls_per_actor
         def __init__(
             self,
             *,
             size: int,
+            max_tasks_in_flight_per_actor: int | None = None,
             max_concurrent_calls_per_actor: int | None = None,
             enable_true_multi_threading: bool = False,
         ) -> None:
             self.kw = {
                 "size": size,
+                "sent": max_tasks_in_flight_per_actor,
                 "calls": max_concurrent_calls_per_actor,
                 "threads": enable_true_multi_threading,
             }
@@ -133,9 +145,12 @@ def test_the_actor_pool_asks_for_two_calls_at_once_where_ray_can() -> None:
         return pool.kw, options
 
     assert compute(Old) == ({"size": 3}, {})
-    assert compute(Threads) == ({"size": 3, "threads": True}, {"max_concurrency": CALLS_PER_ACTOR})
-    assert compute(Calls) == ({"size": 3, "calls": CALLS_PER_ACTOR, "threads": True}, {})
+    two = CALLS_PER_ACTOR
+    threads = {"size": 3, "sent": two, "threads": True}
+    assert compute(Threads) == (threads, {"max_concurrency": two})  # and no call queued
+    assert compute(Calls) == (threads | {"calls": two}, {})
     ray = pytest.importorskip("ray")  # the installed Ray's own pool takes what is asked
     pytest.importorskip("ray.data")
     pool, _ = actor_compute(ray, 2)
     assert isinstance(pool, ray.data.ActorPoolStrategy) and pool.enable_true_multi_threading
+    assert pool.max_tasks_in_flight_per_actor == CALLS_PER_ACTOR
