@@ -3,7 +3,8 @@ replicas (fake GPUs), and Ray actors with their calls overlapping or one by one.
 
 The tiny random DeepSeek-OCR-2 (CPU proxy) decodes generated A4 pages to forced lengths
 (``FORCE_LENGTHS``, the ``--tiny`` mix of ``gpu_throughput.py``: 12..60 tokens) with 4 decode
-slots a replica (``--slots``), one render worker. ``--devices N`` runs N replicas on fake GPUs
+slots a replica (``--slots``), one render worker (``--devices``: two a replica, so that they
+prepare the replicas' pages). ``--devices N`` runs N replicas on fake GPUs
 (``OCRPRESS_FAKE_GPUS``); Ray runs one actor on a fake GPU and hands it the engine's batch,
 16 pages, a call (``--call-pages``). "one call at a time" is Ray Data's default actor pool,
 as actors ran before they took two calls at once: each call's decode then ends with its
@@ -113,7 +114,8 @@ def on_devices(root: Path, model: Path, docs: list, args: argparse.Namespace, pa
     os.environ |= {"OCRPRESS_FAKE_GPUS": str(args.devices), "PYTHONPATH": path}
     for k in range(args.repeat):
         out = root / f"devices{k}"
-        opts = replace(options(out, model, args.slots), devices="all")
+        # Two render workers a replica: enough for them to prepare the replicas' pages.
+        opts = replace(options(out, model, args.slots), devices="all", workers=2 * args.devices)
         t = time.perf_counter()
         conv = Converter(opts)
         conv.run(docs)
@@ -122,7 +124,7 @@ def on_devices(root: Path, model: Path, docs: list, args: argparse.Namespace, pa
         stats = json.loads((out / RUN_STATS_FILE).read_text())
         print(
             f"  pages per device {conv.device_pool.pages_per_device}, prepared by the render "
-            f"worker {stats['pages_prepared_by_workers']}",
+            f"workers {stats['pages_prepared_by_workers']}",
             flush=True,
         )
 

@@ -8,7 +8,7 @@ one row per document touched, with this call's device use on the first, for the 
 An engine that streams (DeepSeek) keeps one decode going across calls, as the pipeline's
 :class:`~ocrpress.stream_runner.StreamRunner` does across batches: each call's pages join the
 actor's running decode, and where Ray runs two calls of an actor at once
-(:func:`actor_pool`), the next call's pages fill the slots the last one's longest pages leave,
+(:func:`actor_compute`), the next call's pages fill the slots the last one's longest pages leave,
 instead of the GPU decoding a call's tail with its other slots empty. Other engines run one
 call's batches at a time.
 """
@@ -60,7 +60,7 @@ def actor_compute(ray: Any, size: int) -> tuple[Any, dict[str, Any]]:
 
 class OcrActor:
     """One engine replica; Ray gives it its own GPU (CUDA_VISIBLE_DEVICES) when it asks.
-    Calls may run at once (:func:`actor_pool`): the engine is only ever used by one of them,
+    Calls may run at once (:func:`actor_compute`): the engine is only ever used by one of them,
     or by the stream's device thread."""
 
     def __init__(self, job: dict[str, Any]) -> None:
@@ -132,7 +132,10 @@ class OcrActor:
     def _run(self, chunks: list[Chunk]) -> Any:
         """``(chunk, (results, forced batch size, usage))`` for each chunk, in order."""
         if self.runner is not None:
-            runner = self.runner
+            with self._lock:
+                if self.runner.dead:  # a bug killed its thread: later calls get a new one
+                    self.runner = StreamRunner(self.engine)
+                runner = self.runner
             futures: list[Future[Any]] = [runner.submit([p for _, p in c], False) for c in chunks]
             for chunk, fut in zip(chunks, futures, strict=True):
                 try:

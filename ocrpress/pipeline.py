@@ -49,12 +49,25 @@ RUN_STATS_FILE = "_ocrpress_run.json"
 #: Runners whose engine is in this process (render workers can prepare its inputs).
 LOCAL_RUNNERS = (InlineRunner, StreamRunner)
 
+#: Render workers per ``--devices`` replica for them to prepare the replicas' pages: as many
+#: as the preparation threads a replica would use itself.
+WORKERS_PER_REPLICA = 2
+
 
 def worker_recipe(engine: Any) -> InputsRecipe | None:
     """The engine's inputs recipe if render workers can follow it (it names a checkpoint
     folder to load the processor from), else None."""
     recipe = getattr(engine, "inputs_recipe", None)
     return recipe if recipe is not None and recipe.folder else None
+
+
+def workers_prepare_for_replicas(workers: int, replicas: int, window: int, fitted: int) -> bool:
+    """Whether render workers prepare the ``--devices`` replicas' pages: only when there are
+    enough of them to keep up (:data:`WORKERS_PER_REPLICA` a replica) and the prepared pages
+    of the whole window fit the budget (``fitted``, the window :func:`window_for` allows):
+    a smaller window would leave the replicas' decode slots empty. Else each replica
+    prepares its own pages, on its own threads."""
+    return workers >= WORKERS_PER_REPLICA * replicas and fitted >= window
 
 
 class Converter:
@@ -160,8 +173,11 @@ class Converter:
             recipe = devices.inputs_recipe() if devices is not None else worker_recipe(planner)
             if workers and recipe and recipe.folder:
                 # Render workers prepare the engine's inputs too (engines.page_inputs).
-                renders.inputs = recipe
-                window = window_for(recipe, window, max_batch + 2 * workers, renders.spool)
+                fitted = window_for(recipe, window, max_batch + 2 * workers, renders.spool)
+                if devices is None:
+                    renders.inputs, window = recipe, fitted
+                elif workers_prepare_for_replicas(workers, devices.replicas, window, fitted):
+                    renders.inputs = recipe
             self.stats.engine, self.stats.model, self.stats.mode = (
                 planner.name,
                 planner.model,

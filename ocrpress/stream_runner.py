@@ -96,6 +96,7 @@ class StreamRunner:
         self._incoming.put(batch)
         if self._dead is not None:  # it died meanwhile: fail the batch just queued
             self._cancel(RuntimeError(f"the device thread died ({self._dead!r})"))
+            self._hungry.set()  # its own set may have come before the clear above
         with self._lock:  # batches may come from several threads (a Ray actor's calls)
             if self._thread is None:
                 self._thread = threading.Thread(
@@ -107,11 +108,20 @@ class StreamRunner:
     def result(self, fut: Future[Any]) -> tuple[list[PageResult], int, Usage]:
         return fut.result()
 
-    def wait_hungry(self, timeout: float | None = None) -> bool:
-        """Wait until the engine has taken every page submitted (or the stream is over): a
-        caller with batches to share between replicas submits the next one only then, so
-        that batches wait where any replica can take them. False on timeout."""
-        return self._hungry.wait(timeout)
+    @property
+    def dead(self) -> bool:
+        """The device thread died (a bug): every batch submitted fails at once."""
+        return self._dead is not None
+
+    def wait_hungry(self) -> None:
+        """Wait until the engine has taken every page submitted, or will take no more (the
+        stream is over or its thread died): a caller with batches to share between replicas
+        submits the next one only then, so that batches wait where any replica can take
+        them."""
+        while not self._hungry.wait(0.5):
+            thread = self._thread
+            if self._dead is not None or self._stop or (thread and not thread.is_alive()):
+                return
 
     def close(self, wait: bool = True) -> None:
         """Stop the stream: nothing more is taken, the step under way ends it, and batches

@@ -113,11 +113,16 @@ class Fatal(BaseException):
 
 
 class DyingStreamEngine(StreamEchoEngine):
-    """A stream that takes its first page and then kills the thread it runs on."""
+    """Its first stream takes a page and then kills the thread it runs on; later ones work."""
+
+    died = False
 
     def stream(self, feed, deliver, stop=None) -> None:  # type: ignore[no-untyped-def]
-        feed(True)
-        raise Fatal("device thread killed")
+        if not self.died:
+            self.died = True
+            feed(True)
+            raise Fatal("device thread killed")
+        super().stream(feed, deliver, stop)
 
 
 class PageAtATimeEngine(DeviceEchoEngine):

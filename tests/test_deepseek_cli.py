@@ -109,6 +109,8 @@ def test_devices_replicas_stream_the_same_outputs(
         "all",
         "--batch-size",
         "1",
+        "--workers",
+        "4",  # enough to prepare for two replicas (else each prepares its own)
         env={"OCRPRESS_FAKE_GPUS": "2"},
     )
     assert two.returncode == 0, two.stderr.decode()
@@ -117,7 +119,7 @@ def test_devices_replicas_stream_the_same_outputs(
     stats = json.loads((tmp_path / "two" / "_ocrpress_run.json").read_text())
     assert stats["pages"] == 3 and 0 < stats["decode_slot_utilisation"] <= 1
     assert 0 < stats["engine_busy_fraction"] <= 1
-    # The render worker prepared every page's inputs; the replicas only decoded.
+    # The render workers prepared every page's inputs; the replicas only decoded.
     assert stats["pages_prepared_by_workers"] == 3
 
 

@@ -109,6 +109,16 @@ def test_devices_match_single_process_and_isolate_errors(
     assert conv.stats.skipped_documents == 3 and conv.stats.pages == 0
 
 
+def test_render_workers_prepare_for_replicas_only_when_they_keep_up() -> None:
+    from ocrpress.pipeline import WORKERS_PER_REPLICA, workers_prepare_for_replicas
+
+    enough = WORKERS_PER_REPLICA * 2
+    assert workers_prepare_for_replicas(enough, 2, window=600, fitted=600)
+    assert not workers_prepare_for_replicas(enough - 1, 2, window=600, fitted=600)
+    # 8 H100s in gundam mode: ~2,700 pages in flight, 624 fit the 16 GiB of prepared pages.
+    assert not workers_prepare_for_replicas(64, 8, window=2686, fitted=624)
+
+
 def test_a_busy_replica_leaves_queued_batches_to_an_idle_one(
     corpus: list[Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -227,3 +227,49 @@ def test_slots_lowered_by_an_oom_grow_back_within_a_stream(
     assert got == want
     assert sizes and sizes[-1] == 4  # back to the engine's slots, mid-stream
     assert eng._slot_limit.ceiling == 0
+
+
+class _Fatal(BaseException):
+    """What kills a device thread (a bug): not an Exception."""
+
+
+class _DyingEngine:
+    name = "dying"
+    max_batch_size = 2
+
+    def stream(self, feed, deliver, stop=None) -> None:  # type: ignore[no-untyped-def]
+        feed(True)
+        time.sleep(0.2)
+        raise _Fatal("bug")
+
+
+class _LateClear(threading.Event):
+    """The scheduler's worst order: the device thread dies (and says it takes nothing more)
+    between submit's check for a dead thread and submit clearing the flag."""
+
+    runner: StreamRunner | None = None
+
+    def clear(self) -> None:
+        thread = self.runner._thread if self.runner is not None else None
+        if thread is not None:
+            thread.join()
+        super().clear()
+
+
+@pytest.mark.filterwarnings("ignore::pytest.PytestUnhandledThreadExceptionWarning")
+def test_waiting_for_a_hungry_stream_ends_when_its_thread_dies() -> None:
+    """A device-pool worker waits for the stream to want its next batch: a dead device thread
+    must end that wait (else the worker never takes the end of the run)."""
+    runner = StreamRunner(_DyingEngine())
+    flag = _LateClear()
+    flag.set()
+    flag.runner = runner
+    runner._hungry = flag
+    pages = [page(i) for i in range(2)]
+    runner.submit(pages[:1], False)  # the thread starts, takes the page, dies in 0.2 s
+    second = runner.submit(pages[1:], False)  # its flag cleared after the thread died
+    assert "device thread died" in str(second.exception(timeout=10))
+    assert runner.dead
+    done = threading.Event()
+    threading.Thread(target=lambda: (runner.wait_hungry(), done.set()), daemon=True).start()
+    assert done.wait(5), "wait_hungry never returned"
