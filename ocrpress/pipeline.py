@@ -173,7 +173,9 @@ class Converter:
             recipe = devices.inputs_recipe() if devices is not None else worker_recipe(planner)
             if workers and recipe and recipe.folder:
                 # Render workers prepare the engine's inputs too (engines.page_inputs).
-                fitted = window_for(recipe, window, max_batch + 2 * workers, renders.spool)
+                replicas = devices.replicas if devices is not None else 1
+                floor = max_batch + 2 * workers
+                fitted = window_for(recipe, window, floor, renders.spool, replicas)
                 if devices is None:
                     renders.inputs, window = recipe, fitted
                 elif workers_prepare_for_replicas(workers, devices.replicas, window, fitted):

@@ -139,6 +139,8 @@ def test_the_window_shrinks_to_the_prepared_budget(
     assert window_for(recipe, 632, 120) == 120  # never below the floor (a batch and more)
     monkeypatch.setattr(page_inputs, "available_memory", lambda: None)
     assert window_for(recipe, 10**6, 1) == page_inputs.PREPARED_BUDGET // per_page
+    # --devices: the budget is per replica the workers prepare for.
+    assert window_for(recipe, 10**6, 1, replicas=8) == 8 * page_inputs.PREPARED_BUDGET // per_page
     # The workers leave the inputs in the run's temporary folder: half its free space.
     import shutil
     from types import SimpleNamespace

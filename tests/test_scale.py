@@ -115,7 +115,7 @@ def test_render_workers_prepare_for_replicas_only_when_they_keep_up() -> None:
     enough = WORKERS_PER_REPLICA * 2
     assert workers_prepare_for_replicas(enough, 2, window=600, fitted=600)
     assert not workers_prepare_for_replicas(enough - 1, 2, window=600, fitted=600)
-    # 8 H100s in gundam mode: ~2,700 pages in flight, 624 fit the 16 GiB of prepared pages.
+    # 8 H100s in gundam mode want ~2,700 pages in flight; with 64 GiB free, 624 would fit.
     assert not workers_prepare_for_replicas(64, 8, window=2686, fitted=624)
 
 

@@ -64,11 +64,14 @@ def available_memory() -> int | None:
         return None
 
 
-def window_for(recipe: InputsRecipe, window: int, floor: int, folder: str = "") -> int:
+def window_for(
+    recipe: InputsRecipe, window: int, floor: int, folder: str = "", replicas: int = 1
+) -> int:
     """The pipeline's window of pages in flight, shrunk (not below ``floor``) so that their
-    prepared inputs fit :data:`PREPARED_BUDGET`, a quarter of the free memory, and half the
-    free space of ``folder`` (where the workers leave them)."""
-    budget = PREPARED_BUDGET
+    prepared inputs fit :data:`PREPARED_BUDGET` for each engine replica they are made for, a
+    quarter of the free memory, and half the free space of ``folder`` (where the workers
+    leave them)."""
+    budget = PREPARED_BUDGET * replicas
     free = available_memory()
     if free:
         budget = min(budget, free // 4)
