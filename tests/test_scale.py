@@ -119,17 +119,25 @@ def test_render_workers_prepare_for_replicas_only_when_they_keep_up() -> None:
     assert not workers_prepare_for_replicas(64, 8, window=2686, fitted=624)
 
 
+def _on_two_fake_gpus(
+    corpus: list[Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch, engine: str
+) -> tuple[Converter, Path]:
+    """The corpus's good documents through ``scale_engines:<engine>`` on 2 fake GPUs."""
+    monkeypatch.setenv("OCRPRESS_FAKE_GPUS", "2")
+    out = tmp_path / "devices"
+    conv = Converter(_opts(out, f"scale_engines:{engine}", devices="all"))
+    results = conv.run(discover([str(p) for p in _corpus_good(corpus)])[0])
+    assert all(r.ok for r in results)
+    return conv, out
+
+
 def test_a_busy_replica_leaves_queued_batches_to_an_idle_one(
     corpus: list[Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """A streaming replica takes its next batch only once its stream has taken every page of
     the last: a slow GPU does not sit on a batch that an idle one could run."""
-    monkeypatch.setenv("OCRPRESS_FAKE_GPUS", "2")
     monkeypatch.setenv("SLOW_DEVICE_DELAY", "1.5")
-    out = tmp_path / "devices"
-    conv = Converter(_opts(out, "scale_engines:PageAtATimeEngine", devices="all"))
-    results = conv.run(discover([str(p) for p in _corpus_good(corpus)])[0])
-    assert all(r.ok for r in results)
+    conv, _ = _on_two_fake_gpus(corpus, tmp_path, monkeypatch, "PageAtATimeEngine")
     assert conv.device_pool is not None
     # 9 pages in batches of 2: the slow replica (1.5 s a page) finishes one batch and may have
     # taken a second by then; holding two from the start, it took 4 pages or more.
@@ -155,12 +163,8 @@ def test_streaming_replicas_hold_two_batches_each(
     """A replica whose engine streams holds two batches: pages of the next batch join its
     stream while the last pages of one finish; outputs are those of one process."""
     _single(corpus, tmp_path / "single")
-    monkeypatch.setenv("OCRPRESS_FAKE_GPUS", "2")
     monkeypatch.setenv("ECHO_DELAY", "0.3")
-    out = tmp_path / "devices"
-    conv = Converter(_opts(out, "scale_engines:StreamEchoEngine", devices="all"))
-    results = conv.run(discover([str(p) for p in _corpus_good(corpus)])[0])
-    assert all(r.ok for r in results)
+    conv, out = _on_two_fake_gpus(corpus, tmp_path, monkeypatch, "StreamEchoEngine")
     texts = _texts(out, strip_device=True)
     held = [int(n) for t in texts.values() for n in re.findall(r" open=(\d+)", t)]
     assert len(held) == 2 * 9  # every page, in its .md and its .json
