@@ -15,6 +15,7 @@ call's batches at a time.
 
 from __future__ import annotations
 
+import gc
 import inspect
 import json
 import threading
@@ -22,7 +23,7 @@ from concurrent.futures import Future
 from dataclasses import asdict
 from typing import Any
 
-from .backoff import BatchLimit, limited_batch
+from .backoff import BatchLimit, free_cuda_cache, limited_batch
 from .cluster_shards import Job, finish_document, input_doc, store_shard
 from .document import PageImage, PageResult
 from .engines import Usage, create_engine
@@ -134,6 +135,8 @@ class OcrActor:
         if self.runner is not None:
             with self._lock:
                 if self.runner.dead:  # a bug killed its thread: later calls get a new one
+                    gc.collect()  # the dead stream's memory first
+                    free_cuda_cache()
                     self.runner = StreamRunner(self.engine)
                 runner = self.runner
             futures: list[Future[Any]] = [runner.submit([p for _, p in c], False) for c in chunks]

@@ -61,13 +61,13 @@ def worker_recipe(engine: Any) -> InputsRecipe | None:
     return recipe if recipe is not None and recipe.folder else None
 
 
-def workers_prepare_for_replicas(workers: int, replicas: int, window: int, fitted: int) -> bool:
+def workers_prepare_for_replicas(workers: int, replicas: int, window: int, room: int) -> bool:
     """Whether render workers prepare the ``--devices`` replicas' pages: only when there are
     enough of them to keep up (:data:`WORKERS_PER_REPLICA` a replica) and the prepared pages
-    of the whole window fit the budget (``fitted``, the window :func:`window_for` allows):
-    a smaller window would leave the replicas' decode slots empty. Else each replica
-    prepares its own pages, on its own threads."""
-    return workers >= WORKERS_PER_REPLICA * replicas and fitted >= window
+    of the whole window fit the budget (``room``: the pages :func:`window_for` lets be in
+    flight): a smaller window would leave the replicas' decode slots empty. Else each
+    replica prepares its own pages, on its own threads."""
+    return workers >= WORKERS_PER_REPLICA * replicas and room >= window
 
 
 class Converter:
@@ -173,13 +173,15 @@ class Converter:
             recipe = devices.inputs_recipe() if devices is not None else worker_recipe(planner)
             if workers and recipe and recipe.folder:
                 # Render workers prepare the engine's inputs too (engines.page_inputs).
-                replicas = devices.replicas if devices is not None else 1
-                floor = max_batch + 2 * workers
-                fitted = window_for(recipe, window, floor, renders.spool, replicas)
                 if devices is None:
-                    renders.inputs, window = recipe, fitted
-                elif workers_prepare_for_replicas(workers, devices.replicas, window, fitted):
+                    floor = max_batch + 2 * workers
                     renders.inputs = recipe
+                    window = window_for(recipe, window, floor, renders.spool)
+                else:
+                    n = devices.replicas
+                    room = window_for(recipe, window, 0, renders.spool, n)  # what fits
+                    if workers_prepare_for_replicas(workers, n, window, room):
+                        renders.inputs = recipe
             self.stats.engine, self.stats.model, self.stats.mode = (
                 planner.name,
                 planner.model,

@@ -154,6 +154,8 @@ class StreamRunner:
         except BaseException as e:  # a bug: fail what is open rather than hang the run
             self._dead = e
             self._cancel(RuntimeError(f"the device thread died ({e!r})"))
+            # The stream's frames (its KV cache) must not live on with ``_dead``.
+            traceback.clear_frames(e.__traceback__)
             raise
         finally:
             self._hungry.set()  # nothing more is taken: nobody should wait for that

@@ -89,12 +89,16 @@ def test_convert_end_to_end(
     assert "engine busy" in summary and "decode slots" in summary
 
 
+@pytest.mark.parametrize(
+    ("workers", "prepared"),
+    [("4", 3), pytest.param("1", 0, marks=pytest.mark.slow)],
+)
 def test_devices_replicas_stream_the_same_outputs(
-    tiny_v2_model: Path, docs: Path, tmp_path: Path
+    tiny_v2_model: Path, docs: Path, tmp_path: Path, workers: str, prepared: int
 ) -> None:
     """--devices on two (fake) GPUs: each replica runs DeepSeek's one decode across batches in
-    its own process on inputs the render worker prepared, and the outputs are those of one
-    process."""
+    its own process, on inputs the render workers prepared when there are two a replica
+    (else on inputs it prepares itself), and the outputs are those of one process."""
     one = _convert(tiny_v2_model, docs, tmp_path / "one", "--mode", "small", "--device", "cpu")
     assert one.returncode == 0, one.stderr.decode()
     two = _convert(
@@ -110,7 +114,7 @@ def test_devices_replicas_stream_the_same_outputs(
         "--batch-size",
         "1",
         "--workers",
-        "4",  # enough to prepare for two replicas (else each prepares its own)
+        workers,
         env={"OCRPRESS_FAKE_GPUS": "2"},
     )
     assert two.returncode == 0, two.stderr.decode()
@@ -119,8 +123,7 @@ def test_devices_replicas_stream_the_same_outputs(
     stats = json.loads((tmp_path / "two" / "_ocrpress_run.json").read_text())
     assert stats["pages"] == 3 and 0 < stats["decode_slot_utilisation"] <= 1
     assert 0 < stats["engine_busy_fraction"] <= 1
-    # The render workers prepared every page's inputs; the replicas only decoded.
-    assert stats["pages_prepared_by_workers"] == 3
+    assert stats["pages_prepared_by_workers"] == prepared
 
 
 def test_retry_truncated_is_recorded(tiny_v2_model: Path, docs: Path, tmp_path: Path) -> None:

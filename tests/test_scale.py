@@ -113,10 +113,10 @@ def test_render_workers_prepare_for_replicas_only_when_they_keep_up() -> None:
     from ocrpress.pipeline import WORKERS_PER_REPLICA, workers_prepare_for_replicas
 
     enough = WORKERS_PER_REPLICA * 2
-    assert workers_prepare_for_replicas(enough, 2, window=600, fitted=600)
-    assert not workers_prepare_for_replicas(enough - 1, 2, window=600, fitted=600)
+    assert workers_prepare_for_replicas(enough, 2, window=600, room=600)
+    assert not workers_prepare_for_replicas(enough - 1, 2, window=600, room=600)
     # 8 H100s in gundam mode want ~2,700 pages in flight; with 64 GiB free, 624 would fit.
-    assert not workers_prepare_for_replicas(64, 8, window=2686, fitted=624)
+    assert not workers_prepare_for_replicas(64, 8, window=2686, room=624)
 
 
 def _on_two_fake_gpus(
