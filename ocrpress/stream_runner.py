@@ -28,7 +28,7 @@ from typing import Any, Protocol, runtime_checkable
 
 from .backoff import free_cuda_cache, limited_batch
 from .document import PageImage, PageResult
-from .engines import STREAM_END, ReportsUsage, Usage
+from .engines import STREAM_END, EngineError, ReportsUsage, Usage
 from .errors import describe
 
 log = logging.getLogger("ocrpress")
@@ -87,7 +87,7 @@ class StreamRunner:
         assert not retry, "the truncated-page retry runs per batch, on the inline runner"
         batch = _Batch(Future(), pages, [None] * len(pages), len(pages))
         if self._dead is not None:
-            batch.fut.set_exception(RuntimeError(f"the device thread died ({self._dead!r})"))
+            batch.fut.set_exception(self._died())
             return batch.fut
         if not pages:
             batch.fut.set_result(([], 0, Usage()))
@@ -95,7 +95,7 @@ class StreamRunner:
         self._hungry.clear()
         self._incoming.put(batch)
         if self._dead is not None:  # it died meanwhile: fail the batch just queued
-            self._cancel(RuntimeError(f"the device thread died ({self._dead!r})"))
+            self._cancel(self._died())
             self._hungry.set()  # its own set may have come before the clear above
         with self._lock:  # batches may come from several threads (a Ray actor's calls)
             if self._thread is None:
@@ -153,10 +153,10 @@ class StreamRunner:
                     self._batch_by_batch()
         except BaseException as e:  # a bug: fail what is open rather than hang the run
             self._dead = e
-            self._cancel(RuntimeError(f"the device thread died ({e!r})"))
+            log.debug("the device thread died", exc_info=True)
+            self._cancel(self._died())
             # The stream's frames (its KV cache) must not live on with ``_dead``.
             traceback.clear_frames(e.__traceback__)
-            raise
         finally:
             self._hungry.set()  # nothing more is taken: nobody should wait for that
         self._cancel(CancelledError())
@@ -172,6 +172,13 @@ class StreamRunner:
             e.__traceback__ = None
             return error
         return None
+
+    def _died(self) -> EngineError:
+        """What a batch of a runner whose device thread died fails with (exit code 3)."""
+        return EngineError(
+            f"the device thread died ({self._dead!r}); finished pages are kept, "
+            "run the same command again to resume"
+        )
 
     def _feed(self, block: bool) -> Any:
         """The stream's pages, batch after batch; None: none now; END: the run is over."""

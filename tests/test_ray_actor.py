@@ -87,7 +87,6 @@ def test_concurrent_calls_share_one_decode(tmp_path: Path, monkeypatch: pytest.M
     assert not any(t.name == "ocrpress-device" for t in threading.enumerate())
 
 
-@pytest.mark.filterwarnings("ignore::pytest.PytestUnhandledThreadExceptionWarning")
 def test_a_dead_device_thread_fails_its_pages_not_the_call(tmp_path: Path) -> None:
     """Ray would drop a block whose call raised: the pages fail instead, with the reason, and
     the actor's next call gets a new stream rather than failing too."""

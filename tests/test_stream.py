@@ -256,7 +256,6 @@ class _LateClear(threading.Event):
         super().clear()
 
 
-@pytest.mark.filterwarnings("ignore::pytest.PytestUnhandledThreadExceptionWarning")
 def test_waiting_for_a_hungry_stream_ends_when_its_thread_dies() -> None:
     """A device-pool worker waits for the stream to want its next batch: a dead device thread
     must end that wait (else the worker never takes the end of the run)."""
@@ -273,3 +272,35 @@ def test_waiting_for_a_hungry_stream_ends_when_its_thread_dies() -> None:
     done = threading.Event()
     threading.Thread(target=lambda: (runner.wait_hungry(), done.set()), daemon=True).start()
     assert done.wait(5), "wait_hungry never returned"
+
+
+@pytest.mark.parametrize("devices", [None, "all"])
+def test_a_dead_device_thread_ends_the_run_in_one_line_exit_3(
+    tmp_path: Path, devices: str | None
+) -> None:
+    """A bug that kills the device thread (in this process, or in a --devices replica) ends
+    the run with one line and exit code 3, not a traceback."""
+    from docgen import labelled_pdf
+    from test_cli import ocrpress
+
+    pdf = labelled_pdf(tmp_path / "a.pdf", 3)
+    extra = ["--devices", devices] if devices else []
+    r = ocrpress(
+        "convert",
+        str(pdf),
+        "-o",
+        str(tmp_path / "out"),
+        "--engine",
+        "scale_engines:DyingStreamEngine",
+        "--ocr",
+        "always",
+        "--batch-size",
+        "1",
+        *extra,
+        env={"OCRPRESS_FAKE_GPUS": "2"},
+    )
+    assert r.returncode == 3, r.stderr.decode()
+    errors = [ln for ln in r.stderr.decode().splitlines() if "error:" in ln]
+    assert len(errors) == 1 and "device thread died" in errors[0], r.stderr.decode()
+    assert b"Traceback" not in r.stderr
+    assert not (tmp_path / "out" / "a.md").exists()
