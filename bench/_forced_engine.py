@@ -10,8 +10,7 @@ from __future__ import annotations
 import os
 import zlib
 
-import torch
-from _vlm import _force
+from _vlm import force_lengths_hook
 
 from ocrpress.document import PageImage
 from ocrpress.engines import EngineOptions
@@ -29,13 +28,6 @@ class ForcedLengthDeepSeek(DeepSeekEngine):
     def __init__(self, opts: EngineOptions) -> None:
         super().__init__(opts)
         lo, hi = (int(v) for v in os.environ.get("FORCE_LENGTHS", "12,60").split(","))
-        eos, vocab = min(self.eos_ids), len(self.tokenizer)
-
-        def for_batch(pages):  # type: ignore[no-untyped-def]  # a list, or a growing dict
-            def hook(keys: list[int], counts: torch.Tensor, scores: torch.Tensor) -> torch.Tensor:
-                targets = torch.tensor([target_length(pages[k], lo, hi) for k in keys])
-                return _force(scores, (targets <= counts).to(scores.device), eos, vocab)
-
-            return hook
-
-        self.step_hook = for_batch
+        self.step_hook = force_lengths_hook(
+            lambda page: target_length(page, lo, hi), min(self.eos_ids), len(self.tokenizer)
+        )

@@ -6,6 +6,7 @@ from __future__ import annotations
 import random
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
@@ -86,12 +87,13 @@ class ForceLengths(LogitsProcessor):
         return _force(scores, targets <= step, self.eos_id, self.vocab_limit)
 
 
-def force_lengths_hook(target_of: dict[tuple[str, int], int], eos_id: int, vocab_limit: int):
-    """The refill engine's ``step_hook`` with the same rule as :class:`ForceLengths`."""
+def force_lengths_hook(target: Callable[[PageImage], int], eos_id: int, vocab_limit: int):
+    """The refill engine's ``step_hook`` with the same rule as :class:`ForceLengths`: a page
+    emits ``target(page)`` tokens, then EOS."""
 
     def for_batch(pages):  # the call's pages by key: a list, or a growing dict (streams)
         def hook(keys: list[int], counts: torch.Tensor, scores: torch.Tensor) -> torch.Tensor:
-            targets = torch.tensor([target_of[(pages[k].source, pages[k].index)] for k in keys])
+            targets = torch.tensor([target(pages[k]) for k in keys])
             done = (targets <= counts).to(scores.device)
             return _force(scores, done, eos_id, vocab_limit)
 

@@ -132,7 +132,9 @@ def run_static(eng: DeepSeekEngine, pages: list[PageImage], targets: list[int]) 
 def run_refill(eng: DeepSeekEngine, pages: list[PageImage], targets: list[int]) -> tuple:
     """The engine as the pipeline drives it: calls of ``max_batch_size`` pages."""
     target_of = {(p.source, p.index): t for p, t in zip(pages, targets, strict=True)}
-    eng.step_hook = force_lengths_hook(target_of, min(eng.eos_ids), len(eng.tokenizer))
+    eng.step_hook = force_lengths_hook(
+        lambda p: target_of[(p.source, p.index)], min(eng.eos_ids), len(eng.tokenizer)
+    )
     before = eng.usage()
     tokens = bad = 0
     sync(eng.device)
@@ -178,7 +180,9 @@ def end_to_end(eng: DeepSeekEngine, args: argparse.Namespace, lo: int, hi: int) 
                 for i in range(pdf.page_count):
                     target_of[(doc.display, i)] = want[k]
                     k += 1
-        eng.step_hook = force_lengths_hook(target_of, min(eng.eos_ids), len(eng.tokenizer))
+        eng.step_hook = force_lengths_hook(
+            lambda p: target_of[(p.source, p.index)], min(eng.eos_ids), len(eng.tokenizer)
+        )
         opts = ConvertOptions(
             output=str(Path(tmp) / "out"),
             formats=["markdown", "json"],

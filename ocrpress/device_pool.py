@@ -12,9 +12,8 @@ engines, and ``--retry-truncated`` (a per-batch step), take one batch at a time 
 per-batch path. The main process's render workers prepare the replicas' page inputs, as they
 do for a local engine, when every replica reports the same inputs recipe (the replica reads
 each page's file; a page without one it prepares itself). Each worker sends its results back
-on a pipe of its own (a worker killed while
-writing cannot garble another's messages: its pipe just ends); a collector thread completes
-each batch's future.
+on a pipe of its own (a worker killed while writing cannot garble another's messages: its pipe
+just ends); a collector thread completes each batch's future.
 
 Workers die with the main process (``PR_SET_PDEATHSIG`` and a watcher thread). A worker that
 dies, or a collector that fails, fails every open batch with :class:`DeviceError` (exit 3: run
@@ -222,6 +221,7 @@ class DevicePool:
         ]
         return max(1, min(sizes))
 
+    @property
     def inputs_recipe(self) -> InputsRecipe | None:
         """The replicas' inputs recipe (after :meth:`max_batch_size`) when they all have the
         same one: render workers can then prepare pages for any of them."""

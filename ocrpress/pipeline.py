@@ -55,8 +55,8 @@ WORKERS_PER_REPLICA = 2
 
 
 def worker_recipe(engine: Any) -> InputsRecipe | None:
-    """The engine's inputs recipe if render workers can follow it (it names a checkpoint
-    folder to load the processor from), else None."""
+    """The engine's (or the device replicas') inputs recipe if render workers can follow it
+    (it names a checkpoint folder to load the processor from), else None."""
     recipe = getattr(engine, "inputs_recipe", None)
     return recipe if recipe is not None and recipe.folder else None
 
@@ -170,8 +170,8 @@ class Converter:
                 max(2 * max_batch, max_batch + 2 * max(workers, 1))
                 + (runner.capacity - 1) * max_batch  # one more batch per extra replica
             )
-            recipe = devices.inputs_recipe() if devices is not None else worker_recipe(planner)
-            if workers and recipe and recipe.folder:
+            recipe = worker_recipe(devices if devices is not None else planner)
+            if workers and recipe:
                 # Render workers prepare the engine's inputs too (engines.page_inputs).
                 if devices is None:
                     floor = max_batch + 2 * workers
