@@ -57,7 +57,8 @@ def options(out: Path, model: Path, slots: int) -> ConvertOptions:
     )
 
 
-def report(label: str, out: Path, wall: float) -> None:
+def report(label: str, out: Path, wall: float) -> float | None:
+    """Print a run's line; its decode-slot utilisation."""
     s = json.loads((out / RUN_STATS_FILE).read_text())
     slots, busy = s.get("decode_slot_utilisation"), s.get("engine_busy_fraction")
     print(
@@ -66,6 +67,7 @@ def report(label: str, out: Path, wall: float) -> None:
         f"{busy if busy is not None else float('nan'):>6.3f}",
         flush=True,
     )
+    return slots
 
 
 def main() -> int:
@@ -148,12 +150,19 @@ def on_ray(root: Path, model: Path, docs: list, args: argparse.Namespace, path: 
     try:
         # Ray's first job starts its workers (and their imports): a warm-up, not timed.
         cluster.RayConverter(options(root / "warm", model, args.slots), actors=1).run(docs[:1])
+        used: dict[str, list[float]] = {label: [] for label, _ in runs}
         for k, (label, compute) in enumerate(runs * args.repeat):
             cluster.actor_compute = compute  # type: ignore[assignment]
             out = root / f"ray{k}"
             t = time.perf_counter()
             cluster.RayConverter(options(out, model, args.slots), actors=1).run(docs)
-            report(label, out, time.perf_counter() - t)
+            slots = report(label, out, time.perf_counter() - t)
+            if slots is not None:
+                used[label].append(slots)
+        mean = {label: sum(v) / len(v) for label, v in used.items() if v}
+        if len(mean) == 2:
+            a, b = (mean[label] for label, _ in runs)
+            print(f"decode slots used, calls overlapping vs one at a time: {a / b:.2f}x")
     finally:
         cluster.actor_compute = overlapping  # type: ignore[assignment]
         ray.shutdown()
