@@ -19,7 +19,10 @@ from __future__ import annotations
 import argparse
 import sys
 import time
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import AbstractContextManager, nullcontext
+from typing import Any
 
 import torch
 from _vlm import A4_144DPI, ForceLengths, build_model, sync, synthetic_pages
@@ -27,7 +30,12 @@ from _vlm import A4_144DPI, ForceLengths, build_model, sync, synthetic_pages
 from ocrpress.engines import EngineOptions
 from ocrpress.engines.deepseek import DeepSeekEngine
 from ocrpress.engines.refill import RefillDecoder
-from ocrpress.engines.refill_items import Prepared, batched_mm_rows, decode_experts
+from ocrpress.engines.refill_items import (
+    Prepared,
+    batched_mm_rows,
+    decode_attention,
+    decode_experts,
+)
 
 #: Decode-step experts settings compared: most rows that run batched_mm (None: the engine's).
 SETTINGS = {"grouped": 0, "batched": 10**9, "engine": None}
@@ -38,10 +46,15 @@ def peak_gib(device: str) -> float:
 
 
 def decode_seconds(
-    eng: DeepSeekEngine, prepared: list[Prepared], length: int, rows_cap: int | None
+    eng: DeepSeekEngine,
+    prepared: list[Prepared],
+    length: int,
+    rows_cap: int | None,
+    attention: Callable[[str], AbstractContextManager[Any]] | None = None,
 ) -> tuple[float, float]:
     """Seconds for the refill decoder to take every page to exactly ``length`` tokens, and
-    seconds of its decode steps alone (each step ends in a synchronising ``tolist``)."""
+    seconds of its decode steps alone (each step ends in a synchronising ``tolist``).
+    ``attention``: the decode steps' kernel context instead of the engine's."""
     limit = len(eng.tokenizer)
     banned = sorted(eng.eos_ids)
 
@@ -64,6 +77,8 @@ def decode_seconds(
         decode_experts=decode_experts(eng.hf_model, eng.device),
         decode_experts_rows=batched_mm_rows(eng.hf_model) if rows_cap is None else rows_cap,
     )
+    if attention is not None:
+        decoder.attention = attention
     step_time = [0.0]
     step = decoder._step
 
@@ -132,6 +147,26 @@ def step_table(eng: DeepSeekEngine, prepared: list[Prepared], pages: list, args)
                 torch.cuda.empty_cache()
 
 
+def plan_check(eng: DeepSeekEngine, prepared: list[Prepared], rows: int, length: int) -> None:
+    """A decode step's cost with PyTorch's default attention kernels (cuDNN's allowed: a plan
+    for each new shape) and with the engine's, each on shapes it has not seen, then again;
+    and a prefill's, the whole call under each set of kernels (engine: default for prefills).
+    """
+    kernels = {"default (cuDNN allowed)": lambda device: nullcontext(), "no cuDNN": None}
+    print(f"decode steps of {rows}/{rows + 1} rows, {length - 1} steps a run:")
+    for n, (name, attention) in enumerate(kernels.items()):
+        for run in ("new shapes", "same again"):
+            _, step_s = decode_seconds(eng, prepared[: rows + n], length, None, attention)
+            print(f"  {name:<24} {run:<10}: {step_s / (length - 1) * 1000:6.1f} ms a step")
+    pages = max(1, min(eng.prefill_pages, rows) - 2)
+    print(f"prefill of {pages}/{pages + 1} pages (one call each):")
+    for n, (name, attention) in enumerate(kernels.items()):
+        for run in ("new shapes", "same again"):
+            with (attention or decode_attention)(eng.device):
+                secs, _ = decode_seconds(eng, prepared[: pages + n], 1, 0)
+            print(f"  {name:<24} {run:<10}: {secs:6.2f} s")
+
+
 def prep_scaling(eng: DeepSeekEngine, size: tuple[int, int], threads: str) -> None:
     """Pages/s of the engine's CPU preparation with 1, 2, 4... threads (the GIL's share)."""
 
@@ -173,6 +208,9 @@ def main() -> int:
     ap.add_argument("--generate-max", type=int, default=8, help="largest batch for generate")
     ap.add_argument("--profile-batch", type=int, default=8)
     ap.add_argument("--prep-threads", default="1,2,4,8", help="preparation threads to time")
+    ap.add_argument(
+        "--plans", type=int, default=0, help="only compare attention kernels at this many rows"
+    )
     args = ap.parse_args()
     device = "cuda" if torch.cuda.is_available() else "cpu"
     dtype = torch.bfloat16 if device == "cuda" else torch.float32
@@ -197,12 +235,15 @@ def main() -> int:
         f"(switch {'on' if decode_experts(model, device) else 'off'} on {device}); "
         f"prefill pages a call: {eng.prefill_pages}; mode {mode}, page {size}"
     )
-    pages = synthetic_pages(max(batches), size, 7)
+    pages = synthetic_pages(max(*batches, args.plans + 1), size, 7)
     t0 = time.perf_counter()
     with ThreadPoolExecutor(8) as pool:
         prepared = list(pool.map(eng.prepare, pages, range(len(pages))))
     print(f"prepared {len(pages)} pages in {time.perf_counter() - t0:.1f} s (8 threads)")
     decode_seconds(eng, prepared[:2], 4, None)  # warm-up
+    if args.plans:
+        plan_check(eng, prepared, args.plans, args.long)
+        return 0
     step_table(eng, prepared, pages, args)
     try:
         profile_run(eng, prepared[: args.profile_batch], args.short + 16)

@@ -1,9 +1,12 @@
 #!/bin/sh
 # The GPU benchmark as one device call (bench/RESULTS.md, "On a GPU"): install the carried
-# wheels (.whl: transformers 5.24, pymupdf), then where the time goes (prefill a page; decode
-# step by rows for each MoE experts setting and for generate), the cache update (torch.cat vs
-# in place), the engine comparison, and the end-to-end run. Each step has its own time
-# limit so that a slow one still leaves the others' numbers in $OUT. About 6 minutes on an H100.
+# wheels (.whl: transformers 5.24, pymupdf), then the attention kernels (decode steps and
+# prefills with and without cuDNN, on new shapes and again), the end-to-end run at 192
+# decode slots (session 8 ran 96: 2.89 pages/s), the engine comparison (refill, static,
+# naive on the same pages),
+# where the time goes (prefill a page; decode step by rows for each MoE experts setting and
+# for generate) and the cache update. Each step has its own time limit so that a slow one
+# still leaves the others' numbers in $OUT. About 8 minutes on an H100.
 set -u
 OUT=${OUT:-/tmp/ocrpress-gpu}
 mkdir -p "$OUT"
@@ -14,10 +17,12 @@ export PYTORCH_CUDA_ALLOC_CONF=expandable_segments:True
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv | tee "$OUT/gpu.txt"
 python3 -c "import sys, torch, transformers, pymupdf; print(sys.version.split()[0], \
 torch.__version__, transformers.__version__, pymupdf.__version__)" | tee -a "$OUT/gpu.txt"
-timeout "${PROFILE_S:-170}" python3 bench/gpu_profile.py --batches 1,8,16,32,64 --long 48 2>&1 \
-  | grep -v USDT | tee "$OUT/profile.log"
+timeout 60 python3 bench/gpu_profile.py --plans 16 --long 48 --batches 1 2>&1 \
+  | grep -v USDT | tee "$OUT/plans.log"
+timeout "${E2E_S:-140}" python3 bench/gpu_throughput.py --end-to-end --pages 192 --slots 192 \
+  --min-tokens 900 --max-tokens 900 --workers 6 2>&1 | tee "$OUT/e2e192.log"
+timeout "${ENGINE_S:-130}" python3 bench/gpu_throughput.py --pages 48 --slots 16 \
+  --min-tokens 100 --max-tokens 500 --naive-budget "${NAIVE_S:-40}" 2>&1 | tee "$OUT/engine.log"
+timeout "${PROFILE_S:-100}" python3 bench/gpu_profile.py --batches 1,16,32,64,96 --long 48 \
+  --prep-threads 1,4 2>&1 | grep -v USDT | tee "$OUT/profile.log"
 timeout 40 python3 bench/kv_cache.py --device cuda --rows 96 2>&1 | tee "$OUT/kv_cache.log"
-timeout "${ENGINE_S:-160}" python3 bench/gpu_throughput.py --pages 48 --slots 16 \
-  --min-tokens 100 --max-tokens 500 --naive-budget "${NAIVE_S:-60}" 2>&1 | tee "$OUT/engine.log"
-timeout "${E2E_S:-150}" python3 bench/gpu_throughput.py --end-to-end --pages 96 --slots 96 \
-  --min-tokens 900 --max-tokens 900 --workers 4 2>&1 | tee "$OUT/e2e.log"

@@ -43,6 +43,7 @@ from _vlm import (
 from ocrpress.document import PageImage
 from ocrpress.engines import EngineOptions
 from ocrpress.engines.deepseek import PROMPTS, DeepSeekEngine
+from ocrpress.engines.refill_items import decode_attention
 from ocrpress.modes import plan_tokens
 
 TINY_SCALE = 25  # --tiny divides output lengths by this
@@ -77,7 +78,7 @@ def run_naive(
         ).to(eng.device, dtype=eng.dtype)
         n = inputs["input_ids"].shape[1]
         d0 = time.perf_counter()
-        with torch.inference_mode():
+        with torch.inference_mode(), decode_attention(eng.device):  # the engine's kernels
             out = eng.hf_model.generate(
                 **inputs,
                 do_sample=False,

@@ -21,6 +21,8 @@ from transformers import DeepseekOcr2Config
 from transformers.cache_utils import DynamicCache
 from transformers.models.deepseek_ocr2.modeling_deepseek_ocr2 import DeepseekOcr2TextModel
 
+from ocrpress.engines.refill_items import decode_attention
+
 
 def step_ms(model, cfg, rows: int, positions: int, device: str, dtype, layers: int) -> float:
     """Fastest of three steps of ``rows`` rows over a cache of ``positions`` positions."""
@@ -31,7 +33,7 @@ def step_ms(model, cfg, rows: int, positions: int, device: str, dtype, layers: i
             kv = torch.randn(rows, 10, positions, 128, device=device, dtype=dtype)
             cache.update(kv, kv, i)
         ids = torch.randint(0, 1000, (rows, 1), device=device)
-        with torch.inference_mode():
+        with torch.inference_mode(), decode_attention(device):  # the engine's step kernels
             sync(device)
             t0 = time.perf_counter()
             model(

@@ -142,20 +142,21 @@ def test_decode_steps_switch_the_experts_on_accelerators_only(tiny_v2_model: Pat
 
 def test_batched_mm_only_while_the_pairs_are_few(tiny_v2_model: Path) -> None:
     """batched_mm copies a weight matrix per (row, expert) pair: it is chosen for at most as many
-    rows as make the pairs no more than twice the experts (64 experts, 6 a token: 21 rows)."""
+    rows as make the pairs no more than three times the experts (64 experts, 6 a token: 32
+    rows; on an H100 the two settings crossed between 32 and 64 rows)."""
     from types import SimpleNamespace
 
     from ocrpress.engines.refill_items import batched_mm_rows
 
     eng = make_engine(tiny_v2_model, mode="small")
     text = eng.hf_model.config.text_config
-    assert batched_mm_rows(eng.hf_model) == 2 * text.n_routed_experts // text.num_experts_per_tok
+    assert batched_mm_rows(eng.hf_model) == 3 * text.n_routed_experts // text.num_experts_per_tok
     published = SimpleNamespace(
         config=SimpleNamespace(
             text_config=SimpleNamespace(n_routed_experts=64, num_experts_per_tok=6)
         )
     )
-    assert batched_mm_rows(published) == 21
+    assert batched_mm_rows(published) == 32
     flat = SimpleNamespace(config=SimpleNamespace(num_experts=8, num_experts_per_tok=32))
     assert batched_mm_rows(flat) == 1
     assert batched_mm_rows(SimpleNamespace(config=SimpleNamespace())) is None
@@ -230,6 +231,61 @@ def test_decode_steps_run_batched_mm_and_prefills_grouped_mm(tiny_v2_model: Path
         assert model.config.text_config._experts_implementation == "grouped_mm"
     finally:
         handle.remove()
+
+
+def test_decode_steps_keep_off_cudnn_attention(tiny_v2_model: Path) -> None:
+    """cuDNN attention builds a plan for every new shape, and a decode step's keys change shape
+    every step (~90 ms a step on an H100 instead of ~16): on CUDA the decode steps run with
+    every SDPA kernel but cuDNN's, prefills with PyTorch's default, and the tokens do not
+    change (on the CPU, where the switch selects nothing, this only shows the decoder is
+    unharmed). On the CPU nothing is switched."""
+    from ocrpress.engines.refill_items import decode_attention
+
+    with decode_attention("cpu"):
+        assert torch.backends.cuda.cudnn_sdp_enabled()
+    with decode_attention("cuda:0"):
+        assert not torch.backends.cuda.cudnn_sdp_enabled()
+        assert torch.backends.cuda.mem_efficient_sdp_enabled()
+        assert torch.backends.cuda.flash_sdp_enabled()
+    assert torch.backends.cuda.cudnn_sdp_enabled()
+    # The switch is process-wide: steps overlapping on two threads (two engines) keep cuDNN
+    # off until the last ends, then the setting found before comes back.
+    first, second = decode_attention("cuda"), decode_attention("cuda:1")
+    first.__enter__()
+    second.__enter__()
+    first.__exit__(None, None, None)
+    assert not torch.backends.cuda.cudnn_sdp_enabled()
+    second.__exit__(None, None, None)
+    assert torch.backends.cuda.cudnn_sdp_enabled()
+
+    eng = make_engine(tiny_v2_model, mode="small", batch_size=3, max_new_tokens=8)
+    assert eng.decoder(3, None).attention is decode_attention  # what a CUDA engine applies
+    prepared = [eng.prepare(page(i), i) for i in range(4)]
+    seen: list[tuple[int, bool]] = []
+    handle = eng.hf_model.register_forward_pre_hook(
+        lambda _m, _a, kw: seen.append(
+            (kw["input_ids"].shape[1], torch.backends.cuda.cudnn_sdp_enabled())
+        ),
+        with_kwargs=True,
+    )
+
+    def decoder(as_on_cuda: bool) -> RefillDecoder:
+        d = eng.decoder(3, None)
+        if as_on_cuda:  # the policy the decoder applies on a CUDA device
+            d.attention = lambda _device: decode_attention("cuda")
+        return d
+
+    try:
+        reference = decoder(False).run(prepared)
+        assert {cudnn for _, cudnn in seen} == {True}
+        seen.clear()
+        assert decoder(True).run(prepared) == reference
+    finally:
+        handle.remove()
+    steps = {cudnn for n, cudnn in seen if n == 1}
+    prefills = {cudnn for n, cudnn in seen if n > 1}
+    assert steps == {False} and prefills == {True}
+    assert torch.backends.cuda.cudnn_sdp_enabled()
 
 
 def test_long_decodes_through_cache_reallocations_match_pages_alone(

@@ -7,6 +7,7 @@ from typing import TYPE_CHECKING, Any
 
 from ..document import PageImage
 from .page_inputs import processor_outputs
+from .refill_items import decode_attention
 
 if TYPE_CHECKING:
     from .deepseek import DeepSeekEngine
@@ -47,7 +48,8 @@ def generate_ids(
     inputs = inputs.to(engine.device, dtype=engine.dtype)
     prompt_length = inputs["input_ids"].shape[1]
     processors = logits_processors(engine, prompt_length) + list(extra_processors or [])
-    with torch.inference_mode():
+    # The decode steps' attention kernels, as refill decoding has them (a fair comparison).
+    with torch.inference_mode(), decode_attention(engine.device):
         out = engine.hf_model.generate(
             **inputs,
             do_sample=False,

@@ -22,12 +22,13 @@ copying the whole cache, and a finished row's place goes to the last row.
 
 The MoE experts run as ``grouped_mm`` in the prefill (thousands of tokens: one kernel over all
 experts) and, on an accelerator, as ``batched_mm`` in decode steps of few rows (each token picks
-its experts' weights), as transformers' own ``generate`` switches them: on an H100 the refill
-decoder without the switch took ~55 ms a step against ``generate``'s ~21 ms at 1..8 rows.
-Unlike ``generate``, steps of more rows than ``decode_experts_rows`` stay on ``grouped_mm``:
-``batched_mm`` copies each (row, expert) pair's weights (~40 MB a row in DeepSeek-OCR-2, one
-layer at a time), which costs more than ``grouped_mm``'s reading every expert once when the
-pairs are more than about twice the experts (:func:`.refill_items.batched_mm_rows`).
+its experts' weights), as transformers' own ``generate`` switches them. Unlike ``generate``,
+steps of more rows than ``decode_experts_rows`` stay on ``grouped_mm``: ``batched_mm`` copies
+each (row, expert) pair's weights (~40 MB a row in DeepSeek-OCR-2, one layer at a time), which
+costs more than ``grouped_mm``'s reading every expert once when the pairs are more than a few
+times the experts (:func:`.refill_items.batched_mm_rows`). Decode steps keep off cuDNN's
+attention on CUDA (:func:`.refill_items.decode_attention`): it builds a plan for each new
+shape, and a decode step's keys have a new one every step.
 
 Works with transformers' ``DynamicCache`` (``cache.layers[i].keys/values``) and either name of
 the cache argument (``cache`` in transformers >= 5.24, ``past_key_values`` before).
@@ -54,6 +55,7 @@ from .refill_items import (
     Prepared,
     StepHook,
     collate,
+    decode_attention,
 )
 
 
@@ -125,6 +127,7 @@ class RefillDecoder:
         self.window = guard[1] if self.guard and guard else 1
         params = inspect.signature(model.forward).parameters
         self.cache_arg = "cache" if "cache" in params else "past_key_values"
+        self.attention = decode_attention  # (device) -> context of a decode step's kernels
         self.stats = DecodeStats(slots=self.slots)
 
     # ---------------------------------------------------------------- public
@@ -287,13 +290,14 @@ class RefillDecoder:
         t0 = time.perf_counter()
         assert rows.mask is not None and rows.positions is not None and rows.last is not None
         rows.mask = torch.cat([rows.mask, rows.mask.new_ones(n, 1)], dim=1)
-        out = self.model(
-            input_ids=rows.last[:, None],
-            attention_mask=rows.mask,
-            position_ids=rows.positions[:, None],
-            use_cache=True,
-            **{self.cache_arg: rows.cache},
-        )
+        with self.attention(self.device):
+            out = self.model(
+                input_ids=rows.last[:, None],
+                attention_mask=rows.mask,
+                position_ids=rows.positions[:, None],
+                use_cache=True,
+                **{self.cache_arg: rows.cache},
+            )
         rows.cache = getattr(out, "cache", None) or out.past_key_values
         logits = out.logits[:, -1, :].float()
         del out

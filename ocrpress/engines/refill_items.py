@@ -3,7 +3,9 @@ and step-hook seams, batching of prefill inputs, the decode-step experts setting
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Callable
+from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass
 from typing import Any
 
@@ -66,17 +68,62 @@ def decode_experts(model: Any, device: str) -> dict[str, Any] | None:
     return {k: "batched_mm" if v == "grouped_mm" else v for k, v in current.items()}
 
 
+class _CudnnAttentionOff:
+    """Counts the decode steps running (on any thread) and keeps cuDNN attention off while
+    there is one, restoring the setting found when the first began.
+
+    PyTorch's backend switches are global to the process, and ``sdpa_kernel`` sets all four
+    on entry and restores them on exit, so two overlapping uses on two threads would leave
+    cuDNN off (or turn it on under the other); only cuDNN's switch is touched here."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._running = 0
+        self._before = True
+
+    def __enter__(self) -> None:
+        with self._lock:
+            if self._running == 0:
+                self._before = torch.backends.cuda.cudnn_sdp_enabled()
+                torch.backends.cuda.enable_cudnn_sdp(False)
+            self._running += 1
+
+    def __exit__(self, *exc: object) -> None:
+        with self._lock:
+            self._running -= 1
+            if self._running == 0:
+                torch.backends.cuda.enable_cudnn_sdp(self._before)
+
+
+_CUDNN_OFF = _CudnnAttentionOff()
+
+
+def decode_attention(device: str) -> AbstractContextManager[Any]:
+    """The attention kernels for decode steps: PyTorch's others, not cuDNN's, on CUDA.
+
+    A decode step's keys grow by a column every step, and rows joining or leaving change their
+    shape again; cuDNN attention (which PyTorch picks for masked attention on an H100) builds
+    an execution plan for every new shape. On an H100 a 16-row step took 89.7 ms on new shapes
+    against 14.5 ms on shapes seen before (bench/RESULTS.md, session 8); the memory-efficient
+    kernel takes any length without a plan (16-20 ms). Prefills keep the default: their
+    shapes repeat. The switch is process-wide while a step runs (PyTorch has no other)."""
+    if not device.startswith("cuda"):
+        return nullcontext()
+    return _CUDNN_OFF
+
+
 def batched_mm_rows(model: Any) -> int | None:
     """Most decode rows for which ``batched_mm`` is taken to beat ``grouped_mm``, None when
-    unknown: twice the experts over the experts a token (21 rows for DeepSeek-OCR-2's 64
-    experts, 6 a token).
+    unknown: three times the experts over the experts a token (32 rows for DeepSeek-OCR-2's
+    64 experts, 6 a token).
 
     ``batched_mm`` copies the weights of every (token, chosen expert) pair and multiplies the
     copies, so its cost grows with the rows; ``grouped_mm`` reads each expert that has tokens
-    once but has a larger fixed cost. On an H100, ``batched_mm`` decoded 8 rows in ~21 ms a
-    step and 24 rows in ~60-70 ms, where ``grouped_mm`` took ~51-58 ms at 1..32 rows: they
-    cross at ~20 rows, where the (row, expert) pairs are about twice the experts. On the CPU a
-    step of 96 rows took 6-8x longer on ``batched_mm`` (bench/RESULTS.md)."""
+    once but has a larger fixed cost. On an H100 (session 8, shapes seen before, so no
+    attention plans in the timing) ``batched_mm`` took 14-16 ms a step at 1..16 rows, 20 ms at
+    32 and 30 ms at 64, ``grouped_mm`` 24 ms at 32 and 18 ms at 64: they cross between 32 and
+    64 rows, where the (row, expert) pairs are 3-6 times the experts. On the CPU a step of 96
+    rows took 6-8x longer on ``batched_mm`` (bench/RESULTS.md)."""
     text = getattr(getattr(model, "config", None), "text_config", None) or getattr(
         model, "config", None
     )
@@ -84,7 +131,7 @@ def batched_mm_rows(model: Any) -> int | None:
     per_token = getattr(text, "num_experts_per_tok", None)
     if not isinstance(experts, int) or not isinstance(per_token, int) or per_token < 1:
         return None
-    return max(1, 2 * experts // per_token)
+    return max(1, 3 * experts // per_token)
 
 
 def collate(items: list[Prepared], device: str, dtype: torch.dtype) -> dict[str, Any]:
