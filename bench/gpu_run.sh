@@ -1,12 +1,12 @@
 #!/bin/sh
-# The GPU benchmark as one device call (bench/RESULTS.md, "On a GPU"): install the carried
-# wheels (.whl: transformers 5.24, pymupdf), then the attention kernels (decode steps and
-# prefills with and without cuDNN, on new shapes and again), the end-to-end run at 192
-# decode slots (session 8 ran 96: 2.89 pages/s), the engine comparison (refill, static,
-# naive on the same pages),
-# where the time goes (prefill a page; decode step by rows for each MoE experts setting and
-# for generate) and the cache update. Each step has its own time limit so that a slow one
-# still leaves the others' numbers in $OUT. About 8 minutes on an H100.
+# The GPU benchmark as one device call (bench/RESULTS.md, "Next GPU run"): install the
+# carried wheels (.whl: transformers 5.24, pymupdf), then the attention kernels (decode steps
+# and prefills with and without cuDNN, on new shapes and again, and a prefill's profile), the
+# end-to-end run at 192 decode slots with its device timeline (session 8 ran 96: 2.89
+# pages/s), the engine comparison (refill, static, naive on the same pages), the step table
+# (decode step by rows for each MoE experts setting and for generate) and the cache update.
+# Each step has its own time limit so that a slow one still leaves the others' numbers in
+# $OUT. About 8 minutes on an H100.
 set -u
 OUT=${OUT:-/tmp/ocrpress-gpu}
 mkdir -p "$OUT"
@@ -17,7 +17,7 @@ export PYTORCH_CUDA_ALLOC_CONF=expandable_segments:True
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv | tee "$OUT/gpu.txt"
 python3 -c "import sys, torch, transformers, pymupdf; print(sys.version.split()[0], \
 torch.__version__, transformers.__version__, pymupdf.__version__)" | tee -a "$OUT/gpu.txt"
-timeout 60 python3 bench/gpu_profile.py --plans 16 --long 48 --batches 1 2>&1 \
+timeout 75 python3 bench/gpu_profile.py --plans 16 --long 48 --batches 1 2>&1 \
   | grep -v USDT | tee "$OUT/plans.log"
 timeout "${E2E_S:-140}" python3 bench/gpu_throughput.py --end-to-end --pages 192 --slots 192 \
   --min-tokens 900 --max-tokens 900 --workers 6 2>&1 | tee "$OUT/e2e192.log"
