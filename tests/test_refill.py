@@ -327,3 +327,21 @@ def test_long_decodes_through_cache_reallocations_match_pages_alone(
     assert [tokens[i] for i in range(5)] == alone
     layers = eng.hf_model.config.text_config.num_hidden_layers
     assert sum(1 for extra in grown if extra) >= layers
+
+
+def test_pages_tensors_join_the_same_whether_copied_one_by_one_or_after_a_cat() -> None:
+    """On CUDA each page's pinned tensor is copied without blocking and the batch is joined on
+    the device (a host-side cat makes a pageable tensor whose copy blocks); both ways give the
+    same batch, in the model's dtype for floating tensors only."""
+    from ocrpress.engines.refill_items import joined
+
+    pixels = [torch.randn(1, 3, 4, 4) for _ in range(3)]
+    ids = [torch.tensor([[5, 6, 7]]), torch.tensor([[8, 9, 10]])]
+    for pinned in (False, True):
+        batch = joined(pixels, "cpu", torch.bfloat16, pinned)
+        assert batch.dtype == torch.bfloat16 and batch.shape == (3, 3, 4, 4)
+        assert torch.equal(batch, torch.cat(pixels).to(torch.bfloat16))
+        tokens = joined(ids, "cpu", torch.bfloat16, pinned)
+        assert tokens.dtype == torch.long and tokens.tolist() == [[5, 6, 7], [8, 9, 10]]
+    one = joined(pixels[:1], "cpu", torch.float32, True)
+    assert torch.equal(one, pixels[0])
