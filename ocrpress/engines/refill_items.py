@@ -161,7 +161,11 @@ def collate(items: list[Prepared], device: str, dtype: torch.dtype) -> dict[str,
             if not present:
                 continue
             values = present  # tiles of the pages that have them (num_local_patches says whose)
-        if torch.is_tensor(values[0]):
+        if name == "num_local_patches" and torch.is_tensor(values[0]):
+            # The model reads it on the host (``tolist`` for ``torch.split``): on the device,
+            # that read would wait for every copy queued before it.
+            out[name] = [int(x) for v in values for x in v.reshape(-1).tolist()]
+        elif torch.is_tensor(values[0]):
             out[name] = joined(values, device, dtype, pinned)
         else:
             out[name] = [x for v in values for x in v]
