@@ -165,7 +165,6 @@ def plan_check(eng: DeepSeekEngine, prepared: list[Prepared], rows: int, length:
             with (attention or decode_attention)(eng.device):
                 secs, _ = decode_seconds(eng, prepared[: pages + n], 1, 0)
             print(f"  {name:<24} {run:<10}: {secs:6.2f} s")
-    prefill_profile(eng, prepared[: eng.prefill_pages])
 
 
 def prefill_profile(eng: DeepSeekEngine, prepared: list[Prepared]) -> None:
@@ -229,7 +228,7 @@ def main() -> int:
     ap.add_argument("--profile-batch", type=int, default=8)
     ap.add_argument("--prep-threads", default="1,2,4,8", help="preparation threads to time")
     ap.add_argument(
-        "--plans", type=int, default=0, help="only compare attention kernels at this many rows"
+        "--plans", default="", help="only compare attention kernels at these rows (e.g. 16,96)"
     )
     args = ap.parse_args()
     device = "cuda" if torch.cuda.is_available() else "cpu"
@@ -255,14 +254,17 @@ def main() -> int:
         f"(switch {'on' if decode_experts(model, device) else 'off'} on {device}); "
         f"prefill pages a call: {eng.prefill_pages}; mode {mode}, page {size}"
     )
-    pages = synthetic_pages(max(*batches, args.plans + 1), size, 7)
+    plans = [int(r) for r in args.plans.split(",") if r]
+    pages = synthetic_pages(max(*batches, *(r + 1 for r in plans)), size, 7)
     t0 = time.perf_counter()
     with ThreadPoolExecutor(8) as pool:
         prepared = list(pool.map(eng.prepare, pages, range(len(pages))))
     print(f"prepared {len(pages)} pages in {time.perf_counter() - t0:.1f} s (8 threads)")
     decode_seconds(eng, prepared[:2], 4, None)  # warm-up
-    if args.plans:
-        plan_check(eng, prepared, args.plans, args.long)
+    if plans:
+        for rows in plans:
+            plan_check(eng, prepared, rows, args.long)
+        prefill_profile(eng, prepared[: eng.prefill_pages])
         return 0
     step_table(eng, prepared, pages, args)
     try:
