@@ -147,20 +147,26 @@ def step_table(eng: DeepSeekEngine, prepared: list[Prepared], pages: list, args)
                 torch.cuda.empty_cache()
 
 
+#: Attention kernels compared: PyTorch's default (cuDNN allowed: a plan for each new shape)
+#: and the engine's decode-step kernels (None: :func:`decode_attention`).
+KERNELS = {"default (cuDNN allowed)": lambda device: nullcontext(), "no cuDNN": None}
+
+
 def plan_check(eng: DeepSeekEngine, prepared: list[Prepared], rows: int, length: int) -> None:
-    """A decode step's cost with PyTorch's default attention kernels (cuDNN's allowed: a plan
-    for each new shape) and with the engine's, each on shapes it has not seen, then again;
-    and a prefill's, the whole call under each set of kernels (engine: default for prefills).
-    """
-    kernels = {"default (cuDNN allowed)": lambda device: nullcontext(), "no cuDNN": None}
+    """A decode step's cost under each set of kernels, on shapes it has not seen, then again."""
     print(f"decode steps of {rows}/{rows + 1} rows, {length - 1} steps a run:")
-    for n, (name, attention) in enumerate(kernels.items()):
+    for n, (name, attention) in enumerate(KERNELS.items()):
         for run in ("new shapes", "same again"):
             _, step_s = decode_seconds(eng, prepared[: rows + n], length, None, attention)
             print(f"  {name:<24} {run:<10}: {step_s / (length - 1) * 1000:6.1f} ms a step")
-    pages = max(1, min(eng.prefill_pages, rows) - 2)
+
+
+def prefill_check(eng: DeepSeekEngine, prepared: list[Prepared]) -> None:
+    """A prefill call's cost with the whole call under each set of kernels (the engine keeps
+    PyTorch's default for prefills), on page counts it has not seen, then again."""
+    pages = max(1, min(eng.prefill_pages, len(prepared)) - 2)
     print(f"prefill of {pages}/{pages + 1} pages (one call each):")
-    for n, (name, attention) in enumerate(kernels.items()):
+    for n, (name, attention) in enumerate(KERNELS.items()):
         for run in ("new shapes", "same again"):
             with (attention or decode_attention)(eng.device):
                 secs, _ = decode_seconds(eng, prepared[: pages + n], 1, 0)
@@ -169,9 +175,9 @@ def plan_check(eng: DeepSeekEngine, prepared: list[Prepared], rows: int, length:
 
 def prefill_profile(eng: DeepSeekEngine, prepared: list[Prepared]) -> None:
     """Where one prefill call's time goes (its shapes seen once before): the top operators by
-    the host's time and by the device's. On an H100 a gundam call took ~0.7 s for 11 pages
-    and ~0.65 s for one: a large part of it does not grow with the pages."""
-    decode_seconds(eng, prepared, 1, 0)
+    the host's time and by the device's. On an H100 a gundam call took ~0.7 s for 11 pages and
+    0.65 s for one, but on shapes never seen (cuDNN plans included): whether a large part does
+    not grow with the pages is what this is to tell."""
     acts = [torch.profiler.ProfilerActivity.CPU]
     if eng.device == "cuda":
         acts.append(torch.profiler.ProfilerActivity.CUDA)
@@ -255,7 +261,7 @@ def main() -> int:
         f"prefill pages a call: {eng.prefill_pages}; mode {mode}, page {size}"
     )
     plans = [int(r) for r in args.plans.split(",") if r]
-    pages = synthetic_pages(max(*batches, *(r + 1 for r in plans)), size, 7)
+    pages = synthetic_pages(max([*batches, *(r + 1 for r in plans)]), size, 7)
     t0 = time.perf_counter()
     with ThreadPoolExecutor(8) as pool:
         prepared = list(pool.map(eng.prepare, pages, range(len(pages))))
@@ -264,6 +270,7 @@ def main() -> int:
     if plans:
         for rows in plans:
             plan_check(eng, prepared, rows, args.long)
+        prefill_check(eng, prepared)
         prefill_profile(eng, prepared[: eng.prefill_pages])
         return 0
     step_table(eng, prepared, pages, args)

@@ -23,6 +23,6 @@ timeout "${E2E_S:-140}" python3 bench/gpu_throughput.py --end-to-end --pages 192
   --min-tokens 900 --max-tokens 900 --workers 6 2>&1 | tee "$OUT/e2e192.log"
 timeout "${ENGINE_S:-130}" python3 bench/gpu_throughput.py --pages 48 --slots 16 \
   --min-tokens 100 --max-tokens 500 --naive-budget "${NAIVE_S:-40}" 2>&1 | tee "$OUT/engine.log"
-timeout "${PROFILE_S:-80}" python3 bench/gpu_profile.py --batches 1,16,32,64,96 --long 48 \
+timeout "${PROFILE_S:-100}" python3 bench/gpu_profile.py --batches 1,16,32,64 --long 48 \
   --prep-threads 1,4 2>&1 | grep -v USDT | tee "$OUT/profile.log"
 timeout 40 python3 bench/kv_cache.py --device cuda --rows 96 2>&1 | tee "$OUT/kv_cache.log"

@@ -176,11 +176,12 @@ class DeviceTimeline:
     def _timed(self, name: str, original):
         calls = self.calls[name]
 
-        def timed(decoder, rows, *args):
+        def timed(decoder, rows, *args, **kwargs):
             start = time.perf_counter()
-            original(decoder, rows, *args)
+            out = original(decoder, rows, *args, **kwargs)
             pages = len(args[0]) if args else len(rows.keys)  # prefill: its group; step: rows
             calls.append((start - self.t0, time.perf_counter() - self.t0, pages))
+            return out
 
         return timed
 

@@ -150,6 +150,12 @@ def kill_children() -> None:
 
 
 def _remove_socket_folder() -> None:
+    """In the forkserver: remove the main process's multiprocessing folder if the main is
+    gone. While it lives the folder is its own to remove: a forkserver killed by someone
+    else's signal must leave it, or the main could never start another forkserver there."""
+    main_pid = os.environ.get(MAIN_PID_ENV, "")
+    if main_pid.isdigit() and os.getppid() == int(main_pid):
+        return
     folder = os.environ.get(TEMPDIR_ENV, "")
     if os.path.basename(folder).startswith("pymp-"):
         shutil.rmtree(folder, ignore_errors=True)

@@ -345,3 +345,24 @@ def test_pages_tensors_join_the_same_whether_copied_one_by_one_or_after_a_cat() 
         assert tokens.dtype == torch.long and tokens.tolist() == [[5, 6, 7], [8, 9, 10]]
     one = joined(pixels[:1], "cpu", torch.float32, True)
     assert torch.equal(one, pixels[0])
+
+
+def test_num_local_patches_stays_a_host_list_for_pages_with_and_without_tiles() -> None:
+    """The model reads it with ``tolist`` (to split the tiles by page): a host list, so that
+    reading it does not wait for the device copies queued before it."""
+    from ocrpress.engines.refill_items import Prepared, collate
+
+    def item(key: int, tiles: int) -> Prepared:
+        inputs = {
+            "input_ids": torch.tensor([[1, 2, 3]]),
+            "pixel_values": torch.zeros(1, 3, 2, 2),
+            "num_local_patches": torch.tensor([tiles]),
+            "pixel_values_local": torch.ones(tiles, 3, 2, 2) if tiles else None,
+        }
+        return Prepared(key, inputs, 3, 8)
+
+    batch = collate([item(0, 2), item(1, 0), item(2, 3)], "cpu", torch.float32)
+    assert batch["num_local_patches"] == [2, 0, 3]
+    assert batch["pixel_values_local"].shape == (5, 3, 2, 2)
+    assert batch["pixel_values"].shape == (3, 3, 2, 2)
+    assert collate([item(0, 0)], "cpu", torch.float32)["num_local_patches"] == [0]

@@ -138,13 +138,21 @@ def joined(
     values: list[torch.Tensor], device: str, dtype: torch.dtype, pinned: bool
 ) -> torch.Tensor:
     """Single-page tensors as one batch on ``device``, floating ones in ``dtype``. ``pinned``
-    (each in pinned host memory, the model on CUDA): each is copied without blocking and they
-    are joined on the device, since a host-side ``cat`` would make one pageable tensor whose
-    copy blocks the device thread (the H100 profile showed those pageable copies)."""
+    (each in pinned host memory, the model on CUDA): each is copied without blocking into its
+    rows of one device buffer, since a host-side ``cat`` would make one pageable tensor whose
+    copy blocks the device thread."""
     if pinned:
-        parts = [v.to(device, non_blocking=True) for v in values]
-        t = parts[0] if len(parts) == 1 else torch.cat(parts, dim=0)
-        return t.to(dtype) if t.is_floating_point() else t
+        first = values[0]
+        batch = torch.empty(
+            (sum(v.shape[0] for v in values), *first.shape[1:]),
+            dtype=dtype if first.is_floating_point() else first.dtype,
+            device=device,
+        )
+        row = 0
+        for v in values:  # one buffer on the device: no second copy to join them
+            batch[row : row + v.shape[0]].copy_(v, non_blocking=True)
+            row += v.shape[0]
+        return batch
     t = torch.cat(values, dim=0)
     return t.to(device, dtype=dtype) if t.is_floating_point() else t.to(device)
 
