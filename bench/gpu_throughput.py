@@ -30,6 +30,7 @@ from dataclasses import replace
 from pathlib import Path
 
 import torch
+from _timeline import DeviceTimeline
 from _vlm import (
     A4_144DPI,
     ForceLengths,
@@ -43,7 +44,6 @@ from _vlm import (
 from ocrpress.document import PageImage
 from ocrpress.engines import EngineOptions
 from ocrpress.engines.deepseek import PROMPTS, DeepSeekEngine
-from ocrpress.engines.refill import RefillDecoder
 from ocrpress.engines.refill_items import decode_attention
 from ocrpress.modes import plan_tokens
 
@@ -151,58 +151,6 @@ def run_refill(eng: DeepSeekEngine, pages: list[PageImage], targets: list[int]) 
     if bad:
         print(f"WARNING: {bad} pages did not hit their forced length")
     return secs, tokens, u.device_seconds / secs, u.slot_tokens / max(1, u.slot_capacity)
-
-
-class DeviceTimeline:
-    """When the refill decoder's prefills and decode steps ran during a run (both end in a
-    synchronising ``tolist``, so their wall time is the device's): what the engine waited
-    for before its first prefill and after its last step, and a prefill's cost a call."""
-
-    def __init__(self) -> None:
-        self.calls: dict[str, list[tuple[float, float, int]]] = {"_prefill": [], "_step": []}
-
-    def __enter__(self) -> DeviceTimeline:
-        self.t0 = time.perf_counter()
-        self.saved = {name: getattr(RefillDecoder, name) for name in self.calls}
-        for name, original in self.saved.items():
-            setattr(RefillDecoder, name, self._timed(name, original))
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.t1 = time.perf_counter()
-        for name, original in self.saved.items():
-            setattr(RefillDecoder, name, original)
-
-    def _timed(self, name: str, original):
-        calls = self.calls[name]
-
-        def timed(decoder, rows, *args, **kwargs):
-            start = time.perf_counter()
-            out = original(decoder, rows, *args, **kwargs)
-            pages = len(args[0]) if args else len(rows.keys)  # prefill: its group; step: rows
-            calls.append((start - self.t0, time.perf_counter() - self.t0, pages))
-            return out
-
-        return timed
-
-    def report(self) -> str:
-        pre, steps = self.calls["_prefill"], self.calls["_step"]
-        if not pre:
-            return "timeline: no prefill ran"
-        wall = self.t1 - self.t0
-        pre_s = sum(b - a for a, b, _ in pre)
-        step_s = sum(b - a for a, b, _ in steps)
-        pages = sum(n for *_, n in pre)
-        end = max(b for _, b, _ in pre + steps)
-        rows = sum(n for *_, n in steps) / max(1, len(steps))
-        return (
-            f"timeline: first prefill at {pre[0][0]:.1f} s; {len(pre)} prefills of "
-            f"{pages / len(pre):.1f} pages, {pre_s:.1f} s ({pre_s / len(pre) * 1000:.0f} ms a "
-            f"call); {len(steps)} steps of {rows:.1f} rows, {step_s:.1f} s "
-            f"({step_s / max(1, len(steps)) * 1000:.1f} ms a step); between them "
-            f"{end - pre[0][0] - pre_s - step_s:.1f} s; after the last {wall - end:.1f} s "
-            f"(run {wall:.1f} s)"
-        )
 
 
 def end_to_end(eng: DeepSeekEngine, args: argparse.Namespace, lo: int, hi: int) -> None:
