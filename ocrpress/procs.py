@@ -115,8 +115,31 @@ def _forkserver_exit(signum: int, frame: object) -> None:
     # Render workers are the forkserver's children and die after it; until then one could
     # write a page into the folder while it is being removed, and the folder would stay.
     kill_children()
-    _remove_socket_folder()
+    # The folder is the main's while it lives (it needs it to start another forkserver): a
+    # SIGTERM from someone else must leave it. The parent-death signal can come as the main
+    # *thread* ends, while the rest of the main process is still exiting, so the main counts
+    # as gone once this process has another parent, waited for a moment. (When the main
+    # closes its end of the pipe instead, this process ends through atexit and removes it:
+    # the main is exiting, maybe killed before it could.)
+    if _main_gone(MAIN_GONE_WAIT):
+        _remove_socket_folder()
     os._exit(1)
+
+
+#: How long a forkserver told to stop waits to see whether the main process is ending.
+MAIN_GONE_WAIT = 2.0
+
+
+def _main_gone(wait: float) -> bool:
+    main_pid = os.environ.get(MAIN_PID_ENV, "")
+    if not main_pid.isdigit():
+        return True
+    deadline = time.monotonic() + wait
+    while os.getppid() == int(main_pid):
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.01)
+    return True
 
 
 def children(pid: int) -> list[int]:
@@ -150,12 +173,6 @@ def kill_children() -> None:
 
 
 def _remove_socket_folder() -> None:
-    """In the forkserver: remove the main process's multiprocessing folder if the main is
-    gone. While it lives the folder is its own to remove: a forkserver killed by someone
-    else's signal must leave it, or the main could never start another forkserver there."""
-    main_pid = os.environ.get(MAIN_PID_ENV, "")
-    if main_pid.isdigit() and os.getppid() == int(main_pid):
-        return
     folder = os.environ.get(TEMPDIR_ENV, "")
     if os.path.basename(folder).startswith("pymp-"):
         shutil.rmtree(folder, ignore_errors=True)
