@@ -18,6 +18,7 @@ class DeviceTimeline:
     def __enter__(self) -> DeviceTimeline:
         from ocrpress.engines.refill import RefillDecoder  # after _vlm put the repo on the path
 
+        self.decoder = RefillDecoder
         self.t0 = time.perf_counter()
         self.saved = {name: getattr(RefillDecoder, name) for name in self.calls}
         for name, original in self.saved.items():
@@ -25,11 +26,9 @@ class DeviceTimeline:
         return self
 
     def __exit__(self, *exc: object) -> None:
-        from ocrpress.engines.refill import RefillDecoder
-
         self.t1 = time.perf_counter()
         for name, original in self.saved.items():
-            setattr(RefillDecoder, name, original)
+            setattr(self.decoder, name, original)
 
     def _timed(self, name: str, original):
         calls = self.calls[name]

@@ -53,8 +53,10 @@ def main() -> int:
             eng.prepare(pages[k % len(pages)])
             k += 1
 
+    fork = mp.get_context("fork")
+
     def beside(make) -> float:
-        stop = mp.get_context("fork").Event()
+        stop = fork.Event()
         helpers = make(stop)
         for h in helpers:
             h.start()
@@ -66,7 +68,6 @@ def main() -> int:
             for h in helpers:
                 h.join()
 
-    fork = mp.get_context("fork")
     alone = ops_per_second(args.seconds)
     thread = beside(lambda s: [threading.Thread(target=prepare, args=(s,))])
     process = beside(lambda s: [fork.Process(target=prepare, args=(s,))])
