@@ -35,8 +35,9 @@ class DeviceTimeline:
 
         def timed(decoder, rows, *args, **kwargs):
             start = time.perf_counter()
+            # A prefill's pages: its group; a step's: the rows running as it starts.
+            pages = len(args[0]) if name == "_prefill" else len(rows.keys)
             out = original(decoder, rows, *args, **kwargs)
-            pages = len(args[0]) if args else len(rows.keys)  # prefill: its group; step: rows
             calls.append((start - self.t0, time.perf_counter() - self.t0, pages))
             return out
 

@@ -82,9 +82,9 @@ def decode_seconds(
     step_time = [0.0]
     step = decoder._step
 
-    def timed_step(rows) -> None:
+    def timed_step(rows, parked) -> None:
         t = time.perf_counter()
-        step(rows)
+        step(rows, parked)
         step_time[0] += time.perf_counter() - t
 
     decoder._step = timed_step  # type: ignore[method-assign]

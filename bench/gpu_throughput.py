@@ -203,6 +203,7 @@ def end_to_end(eng: DeepSeekEngine, args: argparse.Namespace, lo: int, hi: int) 
         s = conv.stats.to_dict()
         print(timeline.report())
         print(f"pages prepared by render workers: {eng.prepared_by_workers} of {s['pages']}")
+        print(f"pages parked in host memory (cache full): {eng.decode_stats.parked}")
         print(
             json.dumps(
                 {
@@ -264,7 +265,19 @@ def full_size_cpu(args: argparse.Namespace) -> int:
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--pages", type=int, default=None, help="pages (default 64; tiny 48)")
-    ap.add_argument("--slots", type=int, default=None, help="decode slots (default 32; tiny 4)")
+    ap.add_argument(
+        "--slots",
+        type=int,
+        default=None,
+        help="decode slots (default 32; tiny 4; 0: the engine's own)",
+    )
+    ap.add_argument(
+        "--cache-positions",
+        type=int,
+        default=None,
+        help="bound the decode cache to this many positions (default: the GPU's free memory; "
+        "none on the CPU): pages past it wait in host memory",
+    )
     ap.add_argument("--min-tokens", type=int, default=None)
     ap.add_argument("--max-tokens", type=int, default=None)
     ap.add_argument(
@@ -317,14 +330,17 @@ def main(argv: list[str] | None = None) -> int:
         mode=args.mode,
         device=device,
         dtype="bf16" if dtype == torch.bfloat16 else "fp32",
-        batch_size=args.slots or (4 if tiny else 32),
+        batch_size=(args.slots or None) if args.slots is not None else (4 if tiny else 32),
         max_new_tokens=hi + 8,
     )
     eng = DeepSeekEngine(opts, components=(model, processor))
+    if args.cache_positions is not None:
+        eng.cache_positions = args.cache_positions
     vt = plan_tokens("v2", args.mode, *size).vision_tokens
     print(
         f"pages: {args.pages} ({vt} vision tokens each, mode {args.mode}); output {lo}..{hi} "
-        f"tokens; {eng.slots} slots, {eng.max_batch_size} pages per engine call"
+        f"tokens; {eng.slots} slots, {eng.max_batch_size} pages per engine call, decode cache "
+        f"{'unbounded' if eng.cache_positions is None else f'{eng.cache_positions:,} positions'}"
     )
     warm = synthetic_pages(2, size, args.seed + 1)
     run_refill(eng, warm, [4, 4])  # CUDA context, kernels, allocator: outside the timings
@@ -343,6 +359,7 @@ def main(argv: list[str] | None = None) -> int:
         line(label, args.pages, secs, tokens, busy, slots)
     if device.startswith("cuda"):
         print(f"peak GPU memory: {torch.cuda.max_memory_allocated() / 2**30:.1f} GiB")
+    print(f"pages parked in host memory (cache full): {eng.decode_stats.parked}")
     print(f"refill vs static: {results['static'][0] / results['refill'][0]:.2f}x pages/s")
     if not args.skip_naive:
         secs, tokens, busy, _, done = run_naive(eng, pages, targets, args.naive_budget)

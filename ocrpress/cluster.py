@@ -91,6 +91,11 @@ def document_row(doc: InputDoc, order: int, fp: dict[str, Any]) -> dict[str, Any
     return asdict(doc) | {"path": path, "order": order, "fp": json.dumps(fp)}
 
 
+def usage_of(row: dict[str, Any]) -> Usage:
+    """The device use a Ray result row carries (its numbers as Python's: they go to JSON)."""
+    return Usage(**{k: type(getattr(Usage, k))(row[k]) for k in USAGE_FIELDS})
+
+
 @dataclass
 class RayConverter:
     """Runs one conversion on Ray; ``run`` mirrors :meth:`ocrpress.pipeline.Converter.run`."""
@@ -151,7 +156,7 @@ class RayConverter:
             try:
                 ds = self._dataset(ray, rows, job, resolved.engine, ray_batch_rows(opts, planner))
                 for r in ds.iter_rows():
-                    self.stats.add_usage(Usage(*(r[k] for k in USAGE_FIELDS)))
+                    self.stats.add_usage(usage_of(r))
                     if r["finished"]:
                         pages = [PageResult.from_dict(p) for p in json.loads(r["pages"])]
                         done[int(r["order"])] = (r["error"] or None, pages)

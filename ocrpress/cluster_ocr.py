@@ -32,7 +32,7 @@ from .figures import crop_figures
 from .stream_runner import StreamRunner, Streams
 
 #: The device-use counters every answer row carries (the driver sums them into the stats).
-USAGE_FIELDS = ("device_seconds", "slot_tokens", "slot_capacity")
+USAGE_FIELDS = ("device_seconds", "slot_tokens", "slot_capacity", "parked")
 
 #: Calls Ray runs in an actor at once: one whose pages decode, one whose pages join as the
 #: first one's pages end.
@@ -104,6 +104,7 @@ class OcrActor:
             usage.device_seconds += used.device_seconds
             usage.slot_tokens += used.slot_tokens
             usage.slot_capacity += used.slot_capacity
+            usage.parked += used.parked
             with self._lock:
                 if forced:
                     self.limit.lower(forced)

@@ -51,6 +51,7 @@ class RunStats:
     slot_tokens: int = 0
     slot_capacity: int = 0
     prepared_ahead: int = 0  # pages whose model inputs the render workers made
+    parked: int = 0  # pages moved to host memory mid-decode (the cache's memory ran short)
 
     def start(self) -> None:
         self.started = time.perf_counter()
@@ -105,6 +106,7 @@ class RunStats:
         self.slot_tokens += u.slot_tokens
         self.slot_capacity += u.slot_capacity
         self.prepared_ahead += u.prepared_ahead
+        self.parked += u.parked
 
     @property
     def engine_busy_fraction(self) -> float | None:
@@ -160,6 +162,7 @@ class RunStats:
             "decode_slot_utilisation": self.decode_slot_utilisation,
             # VLM engines: pages whose inputs were prepared by the render workers
             "pages_prepared_by_workers": self.prepared_ahead if self.slot_capacity else None,
+            "pages_parked": self.parked if self.slot_capacity else None,
         } | ({"auto": auto} if (auto := self.auto_dict()) else {})
 
     def summary(self) -> str:

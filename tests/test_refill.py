@@ -95,11 +95,13 @@ def test_prefill_pages_follow_the_vision_memory_of_the_mode(tiny_v2_model: Path)
 
 
 def test_auto_batch_size_counts_cache_beside_one_prefill(monkeypatch: pytest.MonkeyPatch) -> None:
-    """On a GPU, decode slots come from the cache each page needs, after setting aside one
-    prefill call's memory; the prefill budget is a quarter of free memory at most."""
+    """On a GPU, the cache may use free memory less a margin and one prefill call (whose
+    budget is a quarter of free memory at most); decode slots are rows of typical pages in
+    it, not of the context's worst case. On the CPU: no bound, a fixed number of slots."""
     from types import SimpleNamespace
 
     from ocrpress.engines import deepseek_runtime as rt
+    from ocrpress.engines.kv_slab import columns_for
 
     free = 80 * 2**30
     monkeypatch.setattr(torch.cuda, "mem_get_info", lambda device=None: (free, free))
@@ -112,14 +114,33 @@ def test_auto_batch_size_counts_cache_beside_one_prefill(monkeypatch: pytest.Mon
         max_position_embeddings=8192,
     )
     model = SimpleNamespace(config=SimpleNamespace(text_config=text))
-    opts = SimpleNamespace(max_new_tokens=8192)
-    per_page = 2 * 12 * 10 * 128 * 2 * 8192 * rt.SLACK  # bf16 keys and values, context-capped
     budget = rt.prefill_budget("cuda")
     assert budget == min(rt.PREFILL_BUDGET, free // 4)
-    slots = rt.auto_batch_size(model, "cuda", torch.bfloat16, 1121, opts, budget)
-    assert slots == min(rt.MAX_AUTO_BATCH, int((0.9 * free - 2 * 2**30 - budget) // per_page))
-    assert rt.auto_batch_size(model, "cuda", torch.bfloat16, 1121, opts, 0) > slots
-    assert rt.auto_batch_size(model, "cpu", torch.float32, 1121, opts, budget) == rt.CPU_BATCH_SIZE
+    per_position = 2 * 12 * 10 * 128 * 2 * rt.SLACK  # bf16 keys and values
+    positions = rt.cache_positions(model, "cuda", torch.bfloat16, budget)
+    assert positions == int((0.9 * free - 2 * 2**30 - budget) // per_position)
+    assert rt.cache_positions(model, "cuda", torch.bfloat16, 0) > positions
+    assert rt.cache_positions(model, "cpu", torch.float32, budget) is None
+
+    long = SimpleNamespace(max_new_tokens=8192)
+    slots = rt.auto_batch_size(model, 1121, long, positions)
+    assert slots == min(rt.MAX_AUTO_BATCH, positions // columns_for(1121 + rt.TYPICAL_NEW_TOKENS))
+    worst_case = positions // columns_for(8192)  # what sizing for the context would give
+    assert slots > worst_case
+    quarter = positions // 4  # below the cap: ~2.5x the worst case's slots in gundam mode
+    assert rt.auto_batch_size(model, 1121, long, quarter) > 2 * (quarter // columns_for(8192))
+    short = SimpleNamespace(max_new_tokens=200)
+    assert rt.auto_batch_size(model, 1121, short, positions // 4) == (
+        positions // 4 // columns_for(1321)
+    )
+    assert rt.auto_batch_size(model, 1121, long, None) == rt.CPU_BATCH_SIZE
+
+
+def test_the_engine_hands_its_cache_budget_to_the_decoder(tiny_v2_model: Path) -> None:
+    eng = make_engine(tiny_v2_model, mode="small", batch_size=4)
+    assert eng.cache_positions is None  # the CPU: host memory, no bound
+    eng.cache_positions = 12_345
+    assert eng.decoder(4, None).budget.positions == 12_345
 
 
 def test_decode_steps_switch_the_experts_on_accelerators_only(tiny_v2_model: Path) -> None:
@@ -366,3 +387,99 @@ def test_num_local_patches_stays_a_host_list_for_pages_with_and_without_tiles() 
     assert batch["pixel_values_local"].shape == (5, 3, 2, 2)
     assert batch["pixel_values"].shape == (3, 3, 2, 2)
     assert collate([item(0, 0)], "cpu", torch.float32)["num_local_patches"] == [0]
+
+
+def test_rows_past_the_cache_budget_wait_in_host_memory_and_resume_exactly(
+    tiny_v2_model: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """With a cache budget, the decoder runs the rows it holds at their current width: as a
+    long row widens the cache past the budget, the shortest rows move to host memory and later
+    rejoin (here one rejoins a running set of another width). No buffer is ever allocated
+    past the budget, and every page's tokens are those it gets decoded alone."""
+    from test_deepseek import SMALL_PAGE
+
+    from ocrpress.engines import refill_rows
+    from ocrpress.engines.kv_slab import SlabLayer
+
+    # Rows join up to the whole budget (not 90% of it), so that their growth must park some.
+    monkeypatch.setattr(refill_rows, "ADMIT_SHARE", 1.0)
+    eng = make_engine(tiny_v2_model, mode="gundam", max_tiles=2, max_new_tokens=150, ngram_size=0)
+    wide = (1000, 700)  # a 554-token prompt; SMALL_PAGE's is 266
+    sizes = [wide, SMALL_PAGE, SMALL_PAGE, SMALL_PAGE, wide, SMALL_PAGE, SMALL_PAGE]
+    budgets = [150, 60, 140, 130, 150, 100, 150]
+    pages = [page(i, s) for i, s in enumerate(sizes)]
+    alone = []
+    for p, budget in zip(pages, budgets, strict=True):
+        row = eng.generate_ids([p])[0][:budget]
+        eos = [i for i, t in enumerate(row) if t in eng.eos_ids]
+        alone.append(row[: eos[0] + 1] if eos else row)
+    prepared = [eng.prepare(p, i) for i, p in enumerate(pages)]
+    for it, budget in zip(prepared, budgets, strict=True):
+        it.budget = budget
+
+    rejoined: list[int] = []  # rows running when a parked row rejoined
+    before_each_call(
+        monkeypatch, refill_rows.Running, "unpark", lambda self, *a: rejoined.append(len(self))
+    )
+    allocated: list[int] = []
+    realloc = SlabLayer._reallocate
+
+    def spy(self: SlabLayer, *a, **k) -> None:
+        realloc(self, *a, **k)
+        allocated.append(self.allocated)
+
+    monkeypatch.setattr(SlabLayer, "_reallocate", spy)
+    positions = 2300
+    decoder = RefillDecoder(
+        eng.hf_model,
+        slots=4,
+        eos_ids=eng.eos_ids,
+        device="cpu",
+        dtype=torch.float32,
+        guard=None,
+        cache_positions=positions,
+    )
+    tokens = decoder.run(prepared)
+    assert [tokens[i] for i in range(len(pages))] == alone
+    assert decoder.stats.parked >= 1 and len(rejoined) == decoder.stats.parked
+    assert any(n > 0 for n in rejoined), rejoined  # joined a running set, not an empty one
+    assert allocated and max(allocated) <= positions
+
+    # A budget below one row's needs still decodes, one row at a time.
+    small = [eng.prepare(p, i) for i, p in enumerate(pages[:2])]
+    for it, budget in zip(small, budgets[:2], strict=True):
+        it.budget = budget
+    one = RefillDecoder(
+        eng.hf_model,
+        slots=4,
+        eos_ids=eng.eos_ids,
+        device="cpu",
+        dtype=torch.float32,
+        guard=None,
+        cache_positions=100,
+    )
+    assert one.run(small) == {0: alone[0], 1: alone[1]}
+
+
+def test_an_engine_with_a_cache_budget_gives_the_same_pages_and_counts_the_parked(
+    tiny_v2_model: Path,
+) -> None:
+    """Through the engine: with a cache budget too small for its four slots of long pages,
+    pages are parked (counted in its usage and in the run's statistics) and every page's text
+    is that of the unbounded run."""
+    from ocrpress.stats import RunStats
+
+    lengths = [75, 70, 72, 74, 73, 71, 76, 69]
+    texts = {}
+    for positions in (None, 500):
+        eng = make_engine(tiny_v2_model, mode="small", batch_size=4, max_new_tokens=80)
+        eng.step_hook = forced_lengths(dict(enumerate(lengths)), eng.eos_ids)
+        eng.cache_positions = positions
+        results = eng.run([page(i % 6) for i in range(len(lengths))])
+        assert [r.text_tokens for r in results] == lengths
+        texts[positions] = [r.text for r in results]
+        stats = RunStats()
+        stats.add_usage(eng.usage())
+        parked = stats.to_dict()["pages_parked"]
+        assert (parked > 0) if positions else parked == 0
+    assert texts[500] == texts[None]

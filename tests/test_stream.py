@@ -15,7 +15,8 @@ from spies import before_each_call
 from test_deepseek import make_engine, page
 
 from ocrpress.engines.deepseek import DeepSeekEngine
-from ocrpress.engines.refill import RefillDecoder, _Rows
+from ocrpress.engines.refill import RefillDecoder
+from ocrpress.engines.refill_rows import Running
 from ocrpress.stream_runner import StreamRunner
 
 
@@ -85,13 +86,13 @@ def test_an_out_of_memory_error_reruns_only_unfinished_pages(
         # The failed stream's cache is gone before the re-runs start (on a GPU it would
         # hold the memory that just ran out).
         gc.collect()
-        assert not [o for o in gc.get_objects() if type(o) is _Rows and o.cache is not None]
+        assert not [o for o in gc.get_objects() if type(o) is Running and o.cache is not None]
         ran.append(len(batch))
 
     before_each_call(monkeypatch, DeepSeekEngine, "run", counting)
     state = {"steps": 0}
 
-    def failing(self, rows):
+    def failing(self, rows, parked):
         state["steps"] += 1
         if state["steps"] == 15:
             raise RuntimeError("CUDA out of memory. Tried to allocate 2.00 GiB (fake)")
@@ -197,7 +198,9 @@ def test_close_stops_the_stream_and_cancels_what_is_left(
     tiny_v2_model: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     eng = make_engine(tiny_v2_model, mode="small", batch_size=2, max_new_tokens=40)
-    before_each_call(monkeypatch, RefillDecoder, "_step", lambda self, rows: time.sleep(0.02))
+    before_each_call(
+        monkeypatch, RefillDecoder, "_step", lambda self, rows, parked: time.sleep(0.02)
+    )
     runner = StreamRunner(eng)
     futs = [runner.submit(list(g), False) for g in batches()]
     time.sleep(0.5)

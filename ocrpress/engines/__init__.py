@@ -79,12 +79,14 @@ class Usage:
     ``device_seconds``: time the device step ran (forward passes, synchronised).
     ``slot_tokens`` / ``slot_capacity``: tokens decode steps produced / steps x decode slots.
     ``prepared_ahead``: pages whose model inputs the render workers made.
+    ``parked``: pages moved to host memory mid-decode because the cache's memory ran short.
     """
 
     device_seconds: float = 0.0
     slot_tokens: int = 0
     slot_capacity: int = 0
     prepared_ahead: int = 0
+    parked: int = 0
 
     def minus(self, before: Usage) -> Usage:
         return Usage(
@@ -92,6 +94,7 @@ class Usage:
             self.slot_tokens - before.slot_tokens,
             self.slot_capacity - before.slot_capacity,
             self.prepared_ahead - before.prepared_ahead,
+            self.parked - before.parked,
         )
 
 

@@ -32,6 +32,7 @@ from . import EngineError, EngineOptions, PagePlan, Usage
 from . import deepseek_static as static
 from .deepseek_runtime import (
     auto_batch_size,
+    cache_positions,
     load_v1,
     load_v2,
     pick_device,
@@ -144,8 +145,11 @@ class DeepSeekEngine:
         worst = max_positions(self.family, self.mode_spec.name, opts.max_tiles)
         budget = prefill_budget(self.device)
         self.prefill_pages = prefill_pages(self.mode_spec, opts.max_tiles, self.dtype, budget)
+        # Cache positions the decoder keeps to (None: unbounded, on the CPU), beside one
+        # prefill call; the slots are sized for typical pages within it.
+        self.cache_positions = cache_positions(self.hf_model, self.device, self.dtype, budget)
         self.slots = opts.batch_size or auto_batch_size(
-            self.hf_model, self.device, self.dtype, worst, opts, budget
+            self.hf_model, worst, opts, self.cache_positions
         )
         self.max_batch_size = self.slots * REFILL_DEPTH
         self.decode_stats = DecodeStats(slots=self.slots)
@@ -155,7 +159,7 @@ class DeepSeekEngine:
         self._pool = ThreadPoolExecutor(PREPARE_THREADS, thread_name_prefix="ocrpress-prepare")
         log.info(
             "deepseek engine: model %s (%s), mode %s, device %s, dtype %s, attention %s, "
-            "%d decode slots, %d pages per call, %d per prefill",
+            "%d decode slots, %d pages per call, %d per prefill, decode cache %s positions",
             self.model,
             self.family,
             self.mode,
@@ -165,6 +169,7 @@ class DeepSeekEngine:
             self.slots,
             self.max_batch_size,
             self.prefill_pages,
+            "unbounded" if self.cache_positions is None else f"{self.cache_positions:,}",
         )
 
     # -- protocol -----------------------------------------------------------------------
@@ -184,7 +189,9 @@ class DeepSeekEngine:
             s.add(self.decode_stats)
             if self.live is not None:  # a stream decoding now
                 s.add(self.live.stats)
-        return Usage(s.device_seconds, s.step_tokens, s.slot_steps, self.prepared_by_workers)
+        return Usage(
+            s.device_seconds, s.step_tokens, s.slot_steps, self.prepared_by_workers, s.parked
+        )
 
     def run(self, batch: list[PageImage]) -> list[PageResult]:
         """OCR ``batch`` (any prompt lengths) with refill decoding; results in input order."""
@@ -236,6 +243,7 @@ class DeepSeekEngine:
             prefill_pages=self.prefill_pages,
             decode_experts=decode_experts(self.hf_model, self.device),
             decode_experts_rows=batched_mm_rows(self.hf_model),
+            cache_positions=self.cache_positions,
         )
 
     def close(self) -> None:

@@ -16,6 +16,7 @@ from typing import Any
 
 from . import EngineError
 from .deepseek_spec import dtype_name
+from .kv_slab import columns_for
 
 log = logging.getLogger("ocrpress")
 
@@ -165,25 +166,34 @@ def prefill_pages(mode_spec: Any, max_tiles: int, dtype: Any, budget: int) -> in
     return max(1, int(budget // per_page))
 
 
-def auto_batch_size(
-    model: Any,
-    device: str,
-    dtype: Any,
-    worst_positions: int,
-    opts: Any,
-    prefill_bytes: int,
-) -> int:
-    """Pages decoded at once whose cache fits the GPU's free memory beside one prefill call
-    of ``prefill_bytes`` (a fixed small number on CPU)."""
+#: Output tokens a page is expected to need, for sizing the automatic decode slots: pages run
+#: ~300-1,500 tokens. Pages that run longer do not overflow the card: the decoder keeps its
+#: cache within :func:`cache_positions` and parks rows in host memory if it must.
+TYPICAL_NEW_TOKENS = 1024
+
+
+def cache_positions(model: Any, device: str, dtype: Any, prefill_bytes: int) -> int | None:
+    """Positions (rows x columns) the decode cache may hold: the GPU's free memory (the model
+    loaded) less a margin and one prefill call of ``prefill_bytes``; None on the CPU (host
+    memory: no bound)."""
     if not device.startswith("cuda"):
-        return CPU_BATCH_SIZE
+        return None
     import torch
 
     free, _total = torch.cuda.mem_get_info(torch.device(device))
-    positions = worst_positions + opts.max_new_tokens
+    budget = 0.9 * free - 2 * 2**30 - prefill_bytes
+    return max(0, int(budget // (kv_bytes_per_token(model, dtype) * SLACK)))
+
+
+def auto_batch_size(model: Any, worst_positions: int, opts: Any, positions: int | None) -> int:
+    """Decode slots: rows of ``worst_positions`` prompt and :data:`TYPICAL_NEW_TOKENS` output
+    (or ``max_new_tokens`` if fewer) that fit ``positions`` of cache; a fixed small number on
+    the CPU (``positions`` None). Not sized for the context's worst case (8,192 positions a
+    row: ~2.5x fewer slots in gundam mode), since the decoder holds to the budget anyway."""
+    if positions is None:
+        return CPU_BATCH_SIZE
+    row = worst_positions + min(opts.max_new_tokens, TYPICAL_NEW_TOKENS)
     context = getattr(text_config(model), "max_position_embeddings", None)
     if isinstance(context, int):
-        positions = min(positions, context)  # generation stops at the context (truncated)
-    per_page = kv_bytes_per_token(model, dtype) * positions * SLACK
-    budget = 0.9 * free - 2 * 2**30 - prefill_bytes
-    return max(1, min(MAX_AUTO_BATCH, int(budget // per_page)))
+        row = min(row, context)  # generation stops at the context (truncated)
+    return max(1, min(MAX_AUTO_BATCH, positions // columns_for(row)))

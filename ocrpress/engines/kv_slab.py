@@ -13,9 +13,11 @@ on an H100. A :class:`SlabLayer` keeps its rows in a buffer with spare columns a
 
 The buffer is reallocated (one copy of the live cache) only when the window reaches its last
 column or rows outgrow it; spare columns are a quarter of the window, from 64 to 256, so that
-happens every 64-256 steps and the spare costs at most 256 positions a row (the decode slots
-are sized for each row's whole context). Unused rows and columns hold zeros or old keys, never
-uninitialised memory: padding is masked, and a masked NaN would still poison attention.
+happens every 64-256 steps and the spare costs at most 256 positions a row. Its size, rows x
+columns, is the refill decoder's to bound (:meth:`SlabLayer.regrow`, the ``rows`` of
+:meth:`SlabLayer.add`; :func:`columns_for` says the columns a window takes). Unused rows and
+columns hold zeros or old keys, never uninitialised memory: padding is masked, and a masked
+NaN would still poison attention.
 """
 
 from __future__ import annotations
@@ -27,6 +29,11 @@ from transformers.cache_utils import DynamicLayer
 
 MIN_SPARE_COLUMNS = 64
 MAX_SPARE_COLUMNS = 256
+
+
+def columns_for(width: int) -> int:
+    """Columns of a buffer made for a window of ``width``: the window and its spare."""
+    return width + max(MIN_SPARE_COLUMNS, min(MAX_SPARE_COLUMNS, width // 4))
 
 
 def swap_remove_order(rows: int, keep: list[int]) -> list[int]:
@@ -84,6 +91,25 @@ class SlabLayer(DynamicLayer):
     def width(self) -> int:
         return self.hi - self.lo
 
+    @property
+    def full(self) -> bool:
+        """No spare column left: the next decode step reallocates the buffer."""
+        return self.hi >= self._k.shape[2]
+
+    @property
+    def allocated(self) -> int:
+        """Positions (rows x columns) the buffer holds, live or not."""
+        return self._k.shape[0] * self._k.shape[2]
+
+    def row(self, i: int, start: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """Row ``i``'s keys and values from window column ``start`` on, copied to the host (a
+        copy on the CPU too: the buffer's rows move when rows leave)."""
+        cols = slice(start, None)
+        return (
+            self.keys[i : i + 1, :, cols].to("cpu", copy=True),
+            self.values[i : i + 1, :, cols].to("cpu", copy=True),
+        )
+
     # ---------------------------------------------------------------- transformers' API
 
     def update(
@@ -119,13 +145,20 @@ class SlabLayer(DynamicLayer):
     def add(self, keys: torch.Tensor, values: torch.Tensor, rows: int = 0) -> None:
         """Join rows whose keys end where the running rows' do; the shorter side is left-padded
         (the caller masks the padding). A new buffer, if one is needed, has room for ``rows``
-        rows (the decoder's slots: more slots do not mean a new buffer at every join)."""
+        rows (the decoder's slots, or fewer within its memory: more rows do not mean a new
+        buffer at every join)."""
         need = max(self.width, keys.shape[2])
         total = self.n + keys.shape[0]
         if total > self._k.shape[0] or self.hi - need < 0:
-            self._reallocate(need, max(total, rows, self._k.shape[0]))
+            self._reallocate(need, max(total, rows))
         self.lo = min(self.lo, self.hi - need)
         self._write_rows(keys, values)
+
+    def regrow(self, rows: int) -> None:
+        """A new buffer with spare columns for the window and room for ``rows`` rows (at least
+        those running): the decoder's move before a step that would find the buffer full, so
+        that it, not the step, decides the rows the new buffer holds."""
+        self._reallocate(self.width, max(rows, self.n))
 
     # Rows and columns are the refill decoder's to change (keep, add): transformers' own
     # reshaping calls would leave the buffer and its views out of step.
@@ -159,7 +192,7 @@ class SlabLayer(DynamicLayer):
         ``width`` (room on its left for wider rows to join), with spare columns on its right
         (at least ``extra``)."""
         src = self._k if like is None else like
-        spare = max(MIN_SPARE_COLUMNS, min(MAX_SPARE_COLUMNS, width // 4), extra)
+        spare = max(columns_for(width) - width, extra)
         shape = (rows, src.shape[1], width + spare, src.shape[3])
         k = src.new_zeros(shape)
         v = src.new_zeros(shape)

@@ -37,16 +37,15 @@ the cache argument (``cache`` in transformers >= 5.24, ``past_key_values`` befor
 from __future__ import annotations
 
 import inspect
+import logging
 import time
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass, field
 from typing import Any
 
 import torch
 
-from .kv_slab import SlabLayer, row_moves, swap_remove_order
 from .ngram import WindowedNoRepeatNGramLogitsProcessor
 from .refill_items import (
     END,
@@ -57,28 +56,9 @@ from .refill_items import (
     collate,
     decode_attention,
 )
+from .refill_rows import CacheBudget, Parked, Running
 
-
-@dataclass
-class _Rows:
-    """The running set: one entry per row of the cache."""
-
-    keys: list[int] = field(default_factory=list)
-    tokens: list[list[int]] = field(default_factory=list)
-    budgets: list[int] = field(default_factory=list)
-    positions: torch.Tensor | None = None  # (rows,) next position id
-    mask: torch.Tensor | None = None  # (rows, cache length): 0 for padding
-    history: torch.Tensor | None = None  # (rows, window) last tokens, for the n-gram guard
-    cache: Any = None
-    last: torch.Tensor | None = None  # (rows,) token to feed next
-
-
-def _pad_left(t: torch.Tensor, n: int, dim: int) -> torch.Tensor:
-    if n == 0:
-        return t
-    shape = list(t.shape)
-    shape[dim] = n
-    return torch.cat([t.new_zeros(shape), t], dim=dim)
+log = logging.getLogger("ocrpress")
 
 
 class RefillDecoder:
@@ -98,6 +78,7 @@ class RefillDecoder:
         prefill_pages: int | None = None,
         decode_experts: dict[str, Any] | None = None,
         decode_experts_rows: int | None = None,
+        cache_positions: int | None = None,
     ) -> None:
         self.model = model
         # (prefill setting, decode setting) of the MoE experts; None: one setting throughout.
@@ -110,6 +91,9 @@ class RefillDecoder:
         self.slots = max(1, slots)
         self.prefill_pages = max(1, prefill_pages or self.slots)
         self.refill_group = max(1, self.slots // 4)
+        # Positions the cache may hold (None: no bound): rows beyond it wait in host memory.
+        self.budget = CacheBudget(cache_positions)
+        self._holder: Any = None  # the last transformers cache object, to hold rejoining rows
         self.device = device
         self.dtype = dtype
         self.eos_ids = set(eos_ids)
@@ -151,12 +135,20 @@ class RefillDecoder:
         go on decoding meanwhile), or :data:`END`. Once ``stop()`` is true it returns at the
         next step, leaving running pages unfinished."""
         pending: deque[Prepared] = deque()
-        rows = _Rows()
+        parked: deque[Parked] = deque()
+        rows = Running()
         done: dict[int, list[int]] = {}
         exhausted = False
         with torch.inference_mode(), self._restoring_experts():
             while stop is None or not stop():
-                free = self.slots - len(rows.keys)
+                if parked and (room := self._room(rows, parked[0].mask.shape[1])):
+                    # Parked rows rejoin before new pages: no prefill, and they are older.
+                    for _ in range(min(room, len(parked))):
+                        row = parked.popleft()
+                        capacity = self._rows(rows, row.mask.shape[1])
+                        rows.unpark(row, self._holder, self.device, capacity)
+                    continue
+                free = 0 if parked else self._room(rows)
                 while not exhausted and len(pending) < free:
                     nxt = poll(not rows.keys and not pending)
                     if nxt is END:
@@ -165,19 +157,43 @@ class RefillDecoder:
                         break
                     else:
                         pending.append(nxt)
+                if pending and not parked:
+                    free = self._room(rows, max(it.prompt_length for it in pending))
                 # Wait for a group of free slots while there are rows to keep decoding.
-                group = min(self.refill_group, len(pending)) if exhausted else self.refill_group
-                if pending and (free >= group or not rows.keys):
+                group = self._group(rows)
+                group = min(group, len(pending)) if exhausted else group
+                if pending and not parked and (free >= group or not rows.keys):
                     self._admit(rows, [pending.popleft() for _ in range(min(free, len(pending)))])
                     self._retire(rows, done, on_done)
                     continue
                 if not rows.keys:
-                    if exhausted:
+                    if exhausted and not parked:
                         break
-                    continue  # nothing running: the next poll blocks
-                self._step(rows)
+                    continue  # nothing running: the next poll blocks, or parked rows rejoin
+                self._step(rows, parked)
                 self._retire(rows, done, on_done)
         return done
+
+    def _room(self, rows: Running, width: int = 0) -> int:
+        """Rows that may join now, rows of up to ``width`` columns among them: free slots,
+        within the cache's budget (with headroom for growth); at least one if none runs."""
+        n = len(rows)
+        room = self.slots - n
+        fit = self.budget.rows_for(max(rows.width, width), admitting=True)
+        if fit is not None:
+            room = min(room, fit - n)
+        return max(room, 0 if n else 1)
+
+    def _group(self, rows: Running) -> int:
+        """Free rows worth a prefill call: a quarter of the rows the cache can run."""
+        fit = self.budget.rows_for(rows.width, admitting=True)
+        most = self.slots if fit is None else max(1, min(self.slots, fit))
+        return max(1, min(self.refill_group, most // 4))
+
+    def _rows(self, rows: Running, width: int = 0) -> int:
+        """Rows a new cache buffer makes room for: the slots, or fewer within the budget."""
+        fit = self.budget.rows_for(max(rows.width, width))
+        return self.slots if fit is None else max(1, min(self.slots, fit))
 
     def resize(self, slots: int) -> None:
         """Change the rows allowed from the next admission on (running rows stay)."""
@@ -203,7 +219,7 @@ class RefillDecoder:
 
     # ---------------------------------------------------------------- prefill and join
 
-    def _admit(self, rows: _Rows, items: list[Prepared]) -> None:
+    def _admit(self, rows: Running, items: list[Prepared]) -> None:
         groups: dict[int, list[Prepared]] = {}
         for it in items:
             groups.setdefault(it.prompt_length, []).append(it)
@@ -212,7 +228,7 @@ class RefillDecoder:
             for i in range(0, len(group), cap):
                 self._prefill(rows, group[i : i + cap])
 
-    def _prefill(self, rows: _Rows, group: list[Prepared]) -> None:
+    def _prefill(self, rows: Running, group: list[Prepared]) -> None:
         self._phase(False)
         t0 = time.perf_counter()
         inputs = collate(group, self.device, self.dtype)
@@ -228,7 +244,13 @@ class RefillDecoder:
         history = self._fresh_history(n)
         keys = [it.key for it in group]
         first = self._choose(logits, history, keys, torch.zeros(n, dtype=torch.long))
-        self._join(rows, cache, mask.long(), positions, history, first)
+        history = torch.cat([history[:, 1:], first[:, None]], dim=1)
+        kv = [(layer.keys, layer.values) for layer in cache.layers]
+        self._holder = cache
+        rows.join(cache, kv, mask.long(), positions, history, first, self._rows(rows, length))
+        del kv
+        if rows.cache is not cache:
+            cache.layers = []  # its keys are in the running cache now: let the copies go
         rows.keys += keys
         rows.budgets += [it.budget for it in group]
         rows.tokens += [[t] for t in first.tolist()]  # synchronises: counts as device time
@@ -239,33 +261,6 @@ class RefillDecoder:
         # Distinct negative fillers per column: no n-gram holding one can equal the prefix.
         fill = -1 - torch.arange(self.window, device=self.device)
         return fill.unsqueeze(0).repeat(n, 1)
-
-    def _join(
-        self,
-        rows: _Rows,
-        cache: Any,
-        mask: torch.Tensor,
-        positions: torch.Tensor,
-        history: torch.Tensor,
-        first: torch.Tensor,
-    ) -> None:
-        history = torch.cat([history[:, 1:], first[:, None]], dim=1)
-        if rows.cache is None:
-            SlabLayer.adopt(cache, self.slots)
-            rows.cache, rows.mask, rows.positions = cache, mask, positions
-            rows.history, rows.last = history, first
-            return
-        old, new = rows.mask.shape[1], mask.shape[1]
-        width = max(old, new)
-        for mine, theirs in zip(rows.cache.layers, cache.layers, strict=True):
-            mine.add(theirs.keys, theirs.values, rows=self.slots)
-        rows.mask = torch.cat(
-            [_pad_left(rows.mask, width - old, 1), _pad_left(mask, width - new, 1)]
-        )
-        assert rows.cache.layers[0].width == rows.mask.shape[1]
-        rows.positions = torch.cat([rows.positions, positions])
-        rows.history = torch.cat([rows.history, history])
-        rows.last = torch.cat([rows.last, first])
 
     # ---------------------------------------------------------------- decode
 
@@ -282,12 +277,34 @@ class RefillDecoder:
             scores = self.step_hook(keys, counts, scores)
         return scores.argmax(dim=-1)
 
-    def _step(self, rows: _Rows) -> None:
-        n = len(rows.keys)
-        # Rows only grow through a prefill (which runs grouped_mm anyway), so the setting
-        # switches at most once between two prefills.
-        self._phase(self._decode_rows is None or n <= self._decode_rows)
+    def _make_room(self, rows: Running, parked: deque[Parked]) -> None:
+        """Before a step that would find the cache full: a new buffer within the budget, the
+        shortest rows parked in host memory if the running ones no longer fit in it."""
+        first = rows.cache.layers[0]
+        if self.budget.positions is None or not first.full:
+            return  # unbounded: the step's own reallocation keeps the rows it has
+        fit = self.budget.rows_for(first.width)
+        assert fit is not None
+        if len(rows) > max(1, fit):
+            gone = rows.shortest(len(rows) - max(1, fit))
+            parked.extend(rows.park(gone, torch.device(self.device)))
+            self.stats.parked += len(gone)
+            log.debug(
+                "decode cache full at %d columns: %d pages wait in host memory",
+                first.width,
+                len(parked),
+            )
+        capacity = self._rows(rows)
+        for layer in rows.cache.layers:
+            layer.regrow(capacity)
+
+    def _step(self, rows: Running, parked: deque[Parked]) -> None:
         t0 = time.perf_counter()
+        self._make_room(rows, parked)
+        n = len(rows.keys)
+        # Rows grow only through a prefill (which runs grouped_mm anyway) or parked rows
+        # rejoining, so the setting seldom switches.
+        self._phase(self._decode_rows is None or n <= self._decode_rows)
         assert rows.mask is not None and rows.positions is not None and rows.last is not None
         rows.mask = torch.cat([rows.mask, rows.mask.new_ones(n, 1)], dim=1)
         with self.attention(self.device):
@@ -316,7 +333,7 @@ class RefillDecoder:
 
     def _retire(
         self,
-        rows: _Rows,
+        rows: Running,
         done: dict[int, list[int]],
         on_done: Callable[[int, list[int]], None] | None,
     ) -> None:
@@ -332,29 +349,4 @@ class RefillDecoder:
                     on_done(key, toks)
             else:
                 keep.append(i)
-        if len(keep) == len(rows.keys):
-            return
-        if not keep:
-            # Nothing left running: drop the cache entirely.
-            rows.__dict__.update(_Rows().__dict__)
-            return
-        # The last rows take the places of those that left: only they move in the cache.
-        order = swap_remove_order(len(rows.keys), keep)
-        idx = torch.tensor(order, device=self.device)
-        rows.keys = [rows.keys[i] for i in order]
-        rows.tokens = [rows.tokens[i] for i in order]
-        rows.budgets = [rows.budgets[i] for i in order]
-        assert rows.mask is not None and rows.positions is not None and rows.history is not None
-        mask = rows.mask.index_select(0, idx)
-        # Columns only finished rows used: cut them off (the mask is left-aligned padding).
-        used = mask.any(dim=0).nonzero()
-        start = int(used[0]) if len(used) else 0
-        rows.mask = mask[:, start:]
-        moves = row_moves(order, torch.device(self.device))
-        for layer in rows.cache.layers:
-            layer.keep(order, start, moves)
-        assert rows.cache.layers[0].width == rows.mask.shape[1]
-        rows.positions = rows.positions.index_select(0, idx)
-        rows.history = rows.history.index_select(0, idx)
-        assert rows.last is not None
-        rows.last = rows.last.index_select(0, idx)
+        rows.drop(keep, torch.device(self.device))

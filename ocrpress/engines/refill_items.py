@@ -44,10 +44,12 @@ class DecodeStats:
     slot_steps: int = 0  # steps x slots: what the steps could have produced
     step_tokens: int = 0  # tokens the steps produced (rows running)
     prefills: int = 0
+    parked: int = 0  # rows moved to host memory to keep the cache within its budget
     device_seconds: float = 0.0  # prefill and decode forward passes, synchronised
 
     def add(self, other: DecodeStats) -> None:
-        for name in ("steps", "slot_steps", "step_tokens", "prefills", "device_seconds"):
+        names = ("steps", "slot_steps", "step_tokens", "prefills", "parked", "device_seconds")
+        for name in names:
             setattr(self, name, getattr(self, name) + getattr(other, name))
 
     @property

@@ -1,0 +1,185 @@
+"""The refill decoder's running set (per-row state and the cache) and the moves that change
+which rows run: join, drop, and park in host memory when the cache's memory runs short.
+
+Why parking: the cache is one buffer of rows x columns, padded to the longest running row, so
+one page looping to the model's context makes every row that long. Sizing the decode slots for
+that worst case (8,192 positions a page) leaves most of the GPU's memory unused on real pages
+(~2,000 positions in gundam mode at ~900 tokens). With a :class:`CacheBudget` the decoder runs
+as many rows as the memory holds at the width they have *now*; when the window grows past it,
+the shortest rows move their keys and values to host memory (:meth:`Running.park`) and rejoin,
+exactly where they stopped, once there is room: the kept keys are the same numbers, so a
+parked page's tokens are those it gets decoded alone (tested).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+
+from .kv_slab import SlabLayer, columns_for, row_moves, swap_remove_order
+
+#: Rows join only while the cache stays within this share of its budget; rows are parked only
+#: past the whole budget, so a row that joined has room to grow before anyone is parked.
+ADMIT_SHARE = 0.9
+
+
+@dataclass(frozen=True)
+class CacheBudget:
+    """Positions (rows x columns; every layer alike) the cache's buffers may hold; ``None``:
+    no bound (on the CPU, and when the engine cannot tell)."""
+
+    positions: int | None = None
+
+    def rows_for(self, width: int, admitting: bool = False) -> int | None:
+        """Rows a buffer for a window of ``width`` may hold (None: no bound); ``admitting``
+        leaves the headroom rows joining must leave for those running to grow."""
+        if self.positions is None:
+            return None
+        share = ADMIT_SHARE if admitting else 1.0
+        return int(self.positions * share) // columns_for(max(1, width))
+
+
+@dataclass
+class Parked:
+    """A row waiting in host memory: everything it needs to go on decoding."""
+
+    key: int
+    tokens: list[int]
+    budget: int
+    kv: list[tuple[torch.Tensor, torch.Tensor]]  # per layer: (1, heads, columns, dim), host
+    mask: torch.Tensor  # (1, columns)
+    position: torch.Tensor  # (1,)
+    history: torch.Tensor  # (1, window)
+    last: torch.Tensor  # (1,)
+
+
+def _pad_left(t: torch.Tensor, n: int, dim: int) -> torch.Tensor:
+    if n == 0:
+        return t
+    shape = list(t.shape)
+    shape[dim] = n
+    return torch.cat([t.new_zeros(shape), t], dim=dim)
+
+
+@dataclass
+class Running:
+    """The running set: one entry per row of the cache."""
+
+    keys: list[int] = field(default_factory=list)
+    tokens: list[list[int]] = field(default_factory=list)
+    budgets: list[int] = field(default_factory=list)
+    positions: torch.Tensor | None = None  # (rows,) next position id
+    mask: torch.Tensor | None = None  # (rows, cache length): 0 for padding
+    history: torch.Tensor | None = None  # (rows, window) last tokens, for the n-gram guard
+    cache: Any = None
+    last: torch.Tensor | None = None  # (rows,) token to feed next
+
+    def __len__(self) -> int:
+        return len(self.keys)
+
+    @property
+    def width(self) -> int:
+        """The cache's columns (0 with no rows)."""
+        return 0 if self.mask is None else self.mask.shape[1]
+
+    def join(
+        self,
+        holder: Any,
+        kv: list[tuple[torch.Tensor, torch.Tensor]],
+        mask: torch.Tensor,
+        positions: torch.Tensor,
+        history: torch.Tensor,
+        last: torch.Tensor,
+        capacity: int,
+    ) -> None:
+        """Add rows whose per-layer keys and values are ``kv``, right-aligned with the running
+        ones (the shorter side left-padded and masked). ``holder``: a transformers cache
+        object to hold the layers if no row runs; ``capacity``: rows a new buffer makes room
+        for. The caller appends keys, tokens and budgets."""
+        if self.cache is None:
+            holder.layers = [SlabLayer(k, v, capacity) for k, v in kv]
+            self.cache, self.mask, self.positions = holder, mask, positions
+            self.history, self.last = history, last
+            return
+        assert self.mask is not None and self.positions is not None
+        assert self.history is not None and self.last is not None
+        old, new = self.mask.shape[1], mask.shape[1]
+        width = max(old, new)
+        for mine, (k, v) in zip(self.cache.layers, kv, strict=True):
+            mine.add(k, v, rows=capacity)
+        self.mask = torch.cat(
+            [_pad_left(self.mask, width - old, 1), _pad_left(mask, width - new, 1)]
+        )
+        assert self.cache.layers[0].width == self.mask.shape[1]
+        self.positions = torch.cat([self.positions, positions])
+        self.history = torch.cat([self.history, history])
+        self.last = torch.cat([self.last, last])
+
+    def drop(self, keep: list[int], device: torch.device) -> None:
+        """Keep rows ``keep`` (sorted) only; columns no kept row uses are cut off."""
+        if len(keep) == len(self.keys):
+            return
+        if not keep:
+            if self.cache is not None:
+                self.cache.layers = []  # the holder may be reused: let the buffers go now
+            self.__dict__.update(Running().__dict__)
+            return
+        # The last rows take the places of those that left: only they move in the cache.
+        order = swap_remove_order(len(self.keys), keep)
+        idx = torch.tensor(order, device=device)
+        self.keys = [self.keys[i] for i in order]
+        self.tokens = [self.tokens[i] for i in order]
+        self.budgets = [self.budgets[i] for i in order]
+        assert self.mask is not None and self.positions is not None
+        assert self.history is not None and self.last is not None
+        mask = self.mask.index_select(0, idx)
+        # Columns only dropped rows used: cut them off (the mask is left-aligned padding).
+        used = mask.any(dim=0).nonzero()
+        start = int(used[0]) if len(used) else 0
+        self.mask = mask[:, start:]
+        moves = row_moves(order, device)
+        for layer in self.cache.layers:
+            layer.keep(order, start, moves)
+        assert self.cache.layers[0].width == self.mask.shape[1]
+        self.positions = self.positions.index_select(0, idx)
+        self.history = self.history.index_select(0, idx)
+        self.last = self.last.index_select(0, idx)
+
+    def shortest(self, count: int) -> list[int]:
+        """The ``count`` rows with the fewest positions (the cheapest to move)."""
+        assert self.positions is not None
+        lengths = self.positions.tolist()
+        return sorted(sorted(range(len(lengths)), key=lengths.__getitem__)[:count])
+
+    def park(self, which: list[int], device: torch.device) -> list[Parked]:
+        """Move rows ``which`` (sorted) to host memory and out of the running set."""
+        assert self.mask is not None and self.positions is not None
+        assert self.history is not None and self.last is not None
+        parked = []
+        for i in which:
+            start = int(self.mask[i].nonzero()[0])  # the row's first column (left of it: padding)
+            parked.append(
+                Parked(
+                    key=self.keys[i],
+                    tokens=self.tokens[i],
+                    budget=self.budgets[i],
+                    kv=[layer.row(i, start) for layer in self.cache.layers],
+                    mask=self.mask[i : i + 1, start:],
+                    position=self.positions[i : i + 1],
+                    history=self.history[i : i + 1],
+                    last=self.last[i : i + 1],
+                )
+            )
+        gone = set(which)
+        self.drop([i for i in range(len(self.keys)) if i not in gone], device)
+        return parked
+
+    def unpark(self, row: Parked, holder: Any, device: str, capacity: int) -> None:
+        """Rejoin a parked row where it stopped."""
+        kv = [(k.to(device), v.to(device)) for k, v in row.kv]
+        self.join(holder, kv, row.mask, row.position, row.history, row.last, capacity)
+        self.keys.append(row.key)
+        self.tokens.append(row.tokens)
+        self.budgets.append(row.budget)
