@@ -139,8 +139,11 @@ def test_auto_batch_size_counts_cache_beside_one_prefill(monkeypatch: pytest.Mon
 def test_the_engine_hands_its_cache_budget_to_the_decoder(tiny_v2_model: Path) -> None:
     eng = make_engine(tiny_v2_model, mode="small", batch_size=4)
     assert eng.cache_positions is None  # the CPU: host memory, no bound
-    eng.cache_positions = 12_345
-    assert eng.decoder(4, None).budget.positions == 12_345
+    eng.cache_positions = 12_344
+    assert eng.decoder(4, None).budget.positions == 12_344
+    # After an out-of-memory error the budget (an estimate) is cut as the slots are.
+    eng._slot_limit.lower(2)
+    assert eng.decoder(2, None).budget.positions == 6_172
 
 
 def test_decode_steps_switch_the_experts_on_accelerators_only(tiny_v2_model: Path) -> None:

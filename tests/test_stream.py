@@ -224,11 +224,22 @@ def test_slots_lowered_by_an_oom_grow_back_within_a_stream(
     want = reference(eng, groups)
     monkeypatch.setattr(backoff, "GROW_AFTER", 1)  # one batch's worth of pages is enough
     eng._slot_limit.lower(2)  # as after an out-of-memory error
-    sizes: list[int] = []
-    before_each_call(monkeypatch, RefillDecoder, "resize", lambda self, slots: sizes.append(slots))
+    eng.cache_positions = 100_000  # a cache budget (none on the CPU by default) is cut too
+    budgets: list[int | None] = []
+    before_each_call(
+        monkeypatch,
+        RefillDecoder,
+        "serve",
+        lambda self, *a, **k: budgets.append(self.budget.positions),
+    )
+    sizes: list[tuple[int, int | None]] = []
+    before_each_call(
+        monkeypatch, RefillDecoder, "resize", lambda self, *a: sizes.append((a[0], a[1]))
+    )
     got, _ = streamed(eng, groups)
     assert got == want
-    assert sizes and sizes[-1] == 4  # back to the engine's slots, mid-stream
+    assert budgets[0] == 50_000
+    assert sizes and sizes[-1] == (4, 100_000)  # back to the engine's slots, mid-stream
     assert eng._slot_limit.ceiling == 0
 
 

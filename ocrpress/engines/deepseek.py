@@ -243,8 +243,15 @@ class DeepSeekEngine:
             prefill_pages=self.prefill_pages,
             decode_experts=decode_experts(self.hf_model, self.device),
             decode_experts_rows=batched_mm_rows(self.hf_model),
-            cache_positions=self.cache_positions,
+            cache_positions=self.cache_budget(),
         )
+
+    def cache_budget(self) -> int | None:
+        """The decode cache's positions, cut as the slots are after an out-of-memory error
+        (the budget is an estimate from free memory at load time); None: no bound."""
+        if self.cache_positions is None:
+            return None
+        return self.cache_positions * self._slot_limit.cap(self.slots) // self.slots
 
     def close(self) -> None:
         """Free the model (and CUDA memory)."""

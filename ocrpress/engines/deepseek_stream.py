@@ -120,7 +120,7 @@ def serve(engine: DeepSeekEngine, feed: Feed, deliver: Deliver, stop: Stop | Non
         finished += 1
         if engine._slot_limit.ceiling and finished % (REFILL_DEPTH * decoder.slots) == 0:
             engine._slot_limit.succeeded(engine.slots)
-            decoder.resize(engine._slot_limit.cap(engine.slots))
+            decoder.resize(engine._slot_limit.cap(engine.slots), engine.cache_budget())
 
     decoder = engine.decoder(slots, engine.step_hook(source.pages) if engine.step_hook else None)
     engine.live = decoder

@@ -94,6 +94,7 @@ class RefillDecoder:
         # Positions the cache may hold (None: no bound): rows beyond it wait in host memory.
         self.budget = CacheBudget(cache_positions)
         self._holder: Any = None  # the last transformers cache object, to hold rejoining rows
+        self._parked_keys: set[int] = set()  # pages parked at least once
         self.device = device
         self.dtype = dtype
         self.eos_ids = set(eos_ids)
@@ -139,14 +140,14 @@ class RefillDecoder:
         rows = Running()
         done: dict[int, list[int]] = {}
         exhausted = False
-        with torch.inference_mode(), self._restoring_experts():
+        with torch.inference_mode(), self._restoring_experts(), self._releasing(rows):
             while stop is None or not stop():
-                if parked and (room := self._room(rows, parked[0].mask.shape[1])):
-                    # Parked rows rejoin before new pages: no prefill, and they are older.
-                    for _ in range(min(room, len(parked))):
+                if parked and self._room(rows, parked[0].mask.shape[1]):
+                    # Parked rows rejoin before new pages (no prefill, and they are older),
+                    # each while it fits at the width it brings.
+                    while parked and self._room(rows, width := parked[0].mask.shape[1]):
                         row = parked.popleft()
-                        capacity = self._rows(rows, row.mask.shape[1])
-                        rows.unpark(row, self._holder, self.device, capacity)
+                        rows.unpark(row, self._holder, self.device, self._rows(rows, width))
                     continue
                 free = 0 if parked else self._room(rows)
                 while not exhausted and len(pending) < free:
@@ -195,10 +196,12 @@ class RefillDecoder:
         fit = self.budget.rows_for(max(rows.width, width))
         return self.slots if fit is None else max(1, min(self.slots, fit))
 
-    def resize(self, slots: int) -> None:
-        """Change the rows allowed from the next admission on (running rows stay)."""
+    def resize(self, slots: int, cache_positions: int | None) -> None:
+        """Change the rows and the cache's budget from the next admission or buffer on
+        (running rows stay)."""
         self.slots = max(1, slots)
         self.refill_group = max(1, self.slots // 4)
+        self.budget = CacheBudget(cache_positions)
 
     # ---------------------------------------------------------------- experts setting
 
@@ -209,6 +212,16 @@ class RefillDecoder:
             return
         self.model.set_experts_implementation(self._experts[decoding])
         self._decoding = decoding
+
+    @contextmanager
+    def _releasing(self, rows: Running) -> Iterator[None]:
+        """On the way out (stopped, failed or done), let the cache's buffers go even if the
+        decoder object lives on."""
+        try:
+            yield
+        finally:
+            rows.drop([], torch.device(self.device))
+            self._holder = None
 
     @contextmanager
     def _restoring_experts(self) -> Iterator[None]:
@@ -287,8 +300,11 @@ class RefillDecoder:
         assert fit is not None
         if len(rows) > max(1, fit):
             gone = rows.shortest(len(rows) - max(1, fit))
-            parked.extend(rows.park(gone, torch.device(self.device)))
-            self.stats.parked += len(gone)
+            for row in rows.park(gone, torch.device(self.device)):
+                parked.append(row)
+                if row.key not in self._parked_keys:  # pages, not times parked
+                    self._parked_keys.add(row.key)
+                    self.stats.parked += 1
             log.debug(
                 "decode cache full at %d columns: %d pages wait in host memory",
                 first.width,

@@ -166,10 +166,11 @@ class Running:
                     tokens=self.tokens[i],
                     budget=self.budgets[i],
                     kv=[layer.row(i, start) for layer in self.cache.layers],
-                    mask=self.mask[i : i + 1, start:],
-                    position=self.positions[i : i + 1],
-                    history=self.history[i : i + 1],
-                    last=self.last[i : i + 1],
+                    # Copies: a view would keep the running set's whole tensors alive.
+                    mask=self.mask[i : i + 1, start:].clone(),
+                    position=self.positions[i : i + 1].clone(),
+                    history=self.history[i : i + 1].clone(),
+                    last=self.last[i : i + 1].clone(),
                 )
             )
         gone = set(which)
