@@ -33,6 +33,36 @@ def forced_lengths(targets: dict[int, int], eos_ids: set[int]):
     return for_batch
 
 
+def alone_tokens(eng, pages: list, budgets: list[int]) -> list[list[int]]:
+    """Each page's tokens decoded alone by transformers' generate, cut at its budget."""
+    alone = []
+    for p, budget in zip(pages, budgets, strict=True):
+        row = eng.generate_ids([p])[0][:budget]
+        eos = [i for i, t in enumerate(row) if t in eng.eos_ids]
+        alone.append(row[: eos[0] + 1] if eos else row)
+    return alone
+
+
+def prepared_with(eng, pages: list, budgets: list[int]) -> list:
+    """The pages prepared, each with its own token budget."""
+    prepared = [eng.prepare(p, i) for i, p in enumerate(pages)]
+    for it, budget in zip(prepared, budgets, strict=True):
+        it.budget = budget
+    return prepared
+
+
+def cpu_decoder(eng, slots: int, positions: int | None = None) -> RefillDecoder:
+    return RefillDecoder(
+        eng.hf_model,
+        slots=slots,
+        eos_ids=eng.eos_ids,
+        device="cpu",
+        dtype=torch.float32,
+        guard=None,
+        cache_positions=positions,
+    )
+
+
 @pytest.fixture
 def prefill_sizes(monkeypatch: pytest.MonkeyPatch) -> list[int]:
     """Pages in each prefill call, in call order."""
@@ -324,23 +354,10 @@ def test_long_decodes_through_cache_reallocations_match_pages_alone(
     sizes = [SMALL_PAGE, (1000, 700), (700, 1000), SMALL_PAGE, (1000, 700)]
     pages = [page(i, s) for i, s in enumerate(sizes)]
     budgets = [150, 40, 90, 130, 70]
-    alone = []
-    for p, budget in zip(pages, budgets, strict=True):
-        row = eng.generate_ids([p])[0][:budget]
-        eos = [i for i, t in enumerate(row) if t in eng.eos_ids]
-        alone.append(row[: eos[0] + 1] if eos else row)
+    alone = alone_tokens(eng, pages, budgets)
     assert sum(len(t) for t in alone) > 300, "pages should decode long"
-    prepared = [eng.prepare(p, i) for i, p in enumerate(pages)]
-    for it, budget in zip(prepared, budgets, strict=True):
-        it.budget = budget
-    decoder = RefillDecoder(
-        eng.hf_model,
-        slots=2,
-        eos_ids=eng.eos_ids,
-        device="cpu",
-        dtype=torch.float32,
-        guard=None,
-    )
+    prepared = prepared_with(eng, pages, budgets)
+    decoder = cpu_decoder(eng, slots=2)
     from ocrpress.engines.kv_slab import SlabLayer
 
     grown: list[int] = []  # reallocations because a step found no spare column
@@ -411,14 +428,8 @@ def test_rows_past_the_cache_budget_wait_in_host_memory_and_resume_exactly(
     sizes = [wide, SMALL_PAGE, SMALL_PAGE, SMALL_PAGE, wide, SMALL_PAGE, SMALL_PAGE]
     budgets = [150, 60, 140, 130, 150, 100, 150]
     pages = [page(i, s) for i, s in enumerate(sizes)]
-    alone = []
-    for p, budget in zip(pages, budgets, strict=True):
-        row = eng.generate_ids([p])[0][:budget]
-        eos = [i for i, t in enumerate(row) if t in eng.eos_ids]
-        alone.append(row[: eos[0] + 1] if eos else row)
-    prepared = [eng.prepare(p, i) for i, p in enumerate(pages)]
-    for it, budget in zip(prepared, budgets, strict=True):
-        it.budget = budget
+    alone = alone_tokens(eng, pages, budgets)
+    prepared = prepared_with(eng, pages, budgets)
 
     rejoined: list[int] = []  # rows running when a parked row rejoined
     before_each_call(
@@ -433,35 +444,16 @@ def test_rows_past_the_cache_budget_wait_in_host_memory_and_resume_exactly(
 
     monkeypatch.setattr(SlabLayer, "_reallocate", spy)
     positions = 2300
-    decoder = RefillDecoder(
-        eng.hf_model,
-        slots=4,
-        eos_ids=eng.eos_ids,
-        device="cpu",
-        dtype=torch.float32,
-        guard=None,
-        cache_positions=positions,
-    )
+    decoder = cpu_decoder(eng, slots=4, positions=positions)
     tokens = decoder.run(prepared)
     assert [tokens[i] for i in range(len(pages))] == alone
-    assert decoder.stats.parked >= 1 and len(rejoined) == decoder.stats.parked
+    assert len(rejoined) >= decoder.stats.parked >= 1  # a page may be parked twice
     assert any(n > 0 for n in rejoined), rejoined  # joined a running set, not an empty one
     assert allocated and max(allocated) <= positions
 
     # A budget below one row's needs still decodes, one row at a time.
-    small = [eng.prepare(p, i) for i, p in enumerate(pages[:2])]
-    for it, budget in zip(small, budgets[:2], strict=True):
-        it.budget = budget
-    one = RefillDecoder(
-        eng.hf_model,
-        slots=4,
-        eos_ids=eng.eos_ids,
-        device="cpu",
-        dtype=torch.float32,
-        guard=None,
-        cache_positions=100,
-    )
-    assert one.run(small) == {0: alone[0], 1: alone[1]}
+    small = prepared_with(eng, pages[:2], budgets[:2])
+    assert cpu_decoder(eng, slots=4, positions=100).run(small) == {0: alone[0], 1: alone[1]}
 
 
 def test_an_engine_with_a_cache_budget_gives_the_same_pages_and_counts_the_parked(
