@@ -278,6 +278,11 @@ def main(argv: list[str] | None = None) -> int:
         help="bound the decode cache to this many positions (default: the GPU's free memory; "
         "none on the CPU): pages past it wait in host memory",
     )
+    ap.add_argument(
+        "--prefill-no-cudnn",
+        action="store_true",
+        help="prefills on the decode steps' attention kernels, not cuDNN's (PyTorch's default)",
+    )
     ap.add_argument("--min-tokens", type=int, default=None)
     ap.add_argument("--max-tokens", type=int, default=None)
     ap.add_argument(
@@ -336,11 +341,13 @@ def main(argv: list[str] | None = None) -> int:
     eng = DeepSeekEngine(opts, components=(model, processor))
     if args.cache_positions is not None:
         eng.cache_positions = args.cache_positions
+    eng.prefill_cudnn = not args.prefill_no_cudnn
     vt = plan_tokens("v2", args.mode, *size).vision_tokens
     print(
         f"pages: {args.pages} ({vt} vision tokens each, mode {args.mode}); output {lo}..{hi} "
         f"tokens; {eng.slots} slots, {eng.max_batch_size} pages per engine call, decode cache "
         f"{'unbounded' if eng.cache_positions is None else f'{eng.cache_positions:,} positions'}"
+        f"; prefill attention {'default (cuDNN allowed)' if eng.prefill_cudnn else 'no cuDNN'}"
     )
     warm = synthetic_pages(2, size, args.seed + 1)
     run_refill(eng, warm, [4, 4])  # CUDA context, kernels, allocator: outside the timings

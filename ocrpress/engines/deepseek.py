@@ -154,6 +154,9 @@ class DeepSeekEngine:
         self.max_batch_size = self.slots * REFILL_DEPTH
         self.decode_stats = DecodeStats(slots=self.slots)
         self.live: RefillDecoder | None = None  # the decoder of a stream, while it runs
+        # cuDNN attention in prefills (PyTorch's default); False: the decode steps' kernels.
+        # A benchmark's switch until a GPU run says which is faster (bench/RESULTS.md).
+        self.prefill_cudnn = True
         self.usage_lock = threading.Lock()
         self._slot_limit = BatchLimit()  # slots lowered after an OOM, grown back like batches
         self._pool = ThreadPoolExecutor(PREPARE_THREADS, thread_name_prefix="ocrpress-prepare")
@@ -244,6 +247,7 @@ class DeepSeekEngine:
             decode_experts=decode_experts(self.hf_model, self.device),
             decode_experts_rows=batched_mm_rows(self.hf_model),
             cache_positions=self.cache_budget(),
+            prefill_cudnn=self.prefill_cudnn,
         )
 
     def cache_budget(self) -> int | None:

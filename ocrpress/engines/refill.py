@@ -41,7 +41,7 @@ import logging
 import time
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from typing import Any
 
 import torch
@@ -79,6 +79,7 @@ class RefillDecoder:
         decode_experts: dict[str, Any] | None = None,
         decode_experts_rows: int | None = None,
         cache_positions: int | None = None,
+        prefill_cudnn: bool = True,
     ) -> None:
         self.model = model
         # (prefill setting, decode setting) of the MoE experts; None: one setting throughout.
@@ -113,6 +114,8 @@ class RefillDecoder:
         params = inspect.signature(model.forward).parameters
         self.cache_arg = "cache" if "cache" in params else "past_key_values"
         self.attention = decode_attention  # (device) -> context of a decode step's kernels
+        # Prefills on PyTorch's default kernels (cuDNN's on an H100), or on the decode steps'.
+        self.prefill_cudnn = prefill_cudnn
         self.stats = DecodeStats(slots=self.slots)
 
     # ---------------------------------------------------------------- public
@@ -245,7 +248,8 @@ class RefillDecoder:
         self._phase(False)
         t0 = time.perf_counter()
         inputs = collate(group, self.device, self.dtype)
-        out = self.model(**inputs, use_cache=True, logits_to_keep=1)
+        with nullcontext() if self.prefill_cudnn else self.attention(self.device):
+            out = self.model(**inputs, use_cache=True, logits_to_keep=1)
         cache = getattr(out, "cache", None) or out.past_key_values
         logits = out.logits[:, -1, :].float()
         del out
