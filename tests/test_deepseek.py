@@ -317,3 +317,26 @@ def test_refill_decoding_matches_pages_decoded_alone(
     u = eng.usage()
     assert 0 < u.slot_tokens <= u.slot_capacity
     assert u.device_seconds > 0
+
+
+def test_a_page_that_cannot_be_prepared_fails_the_call_and_the_back_off_isolates_it(
+    tiny_v2_model: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from ocrpress.backoff import run_with_backoff
+
+    eng = make_engine(tiny_v2_model, mode="small", batch_size=2, max_new_tokens=6)
+    pages = [page(i) for i in range(4)]
+    want = [r.raw for r in eng.run(pages)]
+    prepare = DeepSeekEngine.prepare
+
+    def damaged(self, p, key=0):
+        if p is pages[2]:
+            raise ValueError("image is damaged")
+        return prepare(self, p, key)
+
+    monkeypatch.setattr(DeepSeekEngine, "prepare", damaged)
+    with pytest.raises(ValueError, match="damaged"):
+        eng.run(pages)
+    results = run_with_backoff(eng, pages)
+    assert results[2].status == "error" and "image is damaged" in (results[2].error or "")
+    assert [r.raw for i, r in enumerate(results) if i != 2] == want[:2] + want[3:]

@@ -19,9 +19,7 @@ from __future__ import annotations
 import logging
 import sys
 import threading
-import time
-from collections import deque
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any
 
@@ -60,9 +58,9 @@ from .deepseek_spec import (  # noqa: F401 - re-exported: the engine module's pu
     strong_guard,
     to_result,
 )
-from .deepseek_stream import Deliver, Feed, Stop, serve
+from .deepseek_stream import Deliver, Feed, PageSource, Stop, serve
 from .page_inputs import InputsRecipe, PreparedFile, make_inputs
-from .refill import DecodeStats, Prepared, RefillDecoder, StepHook
+from .refill import END, DecodeStats, Prepared, RefillDecoder, StepHook
 from .refill_items import batched_mm_rows, decode_experts
 
 log = logging.getLogger("ocrpress")
@@ -203,17 +201,25 @@ class DeepSeekEngine:
         capacity = self._slot_limit.cap(self.slots)
         slots = min(capacity, len(batch))
         plans = [self.token_plan(p) for p in batch]
-        budgets: dict[int, int] = {}
         finished: dict[int, Future[PageResult]] = {}
+        todo = iter(enumerate(batch))
+
+        def fail(key: int, error: PageResult | BaseException) -> None:
+            # A page that cannot be prepared fails the call, as any error does: the back-off
+            # (or the stream that called) runs the pages again apart.
+            assert isinstance(error, BaseException)
+            raise error
+
+        source = PageSource(self, lambda block: next(todo, END), fail, slots, wait=True)
 
         def post(key: int, tokens: list[int]) -> None:
             finished[key] = self._pool.submit(
-                self._result, batch[key], plans[key], tokens, budgets[key]
+                self._result, batch[key], plans[key], tokens, source.budgets[key]
             )
 
         decoder = self.decoder(slots, self.step_hook(batch) if self.step_hook else None)
         try:
-            decoder.run(self._prepared(batch, slots, budgets), on_done=post)
+            decoder.serve(source, on_done=post)
         except Exception as e:
             if is_oom(e):
                 self._slot_limit.lower(max(1, slots // 2))
@@ -223,6 +229,8 @@ class DeepSeekEngine:
             # a short call leaves the rest idle.
             decoder.stats.slot_steps = decoder.stats.steps * capacity
             self.decode_stats.add(decoder.stats)
+            for _key, fut in source.queue:  # pages prepared ahead of a failure: not needed
+                fut.cancel()
         self._slot_limit.succeeded(self.slots)
         return [finished[i].result() for i in range(len(batch))]
 
@@ -265,26 +273,6 @@ class DeepSeekEngine:
             self._torch.cuda.empty_cache()
 
     # -- stages -------------------------------------------------------------------------
-
-    def _prepared(
-        self, batch: list[PageImage], ahead: int, budgets: dict[int, int]
-    ) -> Iterator[Prepared]:
-        """Prepared pages in call order, prepared on the thread pool at most ``ahead`` pages
-        before the decoder takes them (an A4 gundam page is ~30 MB of bf16 pixels)."""
-        queue: deque[Future[Prepared]] = deque()
-        todo = iter(enumerate(batch))
-        while True:
-            while len(queue) < ahead and (nxt := next(todo, None)) is not None:
-                queue.append(self._pool.submit(self.prepare, nxt[1], nxt[0]))
-            if not queue:
-                return
-            t0 = time.perf_counter()
-            item = queue.popleft().result()
-            waited = time.perf_counter() - t0
-            if waited > 0.05:
-                log.debug("decoder waited %.2f s for page preparation", waited)
-            budgets[item.key] = item.budget
-            yield item
 
     def prepare(self, page: PageImage, key: int = 0) -> Prepared:
         """CPU work of one page: views, tiles, normalised pixels and prompt ids (pinned

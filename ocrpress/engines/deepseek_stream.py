@@ -10,6 +10,7 @@ pages as batches arrive, and each page's result is delivered as soon as it is do
 from __future__ import annotations
 
 import logging
+import time
 from collections import deque
 from collections.abc import Callable
 from concurrent.futures import Future, wait
@@ -38,13 +39,20 @@ Stop = Callable[[], bool]
 Deliver = Callable[[int, "PageResult | BaseException"], None]
 
 
-class _Source:
-    """The decoder's page source: pages from ``feed``, prepared on the engine's threads at
-    most ``ahead`` pages before the decoder takes them. A page whose preparation fails is
-    delivered as that error and the stream goes on (an out-of-memory error stops it)."""
+class PageSource:
+    """The decoder's page source (a stream's, and one engine call's): pages from ``feed``,
+    prepared on the engine's threads at most ``ahead`` pages before the decoder takes them
+    (an A4 gundam page is ~30 MB of bf16 pixels). A page whose preparation fails is delivered
+    as that error and decoding goes on (an out-of-memory error stops it; a ``deliver`` that
+    raises stops it too)."""
 
-    def __init__(self, engine: DeepSeekEngine, feed: Feed, deliver: Deliver, ahead: int) -> None:
+    def __init__(
+        self, engine: DeepSeekEngine, feed: Feed, deliver: Deliver, ahead: int, wait: bool = False
+    ) -> None:
         self.engine = engine
+        # Wait for each page even while rows decode: one engine call's pages are all there,
+        # so its refills come in whole groups and its prefill calls are the same every run.
+        self.wait = wait
         self.feed = feed
         self.deliver = deliver
         self.ahead = ahead
@@ -67,6 +75,7 @@ class _Source:
         return True
 
     def __call__(self, block: bool) -> Any:
+        block = block or self.wait
         while True:
             while not self.ended and len(self.queue) < self.ahead and self._take(False):
                 pass
@@ -76,6 +85,7 @@ class _Source:
             if not block and not head.done():
                 return None  # decoding goes on; the page joins at a later step
             self.queue.popleft()
+            t0 = time.perf_counter()
             try:
                 item = head.result()
             except Exception as e:
@@ -84,6 +94,8 @@ class _Source:
                 self.pages.pop(key, None)
                 self.deliver(key, e)
                 continue
+            if (waited := time.perf_counter() - t0) > 0.05:
+                log.debug("decoder waited %.2f s for page preparation", waited)
             self.budgets[item.key] = item.budget
             return item
 
@@ -93,7 +105,7 @@ def serve(engine: DeepSeekEngine, feed: Feed, deliver: Deliver, stop: Stop | Non
     raises (a CUDA out-of-memory error lowers the engine's decode slots first); every page
     finished before that has been delivered, the others are the caller's to run again."""
     slots = engine._slot_limit.cap(engine.slots)
-    source = _Source(engine, feed, deliver, slots)
+    source = PageSource(engine, feed, deliver, slots)
     posted: list[Future[None]] = []
     finished = 0
 
