@@ -115,6 +115,8 @@ class RefillDecoder:
         self.cache_arg = "cache" if "cache" in params else "past_key_values"
         self.attention = decode_attention  # (device) -> context of a decode step's kernels
         # Prefills on PyTorch's default kernels (cuDNN's on an H100), or on the decode steps'.
+        # "Default" leaves the process-wide switch alone: while another decoder in this
+        # process runs a decode step, a prefill runs without cuDNN too.
         self.prefill_cudnn = prefill_cudnn
         self.stats = DecodeStats(slots=self.slots)
 

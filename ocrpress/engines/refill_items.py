@@ -71,8 +71,9 @@ def decode_experts(model: Any, device: str) -> dict[str, Any] | None:
 
 
 class _CudnnAttentionOff:
-    """Counts the decode steps running (on any thread) and keeps cuDNN attention off while
-    there is one, restoring the setting found when the first began.
+    """Counts the forward passes running under it (decode steps; prefills too when the
+    engine keeps them off cuDNN), on any thread, and keeps cuDNN attention off while there is
+    one, restoring the setting found when the first began.
 
     PyTorch's backend switches are global to the process, and ``sdpa_kernel`` sets all four
     on entry and restores them on exit, so two overlapping uses on two threads would leave
@@ -107,8 +108,9 @@ def decode_attention(device: str) -> AbstractContextManager[Any]:
     shape again; cuDNN attention (which PyTorch picks for masked attention on an H100) builds
     an execution plan for every new shape. On an H100 a 16-row step took 89.7 ms on new shapes
     against 14.5 ms on shapes seen before (bench/RESULTS.md, session 8); the memory-efficient
-    kernel takes any length without a plan (16-20 ms). Prefills keep the default: their
-    shapes repeat. The switch is process-wide while a step runs (PyTorch has no other)."""
+    kernel takes any length without a plan (16-20 ms). Prefills keep the default (their
+    shapes repeat) unless the engine's ``prefill_cudnn`` is off. The switch is process-wide
+    while a step runs (PyTorch has no other)."""
     if not device.startswith("cuda"):
         return nullcontext()
     return _CUDNN_OFF
