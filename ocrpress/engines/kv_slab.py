@@ -75,12 +75,6 @@ class SlabLayer(DynamicLayer):
         self.lo = 0  # the first rows' keys make the window
         self._write_rows(keys, values)
 
-    @classmethod
-    def adopt(cls, cache: Any, rows: int) -> None:
-        """Turn every layer of transformers' ``cache`` (after a prefill) into a slab layer able
-        to hold ``rows`` rows."""
-        cache.layers = [cls(layer.keys, layer.values, rows) for layer in cache.layers]
-
     # ---------------------------------------------------------------- views
 
     def _views(self) -> None:

@@ -97,6 +97,7 @@ class RefillDecoder:
         self._holder: Any = None  # the last transformers cache object, to hold rejoining rows
         self._parked_keys: set[int] = set()  # pages parked at least once
         self.device = device
+        self._torch_device = torch.device(device)
         self.dtype = dtype
         self.eos_ids = set(eos_ids)
         self.step_hook = step_hook
@@ -147,12 +148,7 @@ class RefillDecoder:
         exhausted = False
         with torch.inference_mode(), self._restoring_experts(), self._releasing(rows):
             while stop is None or not stop():
-                if parked and self._room(rows, parked[0].mask.shape[1]):
-                    # Parked rows rejoin before new pages (no prefill, and they are older),
-                    # each while it fits at the width it brings.
-                    while parked and self._room(rows, width := parked[0].mask.shape[1]):
-                        row = parked.popleft()
-                        rows.unpark(row, self._holder, self.device, self._rows(rows, width))
+                if self._rejoin(rows, parked):
                     continue
                 free = 0 if parked else self._room(rows)
                 while not exhausted and len(pending) < free:
@@ -180,26 +176,34 @@ class RefillDecoder:
                 self._retire(rows, done, on_done)
         return done
 
+    def _rejoin(self, rows: Running, parked: deque[Parked]) -> bool:
+        """Parked rows rejoin before new pages (no prefill, and they are older), each while it
+        fits at the width it brings; False if none could."""
+        rejoined = False
+        while parked and self._room(rows, width := parked[0].mask.shape[1]):
+            rows.unpark(parked.popleft(), self._holder, self.device, self._rows(rows, width))
+            rejoined = True
+        return rejoined
+
+    def _fit(self, width: int, admitting: bool = False) -> int:
+        """Rows the cache may run at ``width`` columns: the slots, or fewer within the budget
+        (``admitting``: with headroom for growth)."""
+        fit = self.budget.rows_for(width, admitting)
+        return self.slots if fit is None else max(1, min(self.slots, fit))
+
     def _room(self, rows: Running, width: int = 0) -> int:
         """Rows that may join now, rows of up to ``width`` columns among them: free slots,
         within the cache's budget (with headroom for growth); at least one if none runs."""
         n = len(rows)
-        room = self.slots - n
-        fit = self.budget.rows_for(max(rows.width, width), admitting=True)
-        if fit is not None:
-            room = min(room, fit - n)
-        return max(room, 0 if n else 1)
+        return max(self._fit(max(rows.width, width), admitting=True) - n, 0 if n else 1)
 
     def _group(self, rows: Running) -> int:
         """Free rows worth a prefill call: a quarter of the rows the cache can run."""
-        fit = self.budget.rows_for(rows.width, admitting=True)
-        most = self.slots if fit is None else max(1, min(self.slots, fit))
-        return max(1, min(self.refill_group, most // 4))
+        return max(1, min(self.refill_group, self._fit(rows.width, admitting=True) // 4))
 
     def _rows(self, rows: Running, width: int = 0) -> int:
         """Rows a new cache buffer makes room for: the slots, or fewer within the budget."""
-        fit = self.budget.rows_for(max(rows.width, width))
-        return self.slots if fit is None else max(1, min(self.slots, fit))
+        return self._fit(max(rows.width, width))
 
     def resize(self, slots: int, cache_positions: int | None) -> None:
         """Change the rows and the cache's budget from the next admission or buffer on
@@ -225,7 +229,7 @@ class RefillDecoder:
         try:
             yield
         finally:
-            rows.drop([], torch.device(self.device))
+            rows.drop([], self._torch_device)
             self._holder = None
 
     @contextmanager
@@ -306,11 +310,10 @@ class RefillDecoder:
         assert fit is not None
         if len(rows) > max(1, fit):
             gone = rows.shortest(len(rows) - max(1, fit))
-            for row in rows.park(gone, torch.device(self.device)):
+            for row in rows.park(gone, self._torch_device):
                 parked.append(row)
-                if row.key not in self._parked_keys:  # pages, not times parked
-                    self._parked_keys.add(row.key)
-                    self.stats.parked += 1
+                self._parked_keys.add(row.key)
+            self.stats.parked = len(self._parked_keys)  # pages, not times parked
             log.debug(
                 "decode cache full at %d columns: %d pages wait in host memory",
                 first.width,
@@ -371,4 +374,4 @@ class RefillDecoder:
                     on_done(key, toks)
             else:
                 keep.append(i)
-        rows.drop(keep, torch.device(self.device))
+        rows.drop(keep, self._torch_device)
