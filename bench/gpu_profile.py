@@ -28,6 +28,7 @@ import torch
 from _vlm import A4_144DPI, ForceLengths, build_model, sync, synthetic_pages
 
 from ocrpress.engines import EngineOptions
+from ocrpress.engines.decode_graphs import capture_failure
 from ocrpress.engines.deepseek import DeepSeekEngine
 from ocrpress.engines.refill import RefillDecoder
 from ocrpress.engines.refill_items import (
@@ -51,10 +52,13 @@ def decode_seconds(
     length: int,
     rows_cap: int | None,
     attention: Callable[[str], AbstractContextManager[Any]] | None = None,
+    graphs: bool = False,
+    info: dict[str, Any] | None = None,
 ) -> tuple[float, float]:
     """Seconds for the refill decoder to take every page to exactly ``length`` tokens, and
     seconds of its decode steps alone (each step ends in a synchronising ``tolist``).
-    ``attention``: the decode steps' kernel context instead of the engine's."""
+    ``attention``: the decode steps' kernel context instead of the engine's; ``graphs``:
+    decode steps as CUDA graphs; ``info`` receives the tokens and the graphs captured."""
     limit = len(eng.tokenizer)
     banned = sorted(eng.eos_ids)
 
@@ -76,6 +80,7 @@ def decode_seconds(
         prefill_pages=eng.prefill_pages,
         decode_experts=decode_experts(eng.hf_model, eng.device),
         decode_experts_rows=batched_mm_rows(eng.hf_model) if rows_cap is None else rows_cap,
+        graphs=graphs,
     )
     if attention is not None:
         decoder.attention = attention
@@ -95,6 +100,8 @@ def decode_seconds(
     tokens = decoder.run(prepared)
     sync(eng.device)
     secs = time.perf_counter() - t0
+    if info is not None:
+        info.update(tokens=tokens, captures=decoder.stats.captures)
     bad = sum(len(t) != length for t in tokens.values())
     if bad:
         print(f"WARNING: {bad} pages did not reach {length} tokens")
@@ -159,6 +166,35 @@ def plan_check(eng: DeepSeekEngine, prepared: list[Prepared], rows: int, length:
         for run in ("new shapes", "same again"):
             _, step_s = decode_seconds(eng, prepared[: rows + n], length, None, attention)
             print(f"  {name:<24} {run:<10}: {step_s / (length - 1) * 1000:6.1f} ms a step")
+
+
+def graph_check(
+    eng: DeepSeekEngine, prepared: list[Prepared], rows: list[int], length: int
+) -> None:
+    """A decode step's cost eager and as CUDA graphs (the engine's kernels and experts
+    settings), by rows. A graphs run's steps include its captures (one here: neither the rows
+    nor the cache's buffer change in a run); in bf16 the graphs' attention over the whole
+    buffer may round differently, so the share of equal tokens is printed, not asserted."""
+    print(f"decode steps eager and as CUDA graphs, {length - 1} steps a run:")
+    for n in rows:
+        if n > len(prepared):
+            break
+        runs: dict[bool, dict[str, Any]] = {}
+        for graphs in (False, True):
+            info: dict[str, Any] = {}
+            _, step_s = decode_seconds(eng, prepared[:n], length, None, graphs=graphs, info=info)
+            runs[graphs] = info
+            print(
+                f"  {n:4d} rows, {'graphs' if graphs else 'eager '}: "
+                f"{step_s / (length - 1) * 1000:6.1f} ms a step, {info['captures']} captured"
+            )
+        if capture_failure():
+            print(f"  CAPTURE FAILED, the graphs runs were eager: {capture_failure()}")
+        eager, graphed = runs[False]["tokens"], runs[True]["tokens"]
+        pairs = [(a, b) for k in eager for a, b in zip(eager[k], graphed[k], strict=False)]
+        print(
+            f"  {n:4d} rows: {sum(a == b for a, b in pairs) / max(1, len(pairs)):.3f} equal tokens"
+        )
 
 
 def prefill_check(eng: DeepSeekEngine, prepared: list[Prepared]) -> None:
@@ -236,6 +272,9 @@ def main() -> int:
     ap.add_argument(
         "--plans", default="", help="only compare attention kernels at these rows (e.g. 16,96)"
     )
+    ap.add_argument(
+        "--graphs", default="", help="only compare eager and CUDA-graph decode steps at these rows"
+    )
     args = ap.parse_args()
     device = "cuda" if torch.cuda.is_available() else "cpu"
     dtype = torch.bfloat16 if device == "cuda" else torch.float32
@@ -261,17 +300,20 @@ def main() -> int:
         f"prefill pages a call: {eng.prefill_pages}; mode {mode}, page {size}"
     )
     plans = [int(r) for r in args.plans.split(",") if r]
-    pages = synthetic_pages(max([*batches, *(r + 1 for r in plans)]), size, 7)
+    graph_rows = [int(r) for r in args.graphs.split(",") if r]
+    pages = synthetic_pages(max([*batches, *(r + 1 for r in plans), *graph_rows]), size, 7)
     t0 = time.perf_counter()
     with ThreadPoolExecutor(8) as pool:
         prepared = list(pool.map(eng.prepare, pages, range(len(pages))))
     print(f"prepared {len(pages)} pages in {time.perf_counter() - t0:.1f} s (8 threads)")
     decode_seconds(eng, prepared[:2], 4, None)  # warm-up
-    if plans:
+    if plans or graph_rows:
         for rows in plans:
             plan_check(eng, prepared, rows, args.long)
-        prefill_check(eng, prepared)
-        prefill_profile(eng, prepared[: eng.prefill_pages])
+        if plans:
+            prefill_check(eng, prepared)
+            prefill_profile(eng, prepared[: eng.prefill_pages])
+        graph_check(eng, prepared, graph_rows, args.long)
         return 0
     step_table(eng, prepared, pages, args)
     try:

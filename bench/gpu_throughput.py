@@ -153,6 +153,15 @@ def run_refill(eng: DeepSeekEngine, pages: list[PageImage], targets: list[int]) 
     return secs, tokens, u.device_seconds / secs, u.slot_tokens / max(1, u.slot_capacity)
 
 
+def graphs_line(eng: DeepSeekEngine) -> str:
+    """The captures, and loudly a capture that failed (the run then went on eager)."""
+    from ocrpress.engines.decode_graphs import capture_failure
+
+    failed = capture_failure()
+    line = f"decode steps captured as CUDA graphs: {eng.decode_stats.captures}"
+    return line + (f"; CAPTURE FAILED, steps ran eager: {failed}" if failed else "")
+
+
 def end_to_end(eng: DeepSeekEngine, args: argparse.Namespace, lo: int, hi: int) -> None:
     """Generated PDFs through the CLI's pipeline (render workers -> refill engine -> writers)."""
     from _common import text_pdf
@@ -204,6 +213,7 @@ def end_to_end(eng: DeepSeekEngine, args: argparse.Namespace, lo: int, hi: int) 
         print(timeline.report())
         print(f"pages prepared by render workers: {eng.prepared_by_workers} of {s['pages']}")
         print(f"pages parked in host memory (cache full): {eng.decode_stats.parked}")
+        print(graphs_line(eng))
         print(
             json.dumps(
                 {
@@ -259,7 +269,17 @@ def full_size_cpu(args: argparse.Namespace) -> int:
         f"decoded {r.text_tokens} tokens ({r.status}) in {time.perf_counter() - t0:.1f} s; "
         f"peak RSS {resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20:.1f} GiB"
     )
-    return 0 if r.text_tokens else 1
+    if not args.cuda_graphs:
+        return 0 if r.text_tokens else 1
+    eng.decode_graphs = True  # the fixed-shape step a CUDA graph replays, at full size
+    t0 = time.perf_counter()
+    g = eng.run([page])[0]
+    same = g.raw == r.raw and g.text_tokens == r.text_tokens
+    print(
+        f"fixed-shape decode steps: {g.text_tokens} tokens in {time.perf_counter() - t0:.1f} s, "
+        f"{'the same text' if same else 'A DIFFERENT TEXT'} as the eager steps"
+    )
+    return 0 if r.text_tokens and same else 1
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -277,6 +297,11 @@ def main(argv: list[str] | None = None) -> int:
         default=None,
         help="bound the decode cache to this many positions (default: the GPU's free memory; "
         "none on the CPU): pages past it wait in host memory",
+    )
+    ap.add_argument(
+        "--cuda-graphs",
+        action="store_true",
+        help="decode steps replayed as CUDA graphs (fixed-shape steps on the CPU)",
     )
     ap.add_argument(
         "--prefill-no-cudnn",
@@ -342,12 +367,14 @@ def main(argv: list[str] | None = None) -> int:
     if args.cache_positions is not None:
         eng.cache_positions = args.cache_positions
     eng.prefill_cudnn = not args.prefill_no_cudnn
+    eng.decode_graphs = args.cuda_graphs
     vt = plan_tokens("v2", args.mode, *size).vision_tokens
     print(
         f"pages: {args.pages} ({vt} vision tokens each, mode {args.mode}); output {lo}..{hi} "
         f"tokens; {eng.slots} slots, {eng.max_batch_size} pages per engine call, decode cache "
         f"{'unbounded' if eng.cache_positions is None else f'{eng.cache_positions:,} positions'}"
         f"; prefill attention {'default (cuDNN allowed)' if eng.prefill_cudnn else 'no cuDNN'}"
+        f"; decode steps {'as CUDA graphs' if eng.decode_graphs else 'eager'}"
     )
     warm = synthetic_pages(2, size, args.seed + 1)
     run_refill(eng, warm, [4, 4])  # CUDA context, kernels, allocator: outside the timings
@@ -367,6 +394,7 @@ def main(argv: list[str] | None = None) -> int:
     if device.startswith("cuda"):
         print(f"peak GPU memory: {torch.cuda.max_memory_allocated() / 2**30:.1f} GiB")
     print(f"pages parked in host memory (cache full): {eng.decode_stats.parked}")
+    print(graphs_line(eng))
     print(f"refill vs static: {results['static'][0] / results['refill'][0]:.2f}x pages/s")
     if not args.skip_naive:
         secs, tokens, busy, _, done = run_naive(eng, pages, targets, args.naive_budget)

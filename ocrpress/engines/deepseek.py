@@ -155,6 +155,8 @@ class DeepSeekEngine:
         # cuDNN attention in prefills (PyTorch's default); False: the decode steps' kernels.
         # A benchmark's switch until a GPU run says which is faster (bench/RESULTS.md).
         self.prefill_cudnn = True
+        # Decode steps replayed as CUDA graphs (see .decode_graphs): a benchmark's switch too.
+        self.decode_graphs = False
         self.usage_lock = threading.Lock()
         self._slot_limit = BatchLimit()  # slots lowered after an OOM, grown back like batches
         self._pool = ThreadPoolExecutor(PREPARE_THREADS, thread_name_prefix="ocrpress-prepare")
@@ -256,6 +258,7 @@ class DeepSeekEngine:
             decode_experts_rows=batched_mm_rows(self.hf_model),
             cache_positions=self.cache_budget(),
             prefill_cudnn=self.prefill_cudnn,
+            graphs=self.decode_graphs,
         )
 
     def cache_budget(self) -> int | None:

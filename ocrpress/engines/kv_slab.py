@@ -22,6 +22,7 @@ NaN would still poison attention.
 
 from __future__ import annotations
 
+import itertools
 from typing import Any
 
 import torch
@@ -29,6 +30,8 @@ from transformers.cache_utils import DynamicLayer
 
 MIN_SPARE_COLUMNS = 64
 MAX_SPARE_COLUMNS = 256
+
+_BUFFERS = itertools.count(1)  # a buffer's number: addresses can come back, numbers cannot
 
 
 def columns_for(width: int) -> int:
@@ -70,6 +73,8 @@ class SlabLayer(DynamicLayer):
         self.is_initialized = True
         self.n = 0
         self.lo = self.hi = 0
+        self.buffer = 0  # the number of the current buffer (see _BUFFERS)
+        self._fixed: tuple[int, torch.Tensor] | None = None
         self._k = self._v = keys.new_zeros(0)
         self._reallocate(keys.shape[2], max(rows, keys.shape[0]), like=keys)
         self.lo = 0  # the first rows' keys make the window
@@ -91,6 +96,16 @@ class SlabLayer(DynamicLayer):
         return self.hi >= self._k.shape[2]
 
     @property
+    def capacity(self) -> int:
+        """Rows the buffer holds, running or not."""
+        return self._k.shape[0]
+
+    @property
+    def columns(self) -> int:
+        """Columns the buffer holds (the window and its spare)."""
+        return self._k.shape[2]
+
+    @property
     def allocated(self) -> int:
         """Positions (rows x columns) the buffer holds, live or not."""
         return self._k.shape[0] * self._k.shape[2]
@@ -109,7 +124,14 @@ class SlabLayer(DynamicLayer):
     def update(
         self, key_states: torch.Tensor, value_states: torch.Tensor, *args: Any, **kwargs: Any
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        """Append the step's columns in place (reallocating only when the buffer is full)."""
+        """Append the step's columns in place (reallocating only when the buffer is full); in a
+        fixed-shape step, write them at the fixed column and give the whole buffer."""
+        if self._fixed is not None:
+            rows, column = self._fixed
+            keys, values = self._k[:rows], self._v[:rows]
+            keys.index_copy_(2, column, key_states)
+            values.index_copy_(2, column, value_states)
+            return keys, values
         new = key_states.shape[2]
         if self.hi + new > self._k.shape[2]:
             self._reallocate(self.width, self._k.shape[0], extra=new)
@@ -118,6 +140,27 @@ class SlabLayer(DynamicLayer):
         self.hi += new
         self._views()
         return self.keys, self.values
+
+    # ---------------------------------------------------------------- fixed-shape steps
+
+    def fix(self, rows: int, column: torch.Tensor) -> None:
+        """Make the next ``update`` one of a fixed-shape step (a CUDA graph's): it writes its
+        column at ``column`` (a one-element device tensor, so that a replayed graph reads it)
+        in rows ``[0, rows)``, and attention reads every column of those rows (the caller's
+        mask covers the window). :meth:`advance` ends it."""
+        # Checked here, on the host: on the device an index past the buffer is a fatal error.
+        assert self.hi < self._k.shape[2] and 0 < self.n <= rows <= self._k.shape[0]
+        self._fixed = (rows, column)
+
+    def advance(self) -> None:
+        """After a fixed-shape step that wrote column ``hi``: the window takes it in."""
+        self._fixed = None
+        self.hi += 1
+        self._views()
+
+    def unfix(self) -> None:
+        """After a fixed-shape step that failed: the window stays as it was."""
+        self._fixed = None
 
     # ---------------------------------------------------------------- refill's operations
 
@@ -195,5 +238,6 @@ class SlabLayer(DynamicLayer):
             k[: self.n, :, width - live : width].copy_(self.keys)
             v[: self.n, :, width - live : width].copy_(self.values)
         self._k, self._v = k, v
+        self.buffer = next(_BUFFERS)
         self.lo, self.hi = width - live, width
         self._views()

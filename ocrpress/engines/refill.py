@@ -46,6 +46,7 @@ from typing import Any
 
 import torch
 
+from .decode_graphs import FixedStep, fixed_steps_supported
 from .ngram import WindowedNoRepeatNGramLogitsProcessor
 from .refill_items import (
     END,
@@ -80,6 +81,7 @@ class RefillDecoder:
         decode_experts_rows: int | None = None,
         cache_positions: int | None = None,
         prefill_cudnn: bool = True,
+        graphs: bool = False,
     ) -> None:
         self.model = model
         # (prefill setting, decode setting) of the MoE experts; None: one setting throughout.
@@ -119,6 +121,12 @@ class RefillDecoder:
         # "Default" leaves the process-wide switch alone: while another decoder in this
         # process runs a decode step, a prefill runs without cuDNN too.
         self.prefill_cudnn = prefill_cudnn
+        # Fixed-shape decode steps, replayed as CUDA graphs on CUDA (see .decode_graphs).
+        self.fixed = None
+        if graphs and fixed_steps_supported(model):
+            self.fixed = FixedStep(model, device, self.cache_arg, capture=True)
+        elif graphs:
+            log.info("decode steps run without CUDA graphs: the decoder's attention is not SDPA")
         self.stats = DecodeStats(slots=self.slots)
 
     # ---------------------------------------------------------------- public
@@ -231,6 +239,8 @@ class RefillDecoder:
         finally:
             rows.drop([], self._torch_device)
             self._holder = None
+            if self.fixed is not None:
+                self.fixed.reset()
 
     @contextmanager
     def _restoring_experts(self) -> Iterator[None]:
@@ -301,27 +311,20 @@ class RefillDecoder:
         return scores.argmax(dim=-1)
 
     def _make_room(self, rows: Running, parked: deque[Parked]) -> None:
-        """Before a step that would find the cache full: a new buffer within the budget, the
-        shortest rows parked in host memory if the running ones no longer fit in it."""
-        first = rows.cache.layers[0]
-        if self.budget.positions is None or not first.full:
-            return  # unbounded: the step's own reallocation keeps the rows it has
-        fit = self.budget.rows_for(first.width)
-        assert fit is not None
-        if len(rows) > max(1, fit):
-            gone = rows.shortest(len(rows) - max(1, fit))
-            for row in rows.park(gone, self._torch_device):
-                parked.append(row)
-                self._parked_keys.add(row.key)
+        """Before a step: a new buffer if it needs one (see :meth:`Running.make_room`), the
+        shortest rows parked in host memory if the running ones no longer fit the budget."""
+        gone = rows.make_room(
+            self.budget, lambda: self._rows(rows), self.fixed is not None, self._torch_device
+        )
+        if gone:
+            parked.extend(gone)
+            self._parked_keys.update(row.key for row in gone)
             self.stats.parked = len(self._parked_keys)  # pages, not times parked
             log.debug(
                 "decode cache full at %d columns: %d pages wait in host memory",
-                first.width,
+                rows.width,
                 len(parked),
             )
-        capacity = self._rows(rows)
-        for layer in rows.cache.layers:
-            layer.regrow(capacity)
 
     def _step(self, rows: Running, parked: deque[Parked]) -> None:
         t0 = time.perf_counter()
@@ -333,16 +336,19 @@ class RefillDecoder:
         assert rows.mask is not None and rows.positions is not None and rows.last is not None
         rows.mask = torch.cat([rows.mask, rows.mask.new_ones(n, 1)], dim=1)
         with self.attention(self.device):
-            out = self.model(
-                input_ids=rows.last[:, None],
-                attention_mask=rows.mask,
-                position_ids=rows.positions[:, None],
-                use_cache=True,
-                **{self.cache_arg: rows.cache},
-            )
-        rows.cache = getattr(out, "cache", None) or out.past_key_values
-        logits = out.logits[:, -1, :].float()
-        del out
+            if self.fixed is not None:
+                logits = self.fixed(rows, self._decoding).float()
+            else:
+                out = self.model(
+                    input_ids=rows.last[:, None],
+                    attention_mask=rows.mask,
+                    position_ids=rows.positions[:, None],
+                    use_cache=True,
+                    **{self.cache_arg: rows.cache},
+                )
+                rows.cache = getattr(out, "cache", None) or out.past_key_values
+                logits = out.logits[:, -1, :].float()
+                del out
         counts = torch.tensor([len(t) for t in rows.tokens]) if self.step_hook else None
         nxt = self._choose(logits, rows.history, rows.keys, counts)
         assert rows.history is not None
@@ -352,6 +358,7 @@ class RefillDecoder:
         for toks, t in zip(rows.tokens, nxt.tolist(), strict=True):
             toks.append(t)
         self.stats.steps += 1
+        self.stats.captures = self.fixed.captures if self.fixed is not None else 0
         self.stats.slot_steps += self.slots
         self.stats.step_tokens += n
         self.stats.device_seconds += time.perf_counter() - t0

@@ -45,10 +45,19 @@ class DecodeStats:
     step_tokens: int = 0  # tokens the steps produced (rows running)
     prefills: int = 0
     parked: int = 0  # rows moved to host memory to keep the cache within its budget
+    captures: int = 0  # decode steps captured as CUDA graphs
     device_seconds: float = 0.0  # prefill and decode forward passes, synchronised
 
     def add(self, other: DecodeStats) -> None:
-        names = ("steps", "slot_steps", "step_tokens", "prefills", "parked", "device_seconds")
+        names = (
+            "steps",
+            "slot_steps",
+            "step_tokens",
+            "prefills",
+            "parked",
+            "captures",
+            "device_seconds",
+        )
         for name in names:
             setattr(self, name, getattr(self, name) + getattr(other, name))
 

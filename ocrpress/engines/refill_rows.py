@@ -13,6 +13,7 @@ parked page's tokens are those it gets decoded alone (tested).
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -146,6 +147,33 @@ class Running:
         self.positions = self.positions.index_select(0, idx)
         self.history = self.history.index_select(0, idx)
         self.last = self.last.index_select(0, idx)
+
+    def make_room(
+        self,
+        budget: CacheBudget,
+        capacity: Callable[[], int],
+        compact: bool,
+        device: torch.device,
+    ) -> list[Parked]:
+        """Before a step: a new buffer if the current one has no spare column (or, when
+        ``compact``, if the columns left of the window, which rows that left used, pass a
+        quarter of it: a fixed-shape step reads every column). Within ``budget``: if the
+        running rows no longer fit at their width, the shortest are parked (and returned).
+        ``capacity()``: the rows the new buffer makes room for, asked after any parking.
+        Unbounded and not ``compact``, nothing is done: the step's own reallocation keeps
+        the rows it has."""
+        first = self.cache.layers[0]
+        stale = compact and first.lo > first.width // 4
+        if not (first.full or stale) or (budget.positions is None and not compact):
+            return []
+        gone: list[Parked] = []
+        fit = budget.rows_for(first.width)
+        if fit is not None and len(self) > max(1, fit):
+            gone = self.park(self.shortest(len(self) - max(1, fit)), device)
+        rows = capacity()
+        for layer in self.cache.layers:
+            layer.regrow(rows)
+        return gone
 
     def shortest(self, count: int) -> list[int]:
         """The ``count`` rows with the fewest positions (the cheapest to move)."""

@@ -1,0 +1,407 @@
+"""Fixed-shape decode steps (what a CUDA graph replays), on the tiny DeepSeek-OCR-2 (CPU,
+fp32): the same tokens as pages decoded alone, no wait for the device inside a step, and
+graphs kept only while the cache buffer they point into lives."""
+
+from __future__ import annotations
+
+import itertools
+from pathlib import Path
+from typing import Any, ClassVar
+
+import pytest
+import torch
+from test_deepseek import SMALL_PAGE, make_engine, page
+from test_refill import alone_tokens, prepared_with
+from torch.utils._python_dispatch import TorchDispatchMode
+
+from ocrpress.engines.decode_graphs import FixedStep, bucket
+from ocrpress.engines.refill import RefillDecoder
+from ocrpress.engines.refill_items import decode_experts
+
+# Operators that make the host wait for the device: a CUDA graph cannot capture them.
+SYNCING = {"_local_scalar_dense", "is_nonzero", "item", "nonzero", "equal", "tolist"}
+
+
+class SyncSpy(TorchDispatchMode):
+    """Operators run while ``on``, and those of them that read a device value on the host."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.on = False
+        self.ops = 0
+        self.syncs: list[str] = []
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        if self.on:
+            self.ops += 1
+            name = func.overloadpacket.__name__
+            out_device = kwargs.get("device") if kwargs else None
+            if name in SYNCING or (name == "_to_copy" and str(out_device) == "cpu"):
+                self.syncs.append(name)
+        return func(*args, **(kwargs or {}))
+
+
+def decoder(
+    eng, slots: int, graphs: bool, experts: dict | None = None, positions: int | None = None
+) -> RefillDecoder:
+    """A CPU decoder; ``experts``: the decode steps' experts setting (as on a GPU);
+    ``positions``: the cache's budget."""
+    return RefillDecoder(
+        eng.hf_model,
+        slots=slots,
+        eos_ids=eng.eos_ids,
+        device="cpu",
+        dtype=torch.float32,
+        guard=None,
+        graphs=graphs,
+        decode_experts=experts,
+        cache_positions=positions,
+    )
+
+
+def test_buckets_grow_by_powers_of_two_then_by_an_eighth_of_the_buffer() -> None:
+    rows = (1, 2, 3, 5, 8, 9, 16, 17, 33, 97, 100, 113, 128)
+    assert [bucket(n, 128) for n in rows] == [1, 2, 4, 8, 8, 16, 16, 32, 48, 112, 112, 128, 128]
+    assert [bucket(n, 3) for n in (1, 2, 3)] == [1, 2, 3]
+    assert bucket(5, 6) == 5 and bucket(7, 7) == 7 and bucket(40, 40) == 40  # small: exact
+    assert all(n <= bucket(n, c) <= c for c in range(1, 70) for n in range(1, c + 1))
+
+
+@pytest.mark.parametrize("slots", [3, 16])
+def test_fixed_shape_steps_give_the_tokens_of_pages_decoded_alone(
+    tiny_v2_model: Path, slots: int
+) -> None:
+    """Pages of three prompt lengths and mixed budgets: on three slots rows join and leave
+    (steps of 1..3 rows, the buffer's rows exactly), on sixteen all run at once and steps of
+    3 and 5 rows compute padding rows too (sizes 4 and 6); the window moves inside the buffer
+    and the buffer is regrown when a step finds no spare column. Every page's tokens are
+    those generate gives it alone."""
+    eng = make_engine(tiny_v2_model, mode="gundam", max_tiles=2, max_new_tokens=150, ngram_size=0)
+    sizes = [SMALL_PAGE, (1000, 700), (700, 1000), SMALL_PAGE, (1000, 700)]
+    pages = [page(i, s) for i, s in enumerate(sizes)]
+    budgets = [150, 40, 90, 130, 70]
+    alone = alone_tokens(eng, pages, budgets)
+    assert sum(len(t) for t in alone) > 300, "pages should decode long"
+    fixed = decoder(eng, slots=slots, graphs=True)
+    assert fixed.fixed is not None and not fixed.fixed.capture  # no capture on the CPU
+    seen: list[tuple[int, int]] = []  # (rows running, rows computed) of each step
+    original = FixedStep.__call__
+
+    def spy(self: FixedStep, rows: Any, setting: Any) -> torch.Tensor:
+        seen.append((len(rows), bucket(len(rows), rows.cache.layers[0].capacity)))
+        return original(self, rows, setting)
+
+    FixedStep.__call__ = spy  # type: ignore[method-assign]
+    try:
+        tokens = fixed.run(prepared_with(eng, pages, budgets))
+    finally:
+        FixedStep.__call__ = original  # type: ignore[method-assign]
+    assert [tokens[i] for i in range(5)] == alone
+    assert {n for n, _ in seen} >= {1, 2, 3}  # rows left (and, on three slots, joined)
+    padded = {n: size for n, size in seen if size > n}
+    assert padded == ({} if slots == 3 else {3: 4, 5: 6})
+
+
+def test_pages_joining_into_padding_rows_keep_their_tokens(tiny_v2_model: Path) -> None:
+    """More pages than slots (sixteen): pages join into rows that padding used a step
+    before. Every page's tokens are those it gets decoded alone."""
+    import random
+
+    eng = make_engine(tiny_v2_model, mode="small", max_new_tokens=80, ngram_size=0)
+    rng = random.Random(3)
+    pages = [page(i % 8, (560 + 40 * (i // 8), 620)) for i in range(22)]
+    budgets = [rng.randint(8, 80) for _ in pages]
+    alone = alone_tokens(eng, pages, budgets)
+    fixed = decoder(eng, slots=16, graphs=True)
+    seen: list[tuple[int, int]] = []
+    original = FixedStep.__call__
+
+    def spy(self: FixedStep, rows: Any, setting: Any) -> torch.Tensor:
+        seen.append((len(rows), bucket(len(rows), rows.cache.layers[0].capacity)))
+        return original(self, rows, setting)
+
+    FixedStep.__call__ = spy  # type: ignore[method-assign]
+    try:
+        tokens = fixed.run(prepared_with(eng, pages, budgets))
+    finally:
+        FixedStep.__call__ = original  # type: ignore[method-assign]
+    assert [tokens[i] for i in range(len(pages))] == alone
+    joins_into_padding = [
+        (before, after)
+        for (before, size), (after, _) in itertools.pairwise(seen)
+        if after > before and size > before
+    ]
+    assert joins_into_padding
+
+
+def test_a_fixed_shape_step_never_waits_for_the_device(tiny_v2_model: Path) -> None:
+    """A CUDA graph cannot capture a step that reads a device value on the host. The eager
+    step does (transformers builds its mask from the 2D one and asks ``all()``: the spy sees
+    it, so it would see one in the fixed step too); the fixed step does not, with the experts
+    on ``grouped_mm`` (the CPU's) or on ``batched_mm`` (a GPU's for steps of few rows)."""
+    eng = make_engine(tiny_v2_model, mode="small", max_new_tokens=12, ngram_size=0)
+    prepared = [eng.prepare(page(i), i) for i in range(3)]
+    spy = SyncSpy()
+    eager_decoder = decoder(eng, slots=3, graphs=False)
+    fixed_decoder = decoder(eng, slots=3, graphs=True)
+    batched = decode_experts(eng.hf_model, "cuda")
+    assert batched and "batched_mm" in batched.values()
+    batched_decoder = decoder(eng, slots=3, graphs=True, experts=batched)
+    forward = eng.hf_model.forward
+
+    def watched(*args: Any, **kwargs: Any) -> Any:
+        decoding = kwargs["input_ids"].shape[1] == 1
+        spy.on = decoding
+        try:
+            return forward(*args, **kwargs)
+        finally:
+            spy.on = False
+
+    eng.hf_model.forward = watched
+    try:
+        with spy:
+            eager = eager_decoder.run(prepared)
+            assert spy.ops and spy.syncs, "the spy should see the eager step's mask check"
+            spy.ops, spy.syncs = 0, []
+            fixed = fixed_decoder.run(prepared)
+            assert spy.ops > 100 and spy.syncs == []
+            spy.ops = 0
+            batched_decoder.run(prepared)
+    finally:
+        del eng.hf_model.forward
+    assert spy.ops > 100 and spy.syncs == []
+    assert fixed == eager
+
+
+class FakeCudaGraph:
+    """``torch.cuda.CUDAGraph`` on the CPU, for the decoder's real capture code: the forward
+    under capture runs (a CPU stream does not record), and a replay runs it again after
+    checking that the cache's buffers are those of the capture. ``fail``: capture_end raises,
+    as CUDA does when a captured operator was not allowed."""
+
+    fail: ClassVar[bool] = False
+    made: ClassVar[list[FakeCudaGraph]] = []
+    capturing: ClassVar[FakeCudaGraph | None] = None
+
+    def __init__(self) -> None:
+        self.pools: tuple = ()
+        self.call: tuple | None = None
+        self.buffers: tuple[int, ...] = ()
+        self.replays = 0
+        FakeCudaGraph.made.append(self)
+
+    def capture_begin(self, *pool: Any, capture_error_mode: str) -> None:
+        assert capture_error_mode == "thread_local"  # other threads pin memory meanwhile
+        self.pools = pool
+        FakeCudaGraph.capturing = self
+
+    def capture_end(self) -> None:
+        FakeCudaGraph.capturing = None
+        if FakeCudaGraph.fail:
+            raise RuntimeError("operation not permitted when stream is capturing")
+
+    def pool(self) -> tuple[int, int]:
+        return (id(self), 0)
+
+    def replay(self) -> None:
+        assert self.call is not None
+        step, inputs, cache = self.call
+        assert tuple(layer.buffer for layer in cache.layers) == self.buffers
+        self.replays += 1
+        inputs.logits = FORWARD(step, inputs, cache)
+
+
+FORWARD = FixedStep._forward
+
+
+class _Stream:
+    def wait_stream(self, other: Any) -> None:
+        pass
+
+    def synchronize(self) -> None:
+        pass
+
+
+@pytest.fixture
+def fake_cuda(monkeypatch: pytest.MonkeyPatch) -> type[FakeCudaGraph]:
+    """The CUDA calls of a capture, faked for the CPU; a graph remembers the forward it saw."""
+    from contextlib import nullcontext
+
+    from ocrpress.engines import decode_graphs
+
+    def forward(self: FixedStep, inputs: Any, cache: Any) -> torch.Tensor:
+        graph = FakeCudaGraph.capturing
+        if graph is not None:
+            graph.call = (self, inputs, cache)
+            graph.buffers = tuple(layer.buffer for layer in cache.layers)
+        return FORWARD(self, inputs, cache)
+
+    monkeypatch.setattr(FixedStep, "_forward", forward)
+    monkeypatch.setattr(torch.cuda, "device", lambda _device: nullcontext())
+    monkeypatch.setattr(torch.cuda, "stream", lambda _stream: nullcontext())
+    monkeypatch.setattr(torch.cuda, "current_stream", lambda *a: _Stream())
+    monkeypatch.setattr(torch.cuda, "Stream", _Stream)
+    monkeypatch.setattr(torch.cuda, "CUDAGraph", FakeCudaGraph)
+    monkeypatch.setattr(decode_graphs, "_capture_failure", None)
+    monkeypatch.setattr(FakeCudaGraph, "fail", False)
+    monkeypatch.setattr(FakeCudaGraph, "made", [])
+    return FakeCudaGraph
+
+
+def capturing(eng, slots: int) -> RefillDecoder:
+    d = decoder(eng, slots=slots, graphs=True)
+    assert d.fixed is not None
+    d.fixed.capture = True  # as on CUDA
+    return d
+
+
+def long_pages(eng) -> tuple[list, list[int]]:
+    sizes = [SMALL_PAGE, (1000, 700), (700, 1000), SMALL_PAGE]
+    return [page(i, s) for i, s in enumerate(sizes)], [140, 30, 100, 60]
+
+
+def test_graphs_are_kept_per_bucket_and_dropped_with_their_buffer(
+    tiny_v2_model: Path, fake_cuda: type[FakeCudaGraph]
+) -> None:
+    """Each (rows bucket, experts setting) is captured once per cache buffer and replayed
+    after; a new buffer (rows joining past it, or the window reaching its last column) means
+    new captures, never a replay into the old buffer, and a fresh memory pool (a pool whose
+    graphs are all gone is not handed out again); the tokens do not change."""
+    eng = make_engine(tiny_v2_model, mode="gundam", max_tiles=2, max_new_tokens=150, ngram_size=0)
+    pages, budgets = long_pages(eng)
+    reference = decoder(eng, slots=2, graphs=False).run(prepared_with(eng, pages, budgets))
+    fixed = capturing(eng, slots=2)
+    assert fixed.run(prepared_with(eng, pages, budgets)) == reference
+    graphs = fake_cuda.made
+    replays = sum(g.replays for g in graphs)
+    assert fixed.stats.captures == len(graphs) >= 3  # buckets 1 and 2, and new buffers
+    assert replays + len(graphs) == fixed.stats.steps
+    assert replays > 5 * len(graphs)
+    keys = [(g.buffers, g.call[1].ids.shape[0]) for g in graphs if g.call]
+    assert len(keys) == len(graphs) and len(set(keys)) == len(keys)
+    first_of: dict[tuple[int, ...], FakeCudaGraph] = {}
+    for g in graphs:  # a buffer's first graph gets a new pool, later ones share it
+        first = first_of.setdefault(g.buffers, g)
+        assert g.pools == (() if first is g else (first.pool(),))
+    assert len(first_of) >= 2
+    assert fixed.fixed is not None and not fixed.fixed._inputs  # let go when decoding ended
+
+
+def test_a_failed_capture_turns_graphs_off_for_the_process(
+    tiny_v2_model: Path, fake_cuda: type[FakeCudaGraph], caplog: pytest.LogCaptureFixture
+) -> None:
+    """CUDA refuses a capture that met an operator it cannot record: that step's eager
+    result stands, one warning says why, no graph is kept, and no decoder of the process
+    tries again (a failed capture can leave the allocator unsafe to capture with)."""
+    from ocrpress.engines.decode_graphs import capture_failure
+
+    eng = make_engine(tiny_v2_model, mode="gundam", max_tiles=2, max_new_tokens=150, ngram_size=0)
+    pages, budgets = long_pages(eng)
+    reference = decoder(eng, slots=2, graphs=False).run(prepared_with(eng, pages, budgets))
+    fake_cuda.fail = True
+    with caplog.at_level("WARNING", logger="ocrpress"):
+        first = capturing(eng, slots=2)
+        assert first.run(prepared_with(eng, pages, budgets)) == reference
+        second = capturing(eng, slots=2)
+        assert second.run(prepared_with(eng, pages, budgets)) == reference
+    assert len(fake_cuda.made) == 1 and fake_cuda.made[0].replays == 0
+    assert first.stats.captures == second.stats.captures == 0
+    failure = capture_failure()
+    assert failure and "not permitted" in failure
+    warnings = [r for r in caplog.records if "without CUDA graphs" in r.getMessage()]
+    assert len(warnings) == 1
+
+
+def test_graphs_only_for_attention_that_takes_a_4d_mask(tiny_v2_model: Path) -> None:
+    """Flash attention 2 (ocrpress's choice for the decoder when flash-attn is installed)
+    unpads by the 2D mask, waiting for the device: with it, decode steps stay eager."""
+    from types import SimpleNamespace
+
+    from ocrpress.engines.decode_graphs import fixed_steps_supported
+
+    def model(attention: str) -> Any:
+        text = SimpleNamespace(_attn_implementation=attention)
+        config = SimpleNamespace(get_text_config=lambda: text)
+        return SimpleNamespace(config=config, forward=lambda input_ids, cache=None: None)
+
+    eng = make_engine(tiny_v2_model, mode="small", max_new_tokens=4)
+    assert fixed_steps_supported(eng.hf_model)  # SDPA
+    assert fixed_steps_supported(model("eager"))
+    assert not fixed_steps_supported(model("flash_attention_2"))
+    flash = RefillDecoder(
+        model("flash_attention_2"),
+        slots=2,
+        eos_ids={0},
+        device="cpu",
+        dtype=torch.float32,
+        guard=None,
+        graphs=True,
+    )
+    assert flash.fixed is None
+    assert decoder(eng, slots=2, graphs=True).fixed is not None
+
+
+class OpRecorder(TorchDispatchMode):
+    """Each operator of a forward with what a CUDA graph would freeze: its non-tensor
+    arguments, and of each tensor its shape, strides and dtype, and where it lies if it is
+    one of ``fixed`` (the step's inputs and the cache's buffers; others are temporaries)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.ops: list[tuple] | None = None
+        self.fixed: dict[int, str] = {}
+
+    def describe(self, a: Any) -> Any:
+        if isinstance(a, torch.Tensor):
+            where = self.fixed.get(a.untyped_storage().data_ptr(), "tmp")
+            offset = a.storage_offset() if where != "tmp" else None
+            return (tuple(a.shape), a.stride(), str(a.dtype), where, offset)
+        if isinstance(a, (list, tuple)):
+            return tuple(self.describe(x) for x in a)
+        return repr(a)
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        if self.ops is not None:
+            described = (self.describe(args), self.describe(sorted((kwargs or {}).items())))
+            self.ops.append((str(func), *described))
+        return func(*args, **(kwargs or {}))
+
+
+def test_a_bucket_s_steps_run_the_same_operators_on_the_same_memory(
+    tiny_v2_model: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """What a replay repeats is what the capture saw: within one (buffer, bucket), every
+    step's forward runs the same operators with the same shapes, the same non-tensor
+    arguments and the same places in the fixed tensors (a Python value that changes from step
+    to step, such as the window's column, would show here); the column comes from a tensor."""
+    eng = make_engine(tiny_v2_model, mode="gundam", max_tiles=2, max_new_tokens=150, ngram_size=0)
+    pages, budgets = long_pages(eng)
+    recorder = OpRecorder()
+    steps: dict[tuple, list[list[tuple]]] = {}
+
+    def forward(self: FixedStep, inputs: Any, cache: Any) -> torch.Tensor:
+        layers = cache.layers
+        recorder.fixed = {
+            t.untyped_storage().data_ptr(): name
+            for name, t in vars(inputs).items()
+            if isinstance(t, torch.Tensor) and name != "logits"
+        }
+        for i, layer in enumerate(layers):
+            recorder.fixed[layer._k.untyped_storage().data_ptr()] = f"k{i}"
+            recorder.fixed[layer._v.untyped_storage().data_ptr()] = f"v{i}"
+        recorder.ops = []
+        try:
+            return FORWARD(self, inputs, cache)
+        finally:
+            key = (tuple(layer.buffer for layer in layers), inputs.ids.shape[0])
+            steps.setdefault(key, []).append(recorder.ops)
+            recorder.ops = None
+
+    monkeypatch.setattr(FixedStep, "_forward", forward)
+    with recorder:
+        decoder(eng, slots=2, graphs=True).run(prepared_with(eng, pages, budgets))
+    assert sum(len(runs) >= 5 for runs in steps.values()) >= 2
+    for runs in steps.values():
+        assert len(runs[0]) > 100
+        for later in runs[1:]:
+            assert later == runs[0]
