@@ -94,7 +94,9 @@ def force_lengths_hook(target: Callable[[PageImage], int], eos_id: int, vocab_li
     def for_batch(pages):  # the call's pages by key: a list, or a growing dict (streams)
         def hook(keys: list[int], counts: torch.Tensor, scores: torch.Tensor) -> torch.Tensor:
             targets = torch.tensor([target(pages[k]) for k in keys])
-            done = (targets <= counts).to(scores.device)
+            done = targets <= counts
+            if scores.is_cuda:  # a copy from pageable memory would wait for the step queued
+                done = done.pin_memory().to(scores.device, non_blocking=True)
             return _force(scores, done, eos_id, vocab_limit)
 
         return hook

@@ -304,6 +304,11 @@ def main(argv: list[str] | None = None) -> int:
         help="decode steps replayed as CUDA graphs (fixed-shape steps on the CPU)",
     )
     ap.add_argument(
+        "--read-late",
+        action="store_true",
+        help="read each decode step's tokens a step late (the next step queued first)",
+    )
+    ap.add_argument(
         "--prefill-no-cudnn",
         action="store_true",
         help="prefills on the decode steps' attention kernels, not cuDNN's (PyTorch's default)",
@@ -368,6 +373,7 @@ def main(argv: list[str] | None = None) -> int:
         eng.cache_positions = args.cache_positions
     eng.prefill_cudnn = not args.prefill_no_cudnn
     eng.decode_graphs = args.cuda_graphs
+    eng.read_late = args.read_late
     vt = plan_tokens("v2", args.mode, *size).vision_tokens
     print(
         f"pages: {args.pages} ({vt} vision tokens each, mode {args.mode}); output {lo}..{hi} "
@@ -375,6 +381,7 @@ def main(argv: list[str] | None = None) -> int:
         f"{'unbounded' if eng.cache_positions is None else f'{eng.cache_positions:,} positions'}"
         f"; prefill attention {'default (cuDNN allowed)' if eng.prefill_cudnn else 'no cuDNN'}"
         f"; decode steps {'as CUDA graphs' if eng.decode_graphs else 'eager'}"
+        f"{', tokens read a step late' if eng.read_late else ''}"
     )
     warm = synthetic_pages(2, size, args.seed + 1)
     run_refill(eng, warm, [4, 4])  # CUDA context, kernels, allocator: outside the timings

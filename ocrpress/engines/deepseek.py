@@ -157,6 +157,8 @@ class DeepSeekEngine:
         self.prefill_cudnn = True
         # Decode steps replayed as CUDA graphs (see .decode_graphs): a benchmark's switch too.
         self.decode_graphs = False
+        # Each decode step's tokens read a step late (see .refill_rows.StepTokens): the same.
+        self.read_late = False
         self.usage_lock = threading.Lock()
         self._slot_limit = BatchLimit()  # slots lowered after an OOM, grown back like batches
         self._pool = ThreadPoolExecutor(PREPARE_THREADS, thread_name_prefix="ocrpress-prepare")
@@ -259,6 +261,7 @@ class DeepSeekEngine:
             cache_positions=self.cache_budget(),
             prefill_cudnn=self.prefill_cudnn,
             graphs=self.decode_graphs,
+            read_late=self.read_late,
         )
 
     def cache_budget(self) -> int | None:

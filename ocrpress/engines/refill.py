@@ -57,7 +57,7 @@ from .refill_items import (
     collate,
     decode_attention,
 )
-from .refill_rows import CacheBudget, Parked, Running
+from .refill_rows import CacheBudget, Parked, Running, StepTokens
 
 log = logging.getLogger("ocrpress")
 
@@ -82,6 +82,7 @@ class RefillDecoder:
         cache_positions: int | None = None,
         prefill_cudnn: bool = True,
         graphs: bool = False,
+        read_late: bool = False,
     ) -> None:
         self.model = model
         # (prefill setting, decode setting) of the MoE experts; None: one setting throughout.
@@ -127,6 +128,9 @@ class RefillDecoder:
             self.fixed = FixedStep(model, device, self.cache_arg, capture=True)
         elif graphs:
             log.info("decode steps run without CUDA graphs: the decoder's attention is not SDPA")
+        # Read each step's tokens a step late (see StepTokens): the step held for reading.
+        self.read_late = read_late
+        self._pending: StepTokens | None = None
         self.stats = DecodeStats(slots=self.slots)
 
     # ---------------------------------------------------------------- public
@@ -239,6 +243,7 @@ class RefillDecoder:
         finally:
             rows.drop([], self._torch_device)
             self._holder = None
+            self._pending = None  # a step of rows that ended: its tokens are not wanted
             if self.fixed is not None:
                 self.fixed.reset()
 
@@ -349,19 +354,27 @@ class RefillDecoder:
                 rows.cache = getattr(out, "cache", None) or out.past_key_values
                 logits = out.logits[:, -1, :].float()
                 del out
-        counts = torch.tensor([len(t) for t in rows.tokens]) if self.step_hook else None
+        counts = self._counts(rows) if self.step_hook else None
         nxt = self._choose(logits, rows.history, rows.keys, counts)
         assert rows.history is not None
         rows.history = torch.cat([rows.history[:, 1:], nxt[:, None]], dim=1)
         rows.positions = rows.positions + 1
         rows.last = nxt
-        for toks, t in zip(rows.tokens, nxt.tolist(), strict=True):
-            toks.append(t)
+        held = list(zip(rows.tokens, rows.budgets, strict=True))
+        step: StepTokens | None = StepTokens(nxt, held)
+        if self.read_late:  # this step is queued: now read the one before it
+            step, self._pending = self._pending, StepTokens.start(nxt, held)
+        if step is not None:
+            self.stats.step_tokens += step.deliver(self.eos_ids)
         self.stats.steps += 1
         self.stats.captures = self.fixed.captures if self.fixed is not None else 0
         self.stats.slot_steps += self.slots
-        self.stats.step_tokens += n
         self.stats.device_seconds += time.perf_counter() - t0
+
+    def _counts(self, rows: Running) -> torch.Tensor:
+        """Tokens each row has made, its token still on the way from the last step included."""
+        late = self._pending.lists() if self._pending is not None else set()
+        return torch.tensor([len(t) + (id(t) in late) for t in rows.tokens])
 
     def _retire(
         self,

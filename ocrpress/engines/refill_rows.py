@@ -43,6 +43,52 @@ class CacheBudget:
 
 
 @dataclass
+class StepTokens:
+    """A decode step's tokens on their way to the host, to be read a step late: the next
+    step is queued on the device before the host waits for this one, so the device does not
+    sit idle while the host reads tokens, retires rows and launches the next step. Each
+    row's list and budget are held as they were at the step; a list that has ended (EOS, or
+    its budget) takes no more tokens, so a row that ended is retired a step late and the
+    token its extra step made is dropped."""
+
+    tokens: torch.Tensor  # (rows,) on the device
+    rows: list[tuple[list[int], int]]  # (token list, budget) of each row at the step
+    host: torch.Tensor | None = None  # pinned copy (CUDA)
+    ready: Any = None  # CUDA event: the copy is done
+
+    @classmethod
+    def start(cls, tokens: torch.Tensor, rows: list[tuple[list[int], int]]) -> StepTokens:
+        """Begin the copy to the host without waiting for it."""
+        if not tokens.is_cuda:
+            return cls(tokens, rows)
+        # On the tokens' device: the copy runs on its stream, and an event recorded on
+        # another device's stream (a device thread's default is cuda:0) would be done at once.
+        with torch.cuda.device(tokens.device):
+            host = torch.empty(tokens.shape, dtype=tokens.dtype, pin_memory=True)
+            host.copy_(tokens, non_blocking=True)
+            ready = torch.cuda.Event()
+            ready.record(torch.cuda.current_stream(tokens.device))
+        return cls(tokens, rows, host, ready)
+
+    def lists(self) -> set[int]:
+        """The ids of the token lists this step has a token for."""
+        return {id(toks) for toks, _ in self.rows}
+
+    def deliver(self, eos: set[int]) -> int:
+        """Append each row's token (waiting for the copy) unless its list has ended; the
+        tokens appended."""
+        if self.ready is not None:
+            self.ready.synchronize()
+        values = (self.host if self.host is not None else self.tokens).tolist()
+        added = 0
+        for (toks, budget), t in zip(self.rows, values, strict=True):
+            if toks[-1] not in eos and len(toks) < budget:
+                toks.append(t)
+                added += 1
+        return added
+
+
+@dataclass
 class Parked:
     """A row waiting in host memory: everything it needs to go on decoding."""
 
