@@ -5,13 +5,15 @@ graphs kept only while the cache buffer they point into lives."""
 from __future__ import annotations
 
 import itertools
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, ClassVar
 
 import pytest
 import torch
 from test_deepseek import SMALL_PAGE, make_engine, page
-from test_refill import alone_tokens, prepared_with
+from test_refill import alone_tokens, cpu_decoder, mixed_pages, prepared_with
 from torch.utils._python_dispatch import TorchDispatchMode
 
 from ocrpress.engines.decode_graphs import FixedStep, bucket
@@ -41,22 +43,26 @@ class SyncSpy(TorchDispatchMode):
         return func(*args, **(kwargs or {}))
 
 
-def decoder(
-    eng, slots: int, graphs: bool, experts: dict | None = None, positions: int | None = None
-) -> RefillDecoder:
-    """A CPU decoder; ``experts``: the decode steps' experts setting (as on a GPU);
-    ``positions``: the cache's budget."""
-    return RefillDecoder(
-        eng.hf_model,
-        slots=slots,
-        eos_ids=eng.eos_ids,
-        device="cpu",
-        dtype=torch.float32,
-        guard=None,
-        graphs=graphs,
-        decode_experts=experts,
-        cache_positions=positions,
-    )
+def decoder(eng, slots: int, graphs: bool, experts: dict | None = None) -> RefillDecoder:
+    """A CPU decoder; ``experts``: the decode steps' experts setting (as on a GPU)."""
+    return cpu_decoder(eng, slots, graphs=graphs, decode_experts=experts)
+
+
+@contextmanager
+def step_sizes() -> Iterator[list[tuple[int, int]]]:
+    """(rows running, rows computed) of each fixed-shape step while it is open."""
+    seen: list[tuple[int, int]] = []
+    original = FixedStep.__call__
+
+    def spy(self: FixedStep, rows: Any, setting: Any) -> torch.Tensor:
+        seen.append((len(rows), bucket(len(rows), rows.cache.layers[0].capacity)))
+        return original(self, rows, setting)
+
+    FixedStep.__call__ = spy  # type: ignore[method-assign]
+    try:
+        yield seen
+    finally:
+        FixedStep.__call__ = original  # type: ignore[method-assign]
 
 
 def test_buckets_grow_by_powers_of_two_then_by_an_eighth_of_the_buffer() -> None:
@@ -76,26 +82,11 @@ def test_fixed_shape_steps_give_the_tokens_of_pages_decoded_alone(
     3 and 5 rows compute padding rows too (sizes 4 and 6); the window moves inside the buffer
     and the buffer is regrown when a step finds no spare column. Every page's tokens are
     those generate gives it alone."""
-    eng = make_engine(tiny_v2_model, mode="gundam", max_tiles=2, max_new_tokens=150, ngram_size=0)
-    sizes = [SMALL_PAGE, (1000, 700), (700, 1000), SMALL_PAGE, (1000, 700)]
-    pages = [page(i, s) for i, s in enumerate(sizes)]
-    budgets = [150, 40, 90, 130, 70]
-    alone = alone_tokens(eng, pages, budgets)
-    assert sum(len(t) for t in alone) > 300, "pages should decode long"
+    eng, pages, budgets, alone = mixed_pages(tiny_v2_model)
     fixed = decoder(eng, slots=slots, graphs=True)
     assert fixed.fixed is not None and not fixed.fixed.capture  # no capture on the CPU
-    seen: list[tuple[int, int]] = []  # (rows running, rows computed) of each step
-    original = FixedStep.__call__
-
-    def spy(self: FixedStep, rows: Any, setting: Any) -> torch.Tensor:
-        seen.append((len(rows), bucket(len(rows), rows.cache.layers[0].capacity)))
-        return original(self, rows, setting)
-
-    FixedStep.__call__ = spy  # type: ignore[method-assign]
-    try:
+    with step_sizes() as seen:
         tokens = fixed.run(prepared_with(eng, pages, budgets))
-    finally:
-        FixedStep.__call__ = original  # type: ignore[method-assign]
     assert [tokens[i] for i in range(5)] == alone
     assert {n for n, _ in seen} >= {1, 2, 3}  # rows left (and, on three slots, joined)
     padded = {n: size for n, size in seen if size > n}
@@ -113,18 +104,8 @@ def test_pages_joining_into_padding_rows_keep_their_tokens(tiny_v2_model: Path) 
     budgets = [rng.randint(8, 80) for _ in pages]
     alone = alone_tokens(eng, pages, budgets)
     fixed = decoder(eng, slots=16, graphs=True)
-    seen: list[tuple[int, int]] = []
-    original = FixedStep.__call__
-
-    def spy(self: FixedStep, rows: Any, setting: Any) -> torch.Tensor:
-        seen.append((len(rows), bucket(len(rows), rows.cache.layers[0].capacity)))
-        return original(self, rows, setting)
-
-    FixedStep.__call__ = spy  # type: ignore[method-assign]
-    try:
+    with step_sizes() as seen:
         tokens = fixed.run(prepared_with(eng, pages, budgets))
-    finally:
-        FixedStep.__call__ = original  # type: ignore[method-assign]
     assert [tokens[i] for i in range(len(pages))] == alone
     joins_into_padding = [
         (before, after)

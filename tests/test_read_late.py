@@ -8,25 +8,15 @@ from pathlib import Path
 
 import pytest
 import torch
-from test_deepseek import SMALL_PAGE, make_engine, page
-from test_refill import alone_tokens, forced_lengths, prepared_with
+from test_deepseek import make_engine, page
+from test_refill import cpu_decoder, forced_lengths, mixed_pages, prepared_with
 
 from ocrpress.engines.refill import RefillDecoder
 from ocrpress.engines.refill_rows import StepTokens
 
 
 def decoder(eng, slots: int, read_late: bool, graphs: bool = False, hook=None) -> RefillDecoder:
-    return RefillDecoder(
-        eng.hf_model,
-        slots=slots,
-        eos_ids=eng.eos_ids,
-        device="cpu",
-        dtype=torch.float32,
-        guard=None,
-        step_hook=hook,
-        graphs=graphs,
-        read_late=read_late,
-    )
+    return cpu_decoder(eng, slots, step_hook=hook, graphs=graphs, read_late=read_late)
 
 
 def test_a_late_step_adds_nothing_to_a_page_that_ended() -> None:
@@ -44,13 +34,7 @@ def test_a_late_step_adds_nothing_to_a_page_that_ended() -> None:
 
 @pytest.fixture(scope="module")
 def mixed(tiny_v2_model: Path) -> tuple:
-    """(engine, pages, budgets, each page's tokens decoded alone): three prompt lengths,
-    budgets of 40..150 tokens."""
-    eng = make_engine(tiny_v2_model, mode="gundam", max_tiles=2, max_new_tokens=150, ngram_size=0)
-    sizes = [SMALL_PAGE, (1000, 700), (700, 1000), SMALL_PAGE, (1000, 700)]
-    pages = [page(i, s) for i, s in enumerate(sizes)]
-    budgets = [150, 40, 90, 130, 70]
-    return eng, pages, budgets, alone_tokens(eng, pages, budgets)
+    return mixed_pages(tiny_v2_model)
 
 
 @pytest.mark.parametrize(("slots", "graphs"), [(2, False), (3, True), (16, False)])

@@ -4,6 +4,7 @@ in groups, and a prefill call takes a bounded number of pages."""
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import pytest
 import torch
@@ -51,7 +52,22 @@ def prepared_with(eng, pages: list, budgets: list[int]) -> list:
     return prepared
 
 
-def cpu_decoder(eng, slots: int, positions: int | None = None) -> RefillDecoder:
+def mixed_pages(model: Path) -> tuple[Any, list, list[int], list[list[int]]]:
+    """(engine, pages, budgets, each page's tokens decoded alone): five gundam pages of three
+    prompt lengths with budgets of 40..150 tokens, which decode long."""
+    from test_deepseek import SMALL_PAGE
+
+    eng = make_engine(model, mode="gundam", max_tiles=2, max_new_tokens=150, ngram_size=0)
+    sizes = [SMALL_PAGE, (1000, 700), (700, 1000), SMALL_PAGE, (1000, 700)]
+    pages = [page(i, s) for i, s in enumerate(sizes)]
+    budgets = [150, 40, 90, 130, 70]
+    alone = alone_tokens(eng, pages, budgets)
+    assert sum(len(t) for t in alone) > 300, "pages should decode long"
+    return eng, pages, budgets, alone
+
+
+def cpu_decoder(eng, slots: int, positions: int | None = None, **options: Any) -> RefillDecoder:
+    """A CPU decoder without n-gram guard; ``options``: more of the decoder's arguments."""
     return RefillDecoder(
         eng.hf_model,
         slots=slots,
@@ -60,6 +76,7 @@ def cpu_decoder(eng, slots: int, positions: int | None = None) -> RefillDecoder:
         dtype=torch.float32,
         guard=None,
         cache_positions=positions,
+        **options,
     )
 
 
@@ -353,14 +370,7 @@ def test_long_decodes_through_cache_reallocations_match_pages_alone(
     """Five pages of three prompt lengths with budgets of 40..150 tokens on two slots: rows
     leave and join many times and the in-place cache outgrows its spare columns (64) in a
     decode step, and each page's tokens are still those transformers' generate gives it alone."""
-    from test_deepseek import SMALL_PAGE
-
-    eng = make_engine(tiny_v2_model, mode="gundam", max_tiles=2, max_new_tokens=150, ngram_size=0)
-    sizes = [SMALL_PAGE, (1000, 700), (700, 1000), SMALL_PAGE, (1000, 700)]
-    pages = [page(i, s) for i, s in enumerate(sizes)]
-    budgets = [150, 40, 90, 130, 70]
-    alone = alone_tokens(eng, pages, budgets)
-    assert sum(len(t) for t in alone) > 300, "pages should decode long"
+    eng, pages, budgets, alone = mixed_pages(tiny_v2_model)
     prepared = prepared_with(eng, pages, budgets)
     decoder = cpu_decoder(eng, slots=2)
     from ocrpress.engines.kv_slab import SlabLayer
