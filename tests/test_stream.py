@@ -14,9 +14,10 @@ import pytest
 from spies import before_each_call
 from test_deepseek import make_engine, page
 
+from ocrpress.engines.decode_graphs import FixedStep
 from ocrpress.engines.deepseek import DeepSeekEngine
 from ocrpress.engines.refill import RefillDecoder
-from ocrpress.engines.refill_rows import Running
+from ocrpress.engines.refill_rows import Running, StepTokens
 from ocrpress.stream_runner import StreamRunner
 
 
@@ -48,15 +49,29 @@ def serve_calls(monkeypatch: pytest.MonkeyPatch) -> list[int]:
     return calls
 
 
+#: The engine's decode-step switches (off by default until a GPU run measures them).
+SWITCHES = [{}, {"decode_graphs": True, "read_late": True}]
+
+
+@pytest.mark.parametrize("switches", SWITCHES)
 def test_a_stream_decodes_every_batch_as_batch_by_batch(
-    tiny_v2_model: Path, serve_calls: list[int]
+    tiny_v2_model: Path, serve_calls: list[int], switches: dict, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    """Also with fixed-shape decode steps and tokens read a step late: the same texts."""
     eng = make_engine(tiny_v2_model, mode="gundam", batch_size=3, max_new_tokens=10)
     groups = batches()
     want = reference(eng, groups)
+    for name, value in switches.items():
+        setattr(eng, name, value)
     serve_calls.clear()
+    fixed: list[int] = []
+    before_each_call(monkeypatch, FixedStep, "__call__", lambda self, rows, _s: fixed.append(1))
+    late: list[int] = []  # steps whose tokens were copied to be read a step late
+    start = StepTokens.start
+    monkeypatch.setattr(StepTokens, "start", lambda *a: late.append(1) or start(*a))
     got, outs = streamed(eng, groups)
     assert got == want
+    assert bool(fixed) == bool(late) == bool(switches)
     assert serve_calls == [3]  # one decoder for all three batches
     assert all(lowered == 0 for _, lowered, _ in outs)
     assert not any(t.name == "ocrpress-device" for t in threading.enumerate())
@@ -73,12 +88,16 @@ def test_batch_usages_add_up_to_the_engines(tiny_v2_model: Path) -> None:
     assert sum(u.device_seconds for _, _, u in outs) == pytest.approx(total.device_seconds)
 
 
+@pytest.mark.parametrize("switches", SWITCHES)
 def test_an_out_of_memory_error_reruns_only_unfinished_pages(
-    tiny_v2_model: Path, monkeypatch: pytest.MonkeyPatch, serve_calls: list[int]
+    tiny_v2_model: Path, monkeypatch: pytest.MonkeyPatch, serve_calls: list[int], switches: dict
 ) -> None:
+    """Also with a step's tokens still to be read when the step after it fails."""
     eng = make_engine(tiny_v2_model, mode="small", batch_size=4, max_new_tokens=10)
     groups = batches()
     want = reference(eng, groups)
+    for name, value in switches.items():
+        setattr(eng, name, value)
     serve_calls.clear()
     ran: list[int] = []
 
