@@ -301,8 +301,7 @@ def test_graphs_only_for_attention_that_takes_a_4d_mask(tiny_v2_model: Path) -> 
     from ocrpress.engines.decode_graphs import fixed_steps_supported
 
     def model(attention: str) -> Any:
-        text = SimpleNamespace(_attn_implementation=attention)
-        config = SimpleNamespace(get_text_config=lambda: text)
+        config = SimpleNamespace(text_config=SimpleNamespace(_attn_implementation=attention))
         return SimpleNamespace(config=config, forward=lambda input_ids, cache=None: None)
 
     eng = make_engine(tiny_v2_model, mode="small", max_new_tokens=4)

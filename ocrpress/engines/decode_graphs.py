@@ -32,6 +32,8 @@ from typing import Any
 
 import torch
 
+from .deepseek_runtime import text_config
+from .refill_items import DecodeStats
 from .refill_rows import Running
 
 log = logging.getLogger("ocrpress")
@@ -99,21 +101,21 @@ def fixed_steps_supported(model: Any) -> bool:
     """Whether the decoder's attention takes a 4D mask as it is: SDPA and eager do; flash
     attention 2 (which ocrpress asks for when flash-attn is installed) unpads by the mask,
     which waits for the device and needs the 2D mask."""
-    config = getattr(model, "config", None)
-    text = config.get_text_config() if hasattr(config, "get_text_config") else config
-    return getattr(text, "_attn_implementation", None) in ("sdpa", "eager")
+    return getattr(text_config(model), "_attn_implementation", None) in ("sdpa", "eager")
 
 
 class FixedStep:
     """Decode steps over the cache's whole buffer with fixed-shape inputs; on CUDA (when
     ``capture``), each (rows bucket, experts setting) captured as a graph and replayed."""
 
-    def __init__(self, model: Any, device: str, cache_arg: str, capture: bool) -> None:
+    def __init__(
+        self, model: Any, device: str, cache_arg: str, capture: bool, stats: DecodeStats
+    ) -> None:
         self.model = model
         self.device = torch.device(device)
         self.cache_arg = cache_arg
         self.capture = capture and self.device.type == "cuda"
-        self.captures = 0  # graphs captured
+        self.stats = stats  # the decoder's: counts the graphs captured
         self._buffers: tuple[int, ...] = ()  # the cache's buffers the graphs were made for
         self._inputs: dict[tuple[int, Any], _Inputs] = {}
         self._pool: Any = None  # one memory pool for the graphs alive: they never run at once
@@ -206,5 +208,5 @@ class FixedStep:
                 main.wait_stream(stream)
         self._pool = self._pool or graph.pool()
         inputs.graph = graph
-        self.captures += 1
+        self.stats.captures += 1
         return logits

@@ -122,16 +122,16 @@ class RefillDecoder:
         # "Default" leaves the process-wide switch alone: while another decoder in this
         # process runs a decode step, a prefill runs without cuDNN too.
         self.prefill_cudnn = prefill_cudnn
+        self.stats = DecodeStats(slots=self.slots)
         # Fixed-shape decode steps, replayed as CUDA graphs on CUDA (see .decode_graphs).
         self.fixed = None
         if graphs and fixed_steps_supported(model):
-            self.fixed = FixedStep(model, device, self.cache_arg, capture=True)
+            self.fixed = FixedStep(model, device, self.cache_arg, capture=True, stats=self.stats)
         elif graphs:
             log.info("decode steps run without CUDA graphs: the decoder's attention is not SDPA")
         # Read each step's tokens a step late (see StepTokens): the step held for reading.
         self.read_late = read_late
         self._pending: StepTokens | None = None
-        self.stats = DecodeStats(slots=self.slots)
 
     # ---------------------------------------------------------------- public
 
@@ -367,7 +367,6 @@ class RefillDecoder:
         if step is not None:
             self.stats.step_tokens += step.deliver(self.eos_ids)
         self.stats.steps += 1
-        self.stats.captures = self.fixed.captures if self.fixed is not None else 0
         self.stats.slot_steps += self.slots
         self.stats.device_seconds += time.perf_counter() - t0
 

@@ -6,7 +6,7 @@ from __future__ import annotations
 import threading
 from collections.abc import Callable
 from contextlib import AbstractContextManager, nullcontext
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from typing import Any
 
 import torch
@@ -49,16 +49,7 @@ class DecodeStats:
     device_seconds: float = 0.0  # prefill and decode forward passes, synchronised
 
     def add(self, other: DecodeStats) -> None:
-        names = (
-            "steps",
-            "slot_steps",
-            "step_tokens",
-            "prefills",
-            "parked",
-            "captures",
-            "device_seconds",
-        )
-        for name in names:
+        for name in (f.name for f in fields(self) if f.name != "slots"):
             setattr(self, name, getattr(self, name) + getattr(other, name))
 
     @property
