@@ -20,8 +20,29 @@ from ocrpress.engines.decode_graphs import FixedStep, bucket
 from ocrpress.engines.refill import RefillDecoder
 from ocrpress.engines.refill_items import decode_experts
 
-# Operators that make the host wait for the device: a CUDA graph cannot capture them.
-SYNCING = {"_local_scalar_dense", "is_nonzero", "item", "nonzero", "equal", "tolist"}
+# Operators that make the host wait for the device: a CUDA graph cannot capture them. Those
+# after the first line wait only on CUDA (the size of their output is a device value), so a
+# CPU run cannot see the wait itself, only the operator.
+SYNCING = {"_local_scalar_dense", "is_nonzero", "item", "nonzero", "equal", "tolist"} | {
+    "masked_select",
+    "bincount",
+    "unique",
+    "_unique",
+    "_unique2",
+    "unique_dim",
+    "unique_consecutive",
+    "nonzero_static",
+}
+
+
+def waits_on_cuda(name: str, overload: str, args: tuple) -> bool:
+    """Overloads whose output size is a device value: ``repeat_interleave`` by a tensor of
+    repeats, and indexing by a boolean mask (a ``nonzero`` inside)."""
+    if name == "repeat_interleave":
+        return overload in ("Tensor", "self_Tensor")
+    if name in ("index", "index_put", "index_put_", "_index_put_impl_"):
+        return any(i is not None and i.dtype == torch.bool for i in args[1])
+    return False
 
 
 class SyncSpy(TorchDispatchMode):
@@ -38,9 +59,28 @@ class SyncSpy(TorchDispatchMode):
             self.ops += 1
             name = func.overloadpacket.__name__
             out_device = kwargs.get("device") if kwargs else None
-            if name in SYNCING or (name == "_to_copy" and str(out_device) == "cpu"):
+            # A copy to the host is ``to`` itself under inference mode, ``_to_copy`` outside.
+            to_host = name in ("_to_copy", "to") and str(out_device) == "cpu"
+            if name in SYNCING or to_host or waits_on_cuda(name, func._overloadname, args):
                 self.syncs.append(name)
         return func(*args, **(kwargs or {}))
+
+
+def test_the_spy_sees_waits_that_only_cuda_has() -> None:
+    """Operators whose output size is a device value wait on CUDA, not on the CPU: the spy
+    names them; their fixed-size kin it lets pass."""
+    x, keep = torch.arange(6.0), torch.tensor([True, False] * 3)
+    spy = SyncSpy()
+    spy.on = True
+    with spy:
+        x[keep], x.repeat_interleave(torch.tensor([1, 2] * 3)), keep.long().bincount()
+        x.masked_select(keep), x[x > 2].sum(), torch.unique(x)
+        waits = list(spy.syncs)
+        spy.syncs.clear()
+        x[torch.tensor([0, 2])], x.repeat_interleave(2), torch.histc(x, bins=3), x.sort()
+        x.index_put_((torch.tensor([1]),), torch.tensor([9.0])), x.double()
+    assert len(waits) == 6 and {"masked_select", "bincount"} <= set(waits)
+    assert spy.syncs == [] and spy.ops > 6
 
 
 def decoder(eng, slots: int, graphs: bool, experts: dict | None = None) -> RefillDecoder:

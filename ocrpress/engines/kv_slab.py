@@ -53,13 +53,25 @@ def swap_remove_order(rows: int, keep: list[int]) -> list[int]:
     return order
 
 
+def device_indices(values: list[int], device: torch.device) -> torch.Tensor:
+    """``values`` as a long tensor on ``device`` without making the host wait: on CUDA the
+    copy goes through pinned memory, since one from pageable memory waits until the device
+    has run everything queued before it (a decode step queued ahead, tokens read late)."""
+    t = torch.tensor(values, dtype=torch.long)
+    if device.type == "cuda":
+        # The pinned block is not reused before the copy is done: PyTorch's host allocator
+        # records the copy's stream for it.
+        return t.pin_memory().to(device, non_blocking=True)
+    return t if device.type == "cpu" else t.to(device)
+
+
 def row_moves(order: list[int], device: torch.device) -> tuple[torch.Tensor, torch.Tensor] | None:
     """(destination rows, source rows) of the rows that move under ``order``; None: none."""
     moves = [(p, j) for p, j in enumerate(order) if p != j]
     if not moves:
         return None
-    dst = torch.tensor([p for p, _ in moves], device=device)
-    src = torch.tensor([j for _, j in moves], device=device)
+    dst = device_indices([p for p, _ in moves], device)
+    src = device_indices([j for _, j in moves], device)
     return dst, src
 
 

@@ -338,8 +338,8 @@ class RefillDecoder:
         # Rows grow only through a prefill (which runs grouped_mm anyway) or parked rows
         # rejoining, so the setting seldom switches.
         self._phase(self._decode_rows is None or n <= self._decode_rows)
-        assert rows.mask is not None and rows.positions is not None and rows.last is not None
-        rows.mask = torch.cat([rows.mask, rows.mask.new_ones(n, 1)], dim=1)
+        assert rows.positions is not None and rows.last is not None
+        rows.grow()
         with self.attention(self.device):
             if self.fixed is not None:
                 logits = self.fixed(rows, self._decoding).float()

@@ -19,7 +19,7 @@ from typing import Any
 
 import torch
 
-from .kv_slab import SlabLayer, columns_for, row_moves, swap_remove_order
+from .kv_slab import SlabLayer, columns_for, device_indices, row_moves, swap_remove_order
 
 #: Rows join only while the cache stays within this share of its budget; rows are parked only
 #: past the whole budget, so a row that joined has room to grow before anyone is parked.
@@ -122,6 +122,11 @@ class Running:
     history: torch.Tensor | None = None  # (rows, window) last tokens, for the n-gram guard
     cache: Any = None
     last: torch.Tensor | None = None  # (rows,) token to feed next
+    # Per row, the columns from its first own column to the window's right end: the mask's
+    # shape kept on the host, so that rows leaving or parked read no device value (each such
+    # read waits for the device to finish the steps queued ahead). Left of its span a row's
+    # mask is 0; the widest span is the window.
+    spans: list[int] = field(default_factory=list)
 
     def __len__(self) -> int:
         return len(self.keys)
@@ -145,6 +150,7 @@ class Running:
         ones (the shorter side left-padded and masked). ``holder``: a transformers cache
         object to hold the layers if no row runs; ``capacity``: rows a new buffer makes room
         for. The caller appends keys, tokens and budgets."""
+        self.spans += [mask.shape[1]] * mask.shape[0]
         if self.cache is None:
             holder.layers = [SlabLayer(k, v, capacity) for k, v in kv]
             self.cache, self.mask, self.positions = holder, mask, positions
@@ -164,6 +170,12 @@ class Running:
         self.history = torch.cat([self.history, history])
         self.last = torch.cat([self.last, last])
 
+    def grow(self) -> None:
+        """Before a decode step: every row attends to the column the step writes."""
+        assert self.mask is not None
+        self.mask = torch.cat([self.mask, self.mask.new_ones(len(self), 1)], dim=1)
+        self.spans = [s + 1 for s in self.spans]
+
     def drop(self, keep: list[int], device: torch.device) -> None:
         """Keep rows ``keep`` (sorted) only; columns no kept row uses are cut off."""
         if len(keep) == len(self.keys):
@@ -175,17 +187,16 @@ class Running:
             return
         # The last rows take the places of those that left: only they move in the cache.
         order = swap_remove_order(len(self.keys), keep)
-        idx = torch.tensor(order, device=device)
+        idx = device_indices(order, device)
         self.keys = [self.keys[i] for i in order]
         self.tokens = [self.tokens[i] for i in order]
         self.budgets = [self.budgets[i] for i in order]
+        self.spans = [self.spans[i] for i in order]
         assert self.mask is not None and self.positions is not None
         assert self.history is not None and self.last is not None
-        mask = self.mask.index_select(0, idx)
-        # Columns only dropped rows used: cut them off (the mask is left-aligned padding).
-        used = mask.any(dim=0).nonzero()
-        start = int(used[0]) if len(used) else 0
-        self.mask = mask[:, start:]
+        # Columns only dropped rows used: cut them off.
+        start = self.width - max(self.spans)
+        self.mask = self.mask.index_select(0, idx)[:, start:]
         moves = row_moves(order, device)
         for layer in self.cache.layers:
             layer.keep(order, start, moves)
@@ -223,8 +234,7 @@ class Running:
 
     def shortest(self, count: int) -> list[int]:
         """The ``count`` rows with the fewest positions (the cheapest to move)."""
-        assert self.positions is not None
-        lengths = self.positions.tolist()
+        lengths = self.spans  # a row's positions and its span grow together
         return sorted(sorted(range(len(lengths)), key=lengths.__getitem__)[:count])
 
     def park(self, which: list[int], device: torch.device) -> list[Parked]:
@@ -233,7 +243,7 @@ class Running:
         assert self.history is not None and self.last is not None
         parked = []
         for i in which:
-            start = int(self.mask[i].nonzero()[0])  # the row's first column (left of it: padding)
+            start = self.width - self.spans[i]  # the row's first column (left of it: padding)
             parked.append(
                 Parked(
                     key=self.keys[i],

@@ -1,0 +1,203 @@
+"""Where the refill decoder makes the host wait for the device, outside the model's own
+forward: once a step for its tokens and once a prefill for its first ones, and nowhere else
+(rows leaving, the cache's window cut, rows parked). On a GPU each other wait would stall a
+step queued ahead (tokens read a step late) until the host launched the next one.
+
+Run on the CPU, where nothing waits: a spy sees the operators that would (``nonzero``,
+``item``, copies to the host) and every ``tolist`` with the function that asked for it."""
+
+from __future__ import annotations
+
+import random
+import sys
+from collections import Counter
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import pytest
+import torch
+from test_decode_graphs import SyncSpy
+from test_deepseek import SMALL_PAGE, make_engine, page
+from test_refill import prepared_with
+from test_refill_budget import EOS, LAYERS, Echo
+from test_refill_budget import page as echo_page
+
+from ocrpress.engines import refill, refill_rows
+from ocrpress.engines.refill import RefillDecoder
+from ocrpress.engines.refill_rows import Running
+
+
+@contextmanager
+def host_reads(model: Any) -> Iterator[tuple[SyncSpy, Counter[str]]]:
+    """(the spy, ``tolist`` calls by the function that made them) while the decoder runs,
+    the model's forward left out (its own waits are transformers')."""
+    spy = SyncSpy()
+    spy.on = True
+    calls: Counter[str] = Counter()
+    tolist = torch.Tensor.tolist
+    forward = model.forward
+    collate = refill.collate
+
+    def counted(self: torch.Tensor) -> Any:
+        if spy.on:
+            frame = sys._getframe(1)
+            while frame.f_code.co_name.startswith("<"):  # a comprehension: its function's
+                frame = frame.f_back
+            calls[frame.f_code.co_name] += 1
+        return tolist(self)
+
+    def unwatched(*args: Any, **kwargs: Any) -> Any:
+        spy.on = False
+        try:
+            return forward(*args, **kwargs)
+        finally:
+            spy.on = True
+
+    def inputs(*args: Any, **kwargs: Any) -> Any:
+        # A prefill's inputs go the other way, host to device (without blocking on CUDA:
+        # pinned pages), which the CPU cannot tell from a copy to the host.
+        spy.on = False
+        try:
+            return collate(*args, **kwargs)
+        finally:
+            spy.on = True
+
+    model.forward = unwatched
+    refill.collate = inputs
+    torch.Tensor.tolist = counted  # type: ignore[method-assign]
+    try:
+        with spy:
+            yield spy, calls
+    finally:
+        torch.Tensor.tolist = tolist  # type: ignore[method-assign]
+        refill.collate = collate
+        del model.forward
+
+
+@contextmanager
+def moves_seen() -> Iterator[list[int]]:
+    """Rows moved into the places of rows that left, per departure."""
+    seen: list[int] = []
+    original = refill_rows.row_moves
+
+    def spy(order: list[int], device: torch.device) -> Any:
+        moves = original(order, device)
+        seen.append(0 if moves is None else len(moves[0]))
+        return moves
+
+    refill_rows.row_moves = spy
+    try:
+        yield seen
+    finally:
+        refill_rows.row_moves = original
+
+
+@pytest.mark.parametrize("graphs", [False, True])
+def test_the_host_waits_once_a_step_and_once_a_prefill(tiny_v2_model: Path, graphs: bool) -> None:
+    """Pages of mixed sizes and budgets on three slots, with the n-gram guard and tokens
+    read a step late: rows leave from the middle (the last rows move into their places) and
+    the window is cut; the only host reads are the steps' tokens and the prefills' first."""
+    eng = make_engine(tiny_v2_model, mode="gundam", max_tiles=2, max_new_tokens=60)
+    sizes = [SMALL_PAGE, (1000, 700), (700, 1000), SMALL_PAGE, (1000, 700), SMALL_PAGE]
+    budgets = [60, 12, 35, 50, 8, 25]
+    prepared = prepared_with(eng, [page(i, s) for i, s in enumerate(sizes)], budgets)
+    decoder = RefillDecoder(
+        eng.hf_model,
+        slots=3,
+        eos_ids=eng.eos_ids,
+        device="cpu",
+        dtype=torch.float32,
+        guard=(4, 20),
+        graphs=graphs,
+        read_late=True,
+    )
+    with moves_seen() as moved, host_reads(eng.hf_model) as (spy, calls):
+        tokens = decoder.run(prepared)
+    assert len(tokens) == len(prepared)
+    assert any(moved), "rows should have left from the middle of the running set"
+    assert spy.ops > 100 and spy.syncs == []
+    # The last step's tokens are never read: its rows had all ended.
+    assert calls == {"deliver": decoder.stats.steps - 1, "_prefill": decoder.stats.prefills}
+
+
+def test_rows_parked_and_rejoined_copy_their_keys_and_nothing_else(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Under a cache budget that parks rows: choosing the rows to park and cutting them out
+    read host copies of the mask's shape; what crosses between host and device is the parked
+    rows' keys and values and nothing else."""
+    rnd = random.Random(5)
+    pages = [echo_page(k, rnd.choice([10, 40]), rnd.randint(20, 160), rnd) for k in range(12)]
+    decoder = RefillDecoder(
+        Echo(),
+        slots=6,
+        eos_ids={EOS},
+        device="cpu",
+        dtype=torch.float32,
+        guard=None,
+        cache_positions=700,
+        read_late=True,
+    )
+    parked: list[int] = []
+    park = Running.park
+
+    def counting(self: Running, which: list[int], device: torch.device) -> Any:
+        parked.append(len(which))
+        return park(self, which, device)
+
+    monkeypatch.setattr(Running, "park", counting)
+    model = decoder.model
+    with host_reads(model) as (spy, calls):
+        decoder.run(pages)
+    assert sum(parked) > 0, "the budget should park rows"
+    # Keys and values (a copy each, per layer) to the host and back: these wait, both ways
+    # (pageable host memory), and only rows parked pay them.
+    assert Counter(spy.syncs) == {"to": 2 * 2 * LAYERS * sum(parked)}
+    # The last step's tokens are never read: its rows had all ended.
+    assert calls == {"deliver": decoder.stats.steps - 1, "_prefill": decoder.stats.prefills}
+
+
+def spans_hold(rows: Running) -> None:
+    """The host's spans say what the mask does: each row's mask is 0 left of its span and 1
+    at its first column (the prefills' masks have no padding), and the widest span is the
+    window."""
+    assert rows.mask is not None
+    mask = rows.mask.bool()
+    width = mask.shape[1]
+    assert len(rows.spans) == len(rows) and max(rows.spans) == width
+    for i, span in enumerate(rows.spans):
+        assert not mask[i, : width - span].any() and mask[i, width - span]
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_spans_follow_the_mask_through_joins_departures_and_parking(
+    seed: int, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    rnd = random.Random(100 + seed)
+    pages = [
+        echo_page(k, rnd.choice([10, 20, 60]), rnd.randint(1, 200), rnd)
+        for k in range(rnd.randint(4, 24))
+    ]
+    checked = []
+    grow = Running.grow
+
+    def checking(self: Running) -> None:
+        spans_hold(self)  # before each step: after every join, departure and parking
+        checked.append(len(self))
+        grow(self)
+
+    monkeypatch.setattr(Running, "grow", checking)
+    decoder = RefillDecoder(
+        Echo(),
+        slots=rnd.randint(2, 8),
+        eos_ids={EOS},
+        device="cpu",
+        dtype=torch.float32,
+        guard=None,
+        cache_positions=rnd.choice([None, 500, 1500]),
+        read_late=seed % 2 == 1,
+    )
+    assert len(decoder.run(pages)) == len(pages)
+    assert checked
