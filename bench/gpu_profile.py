@@ -19,9 +19,13 @@ from __future__ import annotations
 import argparse
 import sys
 import time
+import traceback
+import warnings
+from collections import Counter
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import AbstractContextManager, nullcontext
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -197,6 +201,52 @@ def graph_check(
         )
 
 
+def wait_check(eng: DeepSeekEngine, prepared: list[Prepared], length: int) -> None:
+    """Where the host waits for the device in a decode as the engine would run it with CUDA
+    graphs and tokens read a step late (the n-gram guard on, pages ending at different
+    steps so that rows leave mid-run): CUDA's sync debug mode warns at each wait, counted
+    by the function that asked. Outside the model's own calls the CPU tests expect one wait
+    a step (its tokens, an event) and one a prefill; the model's eager prefills and the
+    graphs' captures wait inside transformers."""
+    if not torch.cuda.is_available():
+        print("host waits: CUDA only (the CPU tests count them by operator)")
+        return
+    eng.decode_graphs, eng.read_late = True, True
+    decoder = eng.decoder(len(prepared), None)
+    eng.decode_graphs = eng.read_late = False
+    for i, it in enumerate(prepared):
+        it.budget = max(2, length - 5 * (i % 8))  # rows leave every few steps
+    waits: Counter[str] = Counter()
+    show = warnings.showwarning
+
+    def record(message: Any, *args: Any, **kwargs: Any) -> None:
+        if "synchronizing CUDA operation" not in str(message):
+            return show(message, *args, **kwargs)
+        frames = [f for f in traceback.extract_stack()[:-2] if "warnings" not in f.filename]
+        ours = [f for f in frames if "/ocrpress/" in f.filename or "transformers" in f.filename]
+        where = ours[-1] if ours else frames[-1]
+        waits[f"{Path(where.filename).name}:{where.lineno} {where.name}"] += 1
+
+    sync(eng.device)
+    with warnings.catch_warnings():
+        warnings.simplefilter("always")
+        warnings.showwarning = record
+        torch.cuda.set_sync_debug_mode("warn")
+        try:
+            decoder.run(prepared)
+        finally:
+            torch.cuda.set_sync_debug_mode("default")
+    st = decoder.stats
+    print(
+        f"host waits, {len(prepared)} rows, graphs and read late: {st.steps} steps, "
+        f"{st.prefills} prefills, {st.captures} captured; waits by caller:"
+    )
+    for where, n in waits.most_common(12):
+        print(f"  {n:6d}  {where}")
+    if capture_failure():
+        print(f"  CAPTURE FAILED, the steps were eager: {capture_failure()}")
+
+
 def prefill_check(eng: DeepSeekEngine, prepared: list[Prepared]) -> None:
     """A prefill call's cost with the whole call under each set of kernels (the engine keeps
     PyTorch's default for prefills), on page counts it has not seen, then again."""
@@ -314,6 +364,8 @@ def main() -> int:
             prefill_check(eng, prepared)
             prefill_profile(eng, prepared[: eng.prefill_pages])
         graph_check(eng, prepared, graph_rows, args.long)
+        if graph_rows:
+            wait_check(eng, prepared[: max(graph_rows)], args.long)
         return 0
     step_table(eng, prepared, pages, args)
     try:

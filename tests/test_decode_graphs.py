@@ -22,7 +22,9 @@ from ocrpress.engines.refill_items import decode_experts
 
 # Operators that make the host wait for the device: a CUDA graph cannot capture them. Those
 # after the first line wait only on CUDA (the size of their output is a device value), so a
-# CPU run cannot see the wait itself, only the operator.
+# CPU run cannot see the wait itself, only the operator. The spy errs on the strict side
+# (a ``repeat_interleave`` given ``output_size`` does not wait, nor does a boolean index
+# that becomes ``masked_fill``): it may flag what does not wait, not miss what does.
 SYNCING = {"_local_scalar_dense", "is_nonzero", "item", "nonzero", "equal", "tolist"} | {
     "masked_select",
     "bincount",
@@ -31,17 +33,16 @@ SYNCING = {"_local_scalar_dense", "is_nonzero", "item", "nonzero", "equal", "tol
     "_unique2",
     "unique_dim",
     "unique_consecutive",
-    "nonzero_static",
 }
 
 
 def waits_on_cuda(name: str, overload: str, args: tuple) -> bool:
     """Overloads whose output size is a device value: ``repeat_interleave`` by a tensor of
-    repeats, and indexing by a boolean mask (a ``nonzero`` inside)."""
+    repeats, and indexing by a boolean (or byte) mask (a ``nonzero`` inside)."""
     if name == "repeat_interleave":
         return overload in ("Tensor", "self_Tensor")
     if name in ("index", "index_put", "index_put_", "_index_put_impl_"):
-        return any(i is not None and i.dtype == torch.bool for i in args[1])
+        return any(i is not None and i.dtype in (torch.bool, torch.uint8) for i in args[1])
     return False
 
 

@@ -24,7 +24,8 @@ from test_refill import prepared_with
 from test_refill_budget import EOS, LAYERS, Echo
 from test_refill_budget import page as echo_page
 
-from ocrpress.engines import refill, refill_rows
+from ocrpress.engines import refill
+from ocrpress.engines.kv_slab import SlabLayer
 from ocrpress.engines.refill import RefillDecoder
 from ocrpress.engines.refill_rows import Running
 
@@ -77,21 +78,21 @@ def host_reads(model: Any) -> Iterator[tuple[SyncSpy, Counter[str]]]:
 
 
 @contextmanager
-def moves_seen() -> Iterator[list[int]]:
-    """Rows moved into the places of rows that left, per departure."""
-    seen: list[int] = []
-    original = refill_rows.row_moves
+def departures() -> Iterator[list[tuple[int, int]]]:
+    """(rows moved into the places of rows that left, window columns cut) per departure and
+    cache layer."""
+    seen: list[tuple[int, int]] = []
+    original = SlabLayer.keep
 
-    def spy(order: list[int], device: torch.device) -> Any:
-        moves = original(order, device)
-        seen.append(0 if moves is None else len(moves[0]))
-        return moves
+    def spy(self: SlabLayer, order: list[int], start: int, moves: Any) -> None:
+        seen.append((0 if moves is None else len(moves[0]), start))
+        return original(self, order, start, moves)
 
-    refill_rows.row_moves = spy
+    SlabLayer.keep = spy  # type: ignore[method-assign]
     try:
         yield seen
     finally:
-        refill_rows.row_moves = original
+        SlabLayer.keep = original  # type: ignore[method-assign]
 
 
 @pytest.mark.parametrize("graphs", [False, True])
@@ -113,10 +114,11 @@ def test_the_host_waits_once_a_step_and_once_a_prefill(tiny_v2_model: Path, grap
         graphs=graphs,
         read_late=True,
     )
-    with moves_seen() as moved, host_reads(eng.hf_model) as (spy, calls):
+    with departures() as gone, host_reads(eng.hf_model) as (spy, calls):
         tokens = decoder.run(prepared)
     assert len(tokens) == len(prepared)
-    assert any(moved), "rows should have left from the middle of the running set"
+    assert any(moved for moved, _ in gone), "rows should leave from the middle of the set"
+    assert any(cut for _, cut in gone), "the window should lose columns no row uses"
     assert spy.ops > 100 and spy.syncs == []
     # The last step's tokens are never read: its rows had all ended.
     assert calls == {"deliver": decoder.stats.steps - 1, "_prefill": decoder.stats.prefills}
@@ -171,15 +173,12 @@ def spans_hold(rows: Running) -> None:
         assert not mask[i, : width - span].any() and mask[i, width - span]
 
 
-@pytest.mark.parametrize("seed", range(6))
 def test_spans_follow_the_mask_through_joins_departures_and_parking(
-    seed: int, monkeypatch: pytest.MonkeyPatch
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    rnd = random.Random(100 + seed)
-    pages = [
-        echo_page(k, rnd.choice([10, 20, 60]), rnd.randint(1, 200), rnd)
-        for k in range(rnd.randint(4, 24))
-    ]
+    """Random pages, slots and budgets (tokens read at once or a step late): before every
+    step the spans say what the mask does, in runs where the window is cut and rows are
+    parked, both in some."""
     checked = []
     grow = Running.grow
 
@@ -188,16 +187,34 @@ def test_spans_follow_the_mask_through_joins_departures_and_parking(
         checked.append(len(self))
         grow(self)
 
+    parked: list[int] = []
+    park = Running.park
+
+    def counting(self: Running, which: list[int], device: torch.device) -> Any:
+        parked.append(len(which))
+        return park(self, which, device)
+
     monkeypatch.setattr(Running, "grow", checking)
-    decoder = RefillDecoder(
-        Echo(),
-        slots=rnd.randint(2, 8),
-        eos_ids={EOS},
-        device="cpu",
-        dtype=torch.float32,
-        guard=None,
-        cache_positions=rnd.choice([None, 500, 1500]),
-        read_late=seed % 2 == 1,
-    )
-    assert len(decoder.run(pages)) == len(pages)
-    assert checked
+    monkeypatch.setattr(Running, "park", counting)
+    runs = []
+    for seed in range(8):
+        rnd = random.Random(100 + seed)
+        pages = [
+            echo_page(k, rnd.choice([10, 30, 150]), rnd.randint(1, 200), rnd)
+            for k in range(rnd.randint(4, 24))
+        ]
+        decoder = RefillDecoder(
+            Echo(),
+            slots=rnd.randint(2, 8),
+            eos_ids={EOS},
+            device="cpu",
+            dtype=torch.float32,
+            guard=None,
+            cache_positions=rnd.choice([None, 3000, 6000]),
+            read_late=seed % 2 == 1,
+        )
+        parked.clear()
+        with departures() as gone:
+            assert len(decoder.run(pages)) == len(pages)
+        runs.append((any(cut for _, cut in gone), sum(parked) > 0))
+    assert checked and (True, True) in runs

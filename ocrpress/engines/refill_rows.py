@@ -19,7 +19,7 @@ from typing import Any
 
 import torch
 
-from .kv_slab import SlabLayer, columns_for, device_indices, row_moves, swap_remove_order
+from .kv_slab import SlabLayer, columns_for, keep_indices, swap_remove_order
 
 #: Rows join only while the cache stays within this share of its budget; rows are parked only
 #: past the whole budget, so a row that joined has room to grow before anyone is parked.
@@ -187,7 +187,7 @@ class Running:
             return
         # The last rows take the places of those that left: only they move in the cache.
         order = swap_remove_order(len(self.keys), keep)
-        idx = device_indices(order, device)
+        idx, moves = keep_indices(order, device)
         self.keys = [self.keys[i] for i in order]
         self.tokens = [self.tokens[i] for i in order]
         self.budgets = [self.budgets[i] for i in order]
@@ -197,7 +197,6 @@ class Running:
         # Columns only dropped rows used: cut them off.
         start = self.width - max(self.spans)
         self.mask = self.mask.index_select(0, idx)[:, start:]
-        moves = row_moves(order, device)
         for layer in self.cache.layers:
             layer.keep(order, start, moves)
         assert self.cache.layers[0].width == self.mask.shape[1]
