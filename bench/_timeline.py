@@ -59,5 +59,28 @@ class DeviceTimeline:
             f"call); {len(steps)} steps of {rows:.1f} rows, {step_s:.1f} s "
             f"({step_s / max(1, len(steps)) * 1000:.1f} ms a step); between them "
             f"{end - pre[0][0] - pre_s - step_s:.1f} s; after the last {wall - end:.1f} s "
-            f"(run {wall:.1f} s)"
+            f"(run {wall:.1f} s)\n" + self.steady(pre_s / pages)
+        )
+
+    def steady(self, prefill_per_page: float) -> str:
+        """Steps by rows (near the most, or fewer: the run filling up and draining), and an
+        estimate of a long job's pages/s: every step as full as the full ones here, each page
+        costing its prefill and its share of steps. A run of a few times the slots spends
+        much of its time filling and draining; the estimate says what the engine does once
+        it no longer does."""
+        steps = self.calls["_step"]
+        if not steps:
+            return "steady state: no decode step ran"
+        most = max(n for *_, n in steps)
+        full = [(b - a, n) for a, b, n in steps if n >= most * 7 // 8]
+        step_s = sum(t for t, _ in full) / len(full)
+        rows = sum(n for _, n in full) / len(full)
+        pages = sum(n for *_, n in self.calls["_prefill"])
+        tokens = sum(n for *_, n in steps) / pages  # decode steps a page took
+        rate = 1 / (prefill_per_page + tokens * step_s / rows)
+        return (
+            f"steady state: {len(full)} of {len(steps)} steps ran >= 7/8 of the most rows "
+            f"({most}), {step_s * 1000:.1f} ms a step at {rows:.0f} rows; a long job of "
+            f"{tokens:.0f}-token pages would make ~{rate:.2f} pages/s (an estimate: these "
+            f"steps, and {prefill_per_page * 1000:.0f} ms of prefill a page)"
         )
