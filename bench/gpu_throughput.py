@@ -335,7 +335,15 @@ def main(argv: list[str] | None = None) -> int:
         "ratio is then taken on tokens/s over the pages it did)",
     )
     ap.add_argument("--full-size-cpu", action="store_true", help="full-size smoke on the CPU")
+    ap.add_argument(
+        "--switch-interval",
+        type=float,
+        default=None,
+        help="the interpreter's GIL switch interval in ms (default 5; see bench/gil_switch.py)",
+    )
     args = ap.parse_args(argv)
+    if args.switch_interval is not None:
+        sys.setswitchinterval(args.switch_interval / 1000)
 
     if args.engine == "vllm":
         from _vllm_bench import run_vllm
