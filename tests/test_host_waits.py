@@ -21,7 +21,8 @@ import torch
 from test_decode_graphs import SyncSpy
 from test_deepseek import SMALL_PAGE, make_engine, page
 from test_refill import prepared_with
-from test_refill_budget import EOS, LAYERS, Echo
+from test_refill_budget import LAYERS
+from test_refill_budget import decoder as echo_decoder
 from test_refill_budget import page as echo_page
 
 from ocrpress.engines import refill
@@ -49,24 +50,20 @@ def host_reads(model: Any) -> Iterator[tuple[SyncSpy, Counter[str]]]:
             calls[frame.f_code.co_name] += 1
         return tolist(self)
 
-    def unwatched(*args: Any, **kwargs: Any) -> Any:
-        spy.on = False
-        try:
-            return forward(*args, **kwargs)
-        finally:
-            spy.on = True
+    def unwatched(fn: Any) -> Any:
+        def call(*args: Any, **kwargs: Any) -> Any:
+            spy.on = False
+            try:
+                return fn(*args, **kwargs)
+            finally:
+                spy.on = True
 
-    def inputs(*args: Any, **kwargs: Any) -> Any:
-        # A prefill's inputs go the other way, host to device (without blocking on CUDA:
-        # pinned pages), which the CPU cannot tell from a copy to the host.
-        spy.on = False
-        try:
-            return collate(*args, **kwargs)
-        finally:
-            spy.on = True
+        return call
 
-    model.forward = unwatched
-    refill.collate = inputs
+    model.forward = unwatched(forward)
+    # A prefill's inputs go the other way, host to device (without blocking on CUDA: pinned
+    # pages), which the CPU cannot tell from a copy to the host.
+    refill.collate = unwatched(collate)
     torch.Tensor.tolist = counted  # type: ignore[method-assign]
     try:
         with spy:
@@ -124,24 +121,8 @@ def test_the_host_waits_once_a_step_and_once_a_prefill(tiny_v2_model: Path, grap
     assert calls == {"deliver": decoder.stats.steps - 1, "_prefill": decoder.stats.prefills}
 
 
-def test_rows_parked_and_rejoined_copy_their_keys_and_nothing_else(
-    monkeypatch: pytest.MonkeyPatch,
-) -> None:
-    """Under a cache budget that parks rows: choosing the rows to park and cutting them out
-    read host copies of the mask's shape; what crosses between host and device is the parked
-    rows' keys and values and nothing else."""
-    rnd = random.Random(5)
-    pages = [echo_page(k, rnd.choice([10, 40]), rnd.randint(20, 160), rnd) for k in range(12)]
-    decoder = RefillDecoder(
-        Echo(),
-        slots=6,
-        eos_ids={EOS},
-        device="cpu",
-        dtype=torch.float32,
-        guard=None,
-        cache_positions=700,
-        read_late=True,
-    )
+def parked_rows(monkeypatch: pytest.MonkeyPatch) -> list[int]:
+    """Rows parked at each parking, from now on."""
     parked: list[int] = []
     park = Running.park
 
@@ -150,8 +131,20 @@ def test_rows_parked_and_rejoined_copy_their_keys_and_nothing_else(
         return park(self, which, device)
 
     monkeypatch.setattr(Running, "park", counting)
-    model = decoder.model
-    with host_reads(model) as (spy, calls):
+    return parked
+
+
+def test_rows_parked_and_rejoined_copy_their_keys_and_nothing_else(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Under a cache budget that parks rows: choosing the rows to park and cutting them out
+    read host copies of the mask's shape; what crosses between host and device is the parked
+    rows' keys and values and nothing else."""
+    rnd = random.Random(5)
+    pages = [echo_page(k, rnd.choice([10, 40]), rnd.randint(20, 160), rnd) for k in range(12)]
+    decoder = echo_decoder(6, 700, read_late=True)
+    parked = parked_rows(monkeypatch)
+    with host_reads(decoder.model) as (spy, calls):
         decoder.run(pages)
     assert sum(parked) > 0, "the budget should park rows"
     # Keys and values (a copy each, per layer) to the host and back: these wait, both ways
@@ -187,15 +180,8 @@ def test_spans_follow_the_mask_through_joins_departures_and_parking(
         checked.append(len(self))
         grow(self)
 
-    parked: list[int] = []
-    park = Running.park
-
-    def counting(self: Running, which: list[int], device: torch.device) -> Any:
-        parked.append(len(which))
-        return park(self, which, device)
-
     monkeypatch.setattr(Running, "grow", checking)
-    monkeypatch.setattr(Running, "park", counting)
+    parked = parked_rows(monkeypatch)
     runs = []
     for seed in range(8):
         rnd = random.Random(100 + seed)
@@ -203,16 +189,8 @@ def test_spans_follow_the_mask_through_joins_departures_and_parking(
             echo_page(k, rnd.choice([10, 30, 150]), rnd.randint(1, 200), rnd)
             for k in range(rnd.randint(4, 24))
         ]
-        decoder = RefillDecoder(
-            Echo(),
-            slots=rnd.randint(2, 8),
-            eos_ids={EOS},
-            device="cpu",
-            dtype=torch.float32,
-            guard=None,
-            cache_positions=rnd.choice([None, 3000, 6000]),
-            read_late=seed % 2 == 1,
-        )
+        slots, positions = rnd.randint(2, 8), rnd.choice([None, 3000, 6000])
+        decoder = echo_decoder(slots, positions, read_late=seed % 2 == 1)
         parked.clear()
         with departures() as gone:
             assert len(decoder.run(pages)) == len(pages)
