@@ -211,9 +211,10 @@ def wait_check(eng: DeepSeekEngine, prepared: list[Prepared], length: int) -> No
     if not torch.cuda.is_available():
         print("host waits: CUDA only (the CPU tests count them by operator)")
         return
+    saved = eng.decode_graphs, eng.read_late
     eng.decode_graphs, eng.read_late = True, True
     decoder = eng.decoder(len(prepared), None)
-    eng.decode_graphs = eng.read_late = False
+    eng.decode_graphs, eng.read_late = saved
     for i, it in enumerate(prepared):
         it.budget = max(2, length - 5 * (i % 8))  # rows leave every few steps
     waits: Counter[str] = Counter()

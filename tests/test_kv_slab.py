@@ -8,7 +8,7 @@ import random
 
 import torch
 
-from ocrpress.engines.kv_slab import SlabLayer, row_moves, swap_remove_order
+from ocrpress.engines.kv_slab import SlabLayer, keep_indices, swap_remove_order
 
 CPU = torch.device("cpu")
 
@@ -84,7 +84,7 @@ def test_random_joins_steps_and_departures_match_the_reference() -> None:
                 order = swap_remove_order(n, keep)
                 assert sorted(order) == keep
                 start = ref.keep(order)
-                layer.keep(order, start, row_moves(order, CPU))
+                layer.keep(order, start, keep_indices(order, CPU)[1])
             same_where_visible(layer, ref)
 
 
@@ -113,11 +113,14 @@ def test_departures_move_only_the_last_rows() -> None:
     before = layer._k.data_ptr()
     order = swap_remove_order(6, [0, 2, 3, 5])
     assert order == [0, 5, 2, 3]  # row 5 fills the place of row 1; rows 0, 2, 3 stay
-    layer.keep(order, 0, row_moves(order, CPU))
+    idx, moves = keep_indices(order, CPU)
+    assert idx.tolist() == order and moves is not None
+    assert (moves[0].tolist(), moves[1].tolist()) == ([1], [5])
+    layer.keep(order, 0, moves)
     assert layer._k.data_ptr() == before
     assert torch.equal(layer.keys, first[order])
     assert swap_remove_order(3, [0, 1, 2]) == [0, 1, 2]
-    assert row_moves([0, 1, 2], CPU) is None
+    assert keep_indices([0, 1, 2], CPU)[1] is None
     assert swap_remove_order(4, [3]) == [3]
 
 

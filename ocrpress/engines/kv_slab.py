@@ -69,17 +69,13 @@ Moves = tuple[torch.Tensor, torch.Tensor]  # (destination rows, source rows) on 
 
 
 def keep_indices(order: list[int], device: torch.device) -> tuple[torch.Tensor, Moves | None]:
-    """``order`` on the device and :func:`row_moves` of it, in one copy (on CUDA each
-    pinned block is one more page-locked allocation until the allocator has cached it)."""
+    """``order`` on the device, and (destination rows, source rows) of the rows that move
+    under it (None: none), in one copy (on CUDA each pinned block is one more page-locked
+    allocation until the allocator has cached it)."""
     moves = [(p, j) for p, j in enumerate(order) if p != j]
     m, k = len(order), len(moves)
     packed = device_indices(order + [p for p, _ in moves] + [j for _, j in moves], device)
     return packed[:m], ((packed[m : m + k], packed[m + k :]) if k else None)
-
-
-def row_moves(order: list[int], device: torch.device) -> Moves | None:
-    """(destination rows, source rows) of the rows that move under ``order``; None: none."""
-    return keep_indices(order, device)[1]
 
 
 class SlabLayer(DynamicLayer):
@@ -186,7 +182,7 @@ class SlabLayer(DynamicLayer):
     def keep(self, order: list[int], start: int, moves: Moves | None) -> None:
         """Keep rows ``order`` (old indices, in their new places; see
         :func:`swap_remove_order`) and drop the window's first ``start`` columns; ``moves``
-        is :func:`row_moves` of ``order`` (made once for all layers)."""
+        is the moves of :func:`keep_indices` of ``order`` (made once for all layers)."""
         if moves is not None:
             dst, src = moves
             for buf in (self._k, self._v):
