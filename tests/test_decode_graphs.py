@@ -309,6 +309,36 @@ def test_graphs_are_kept_per_bucket_and_dropped_with_their_buffer(
     assert fixed.fixed is not None and not fixed.fixed._inputs  # let go when decoding ended
 
 
+def test_graphs_outlive_a_window_moved_within_their_buffer(
+    tiny_v2_model: Path, fake_cuda: type[FakeCudaGraph], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A full buffer of the right size makes room by moving its window to its first column
+    (:meth:`.kv_slab.SlabLayer.recycle`): its graphs stay, a graph captured before the move
+    is replayed after it, and the tokens do not change. (Spare columns of 16 make the move
+    happen on these short pages.)"""
+    from ocrpress.engines import kv_slab
+
+    monkeypatch.setattr(kv_slab, "MIN_SPARE_COLUMNS", 16)
+    monkeypatch.setattr(kv_slab, "MAX_SPARE_COLUMNS", 16)
+    eng, pages, budgets, alone = mixed_pages(tiny_v2_model)
+    before_move: list[dict[int, int]] = []  # each move: replays so far, per graph
+    shift = kv_slab.SlabLayer._shift_left
+
+    def moved(layer: kv_slab.SlabLayer) -> None:
+        before_move.append({id(g): g.replays for g in fake_cuda.made})
+        shift(layer)
+
+    monkeypatch.setattr(kv_slab.SlabLayer, "_shift_left", moved)
+    fixed = capturing(eng, slots=2)
+    tokens = fixed.run(prepared_with(eng, pages, budgets))
+    assert [tokens[i] for i in range(5)] == alone
+    assert before_move
+    graphs = {id(g): g for g in fake_cuda.made}
+    assert any(graphs[g].replays > n for g, n in before_move[-1].items())
+    keys = [(g.buffers, g.call[1].ids.shape[0]) for g in fake_cuda.made if g.call]
+    assert len(keys) == len(fake_cuda.made) == fixed.stats.captures == len(set(keys))
+
+
 def test_a_failed_capture_turns_graphs_off_for_the_process(
     tiny_v2_model: Path, fake_cuda: type[FakeCudaGraph], caplog: pytest.LogCaptureFixture
 ) -> None:

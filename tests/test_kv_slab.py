@@ -8,7 +8,12 @@ import random
 
 import torch
 
-from ocrpress.engines.kv_slab import SlabLayer, keep_indices, swap_remove_order
+from ocrpress.engines.kv_slab import (
+    MAX_SPARE_COLUMNS,
+    SlabLayer,
+    keep_indices,
+    swap_remove_order,
+)
 
 CPU = torch.device("cpu")
 
@@ -75,6 +80,8 @@ def test_random_joins_steps_and_departures_match_the_reference() -> None:
                 col = rows_of(n, 1, gen)
                 layer.update(col, -col)
                 ref.step(col)
+            elif roll < 0.65:  # as the decoder does before a step that finds no spare
+                layer.recycle(layer.capacity, read_whole=rng.random() < 0.5)
             elif roll < 0.8:
                 new = rows_of(rng.randint(1, 3), rng.randint(1, 80), gen)
                 layer.add(new, -new, rows=rng.randint(0, 8))
@@ -90,7 +97,7 @@ def test_random_joins_steps_and_departures_match_the_reference() -> None:
 
 def test_a_step_writes_in_place_until_the_spare_columns_run_out() -> None:
     """200 steps on a 100-column cache: a handful of reallocations, not one copy a step; the
-    spare columns stay within 64..256."""
+    spare columns stay within their bounds."""
     gen = torch.Generator().manual_seed(1)
     first = rows_of(4, 100, gen)
     layer = SlabLayer(first, -first, rows=4)
@@ -101,7 +108,7 @@ def test_a_step_writes_in_place_until_the_spare_columns_run_out() -> None:
         buffers.add(layer._k.data_ptr())
     assert layer.width == 300
     wide = SlabLayer(rows_of(1, 4000, gen), rows_of(1, 4000, gen), rows=1)
-    assert wide._k.shape[2] - wide.width == 256
+    assert wide._k.shape[2] - wide.width == MAX_SPARE_COLUMNS
     assert len(buffers) <= 4  # 64 spare columns at this width: 164, 228, 292 columns
     assert layer.get_seq_length() == 300
 
@@ -138,3 +145,46 @@ def test_joins_within_the_slots_reuse_the_buffer() -> None:
         layer.add(new, -new, rows=6)
     assert layer._k.data_ptr() == buffer and layer.keys.shape[0] == 6
     assert torch.equal(layer.keys[-1, :, -40:], new[0])
+
+
+def test_a_full_buffer_of_the_right_size_moves_its_window_in_place() -> None:
+    """``recycle``: once rows that left free enough columns on the window's left, the window
+    moves to column 0 of the same buffer (same memory, same buffer number: graphs captured
+    on it stay valid) and the keys stay where the mask lets attention look. Refused, with
+    nothing moved, for other rows, too few columns, or (for steps that read every column) a
+    buffer much wider than a new one."""
+    gen = torch.Generator().manual_seed(4)
+    first = rows_of(4, 1000, gen)
+    layer = SlabLayer(first, -first, rows=4)
+    ref = Reference(first)
+    while not layer.full:
+        col = rows_of(4, 1, gen)
+        layer.update(col, -col)
+        ref.step(col)
+    order = swap_remove_order(4, [1, 2, 3])
+    assert not layer.recycle(layer.capacity)  # 1,128 columns: no room left of the window
+    # The row that leaves is the oldest: its columns go, the others' keys stay.
+    ref.mask[1:, :200] = False
+    start = ref.keep(order)
+    layer.keep(order, start, keep_indices(order, CPU)[1])
+    assert layer.lo == 200 and layer.full
+    ptr, number, width = layer._k.data_ptr(), layer.buffer, layer.width
+    assert not layer.recycle(layer.capacity + 1)  # other rows: a new buffer
+    assert not layer.recycle(layer.capacity, extra=201)  # a spare this buffer cannot give
+    assert layer.lo == 200
+    assert layer.recycle(layer.capacity, read_whole=True)
+    assert (layer._k.data_ptr(), layer.buffer, layer.lo, layer.width) == (ptr, number, 0, width)
+    same_where_visible(layer, ref)
+    col = rows_of(3, 1, gen)
+    layer.update(col, -col)  # written in place, in the same buffer
+    ref.step(col)
+    assert layer._k.data_ptr() == ptr
+    same_where_visible(layer, ref)
+    # A window that shrank far below its buffer: steps that read every column want a new one.
+    order = swap_remove_order(3, [2])
+    ref.mask[:, :-100] = False
+    start = ref.keep(order)
+    layer.keep(order, start, keep_indices(order, CPU)[1])
+    assert not layer.recycle(layer.capacity, read_whole=True)
+    assert layer.recycle(layer.capacity)  # eager steps read the window only: kept
+    same_where_visible(layer, ref)

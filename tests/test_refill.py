@@ -177,8 +177,8 @@ def test_auto_batch_size_counts_cache_beside_one_prefill(monkeypatch: pytest.Mon
     quarter = positions // 4  # below the cap: ~2.5x the worst case's slots in gundam mode
     assert rt.auto_batch_size(model, 1121, long, quarter) > 2 * (quarter // columns_for(8192))
     short = SimpleNamespace(max_new_tokens=200)
-    assert rt.auto_batch_size(model, 1121, short, positions // 4) == (
-        positions // 4 // columns_for(1321)
+    assert rt.auto_batch_size(model, 1121, short, positions // 5) == (
+        positions // 5 // columns_for(1321)
     )
     assert rt.auto_batch_size(model, 1121, long, None) == rt.CPU_BATCH_SIZE
 
@@ -364,25 +364,36 @@ def test_decode_steps_keep_off_cudnn_attention(tiny_v2_model: Path) -> None:
     assert torch.backends.cuda.cudnn_sdp_enabled()
 
 
+@pytest.mark.parametrize("in_place", [True, False])
 def test_long_decodes_through_cache_reallocations_match_pages_alone(
-    tiny_v2_model: Path, monkeypatch: pytest.MonkeyPatch
+    tiny_v2_model: Path, monkeypatch: pytest.MonkeyPatch, in_place: bool
 ) -> None:
     """Five pages of three prompt lengths with budgets of 40..150 tokens on two slots: rows
-    leave and join many times and the in-place cache outgrows its spare columns (64) in a
-    decode step, and each page's tokens are still those transformers' generate gives it alone."""
+    leave and join many times and a decode step finds no spare column in the in-place
+    cache. It moves the window left within its buffer (``in_place``) or, when the buffer
+    cannot be kept, takes a new one; each page's tokens are still those transformers'
+    generate gives it alone."""
     eng, pages, budgets, alone = mixed_pages(tiny_v2_model)
     prepared = prepared_with(eng, pages, budgets)
     decoder = cpu_decoder(eng, slots=2)
     from ocrpress.engines.kv_slab import SlabLayer
 
+    if not in_place:
+        monkeypatch.setattr(SlabLayer, "recycle", lambda *a, **k: False)
     grown: list[int] = []  # reallocations because a step found no spare column
     before_each_call(
         monkeypatch, SlabLayer, "_reallocate", lambda *a, **k: grown.append(k.get("extra", 0))
     )
+    shifted: list[int] = []  # windows moved left in their buffer instead
+    before_each_call(monkeypatch, SlabLayer, "_shift_left", lambda layer: shifted.append(1))
     tokens = decoder.run(prepared)
     assert [tokens[i] for i in range(5)] == alone
     layers = eng.hf_model.config.text_config.num_hidden_layers
-    assert sum(1 for extra in grown if extra) >= layers
+    by_step = sum(1 for extra in grown if extra)
+    if in_place:
+        assert len(shifted) >= layers
+    else:
+        assert not shifted and by_step >= layers
 
 
 def test_pages_tensors_join_the_same_whether_copied_one_by_one_or_after_a_cat() -> None:

@@ -14,7 +14,8 @@ address it saw. So a graphed step:
 - writes its keys at a column held in a device tensor (:meth:`.kv_slab.SlabLayer.fix`).
 
 Graphs are kept per (rows bucket, experts setting) and dropped when the cache gets a new
-buffer (every 64-256 steps, or when rows outgrow it): their addresses are that buffer's. The
+buffer (when the window or the rows outgrow it, or stale columns pass a quarter of it; a
+window moved within its buffer keeps them): their addresses are that buffer's. The
 first step of a key runs eagerly on a side stream, which is also the warm-up a capture needs,
 and its graph serves from the next step on.
 

@@ -11,9 +11,13 @@ on an H100. A :class:`SlabLayer` keeps its rows in a buffer with spare columns a
   moving the window's left edge;
 - new rows, right-aligned with the running ones, are written into free rows (``add``).
 
-The buffer is reallocated (one copy of the live cache) only when the window reaches its last
-column or rows outgrow it; spare columns are a quarter of the window, from 64 to 256, so that
-happens every 64-256 steps and the spare costs at most 256 positions a row. Its size, rows x
+When the window reaches the buffer's last column, it moves back to the first column in place
+if rows that left freed enough columns on its left (:meth:`SlabLayer.recycle`: one copy of the
+live cache, no allocation, and the buffer keeps its addresses, which CUDA graphs captured on
+it point to); otherwise, or when rows outgrow it, the buffer is reallocated (one copy). Spare
+columns are a quarter of the window, from 64 to 128: a fixed-shape step reads every column,
+spare ones too, so a smaller spare costs less a step and more buffers (bench/cache_schedule.py
+counts both over a long job). Its size, rows x
 columns, is the refill decoder's to bound (:meth:`SlabLayer.regrow`, the ``rows`` of
 :meth:`SlabLayer.add`; :func:`columns_for` says the columns a window takes). Unused rows and
 columns hold zeros or old keys, never uninitialised memory: padding is masked, and a masked
@@ -29,7 +33,14 @@ import torch
 from transformers.cache_utils import DynamicLayer
 
 MIN_SPARE_COLUMNS = 64
-MAX_SPARE_COLUMNS = 256
+MAX_SPARE_COLUMNS = 128
+
+#: A buffer that fixed-shape steps read whole is kept (:meth:`SlabLayer.recycle`) while its
+#: columns are at most this share of the window more than a new buffer's would be: each
+#: column kept costs every step, each new buffer costs the graphs' captures again
+#: (bench/cache_schedule.py counts both).
+RECYCLE_EXTRA = 0.125
+
 
 _BUFFERS = itertools.count(1)  # a buffer's number: addresses can come back, numbers cannot
 
@@ -89,6 +100,7 @@ class SlabLayer(DynamicLayer):
         self.n = 0
         self.lo = self.hi = 0
         self.buffer = 0  # the number of the current buffer (see _BUFFERS)
+        self.shifts = 0  # windows moved to the buffer's first column (recycle)
         self._fixed: tuple[int, torch.Tensor] | None = None
         self._k = self._v = keys.new_zeros(0)
         self._reallocate(keys.shape[2], max(rows, keys.shape[0]), like=keys)
@@ -107,7 +119,7 @@ class SlabLayer(DynamicLayer):
 
     @property
     def full(self) -> bool:
-        """No spare column left: the next decode step reallocates the buffer."""
+        """No spare column left: the next decode step moves the window or reallocates."""
         return self.hi >= self._k.shape[2]
 
     @property
@@ -148,7 +160,7 @@ class SlabLayer(DynamicLayer):
             values.index_copy_(2, column, value_states)
             return keys, values
         new = key_states.shape[2]
-        if self.hi + new > self._k.shape[2]:
+        if self.hi + new > self._k.shape[2] and not self.recycle(self.capacity, extra=new):
             self._reallocate(self.width, self._k.shape[0], extra=new)
         self._k[: self.n, :, self.hi : self.hi + new].copy_(key_states)
         self._v[: self.n, :, self.hi : self.hi + new].copy_(value_states)
@@ -204,6 +216,21 @@ class SlabLayer(DynamicLayer):
         self.lo = min(self.lo, self.hi - need)
         self._write_rows(keys, values)
 
+    def recycle(self, rows: int, extra: int = 0, read_whole: bool = False) -> bool:
+        """Make spare columns in this buffer instead of a new one, if it holds ``rows`` rows
+        and has columns for the window and a full spare (at least ``extra``): the window
+        moves to the first column, in place. No memory is allocated, and the buffer keeps its
+        addresses, so CUDA graphs captured on it stay valid. ``read_whole``: steps read every
+        column (fixed-shape ones), so a buffer much wider than a new one would be
+        (:data:`RECYCLE_EXTRA`) is not kept. False, and nothing done, if not kept."""
+        width = self.width
+        want = max(columns_for(width), width + extra)
+        wide = read_whole and self.columns > want + int(width * RECYCLE_EXTRA)
+        if rows != self.capacity or self.columns < want or wide:
+            return False
+        self._shift_left()
+        return True
+
     def regrow(self, rows: int) -> None:
         """A new buffer with spare columns for the window and room for ``rows`` rows (at least
         those running): the decoder's move before a step that would find the buffer full, so
@@ -233,6 +260,22 @@ class SlabLayer(DynamicLayer):
         self._k[rows, :, self.hi - width : self.hi].copy_(keys)
         self._v[rows, :, self.hi - width : self.hi].copy_(values)
         self.n += g
+        self._views()
+
+    def _shift_left(self) -> None:
+        """Move the window to column 0 of its buffer, in chunks of at most ``lo`` columns,
+        left to right: no chunk's source overlaps its destination, and a chunk writes only
+        where an earlier chunk has already been read (one stream runs them in order)."""
+        shift, width = self.lo, self.width
+        if shift == 0:
+            return
+        for buf in (self._k, self._v):
+            live = buf[: self.n]
+            for a in range(0, width, shift):
+                b = min(a + shift, width)
+                live[:, :, a:b].copy_(live[:, :, shift + a : shift + b])
+        self.lo, self.hi = 0, width
+        self.shifts += 1
         self._views()
 
     def _reallocate(

@@ -211,12 +211,13 @@ class Running:
         compact: bool,
         device: torch.device,
     ) -> list[Parked]:
-        """Before a step: a new buffer if the current one has no spare column (or, when
-        ``compact``, if the columns left of the window, which rows that left used, pass a
-        quarter of it: a fixed-shape step reads every column). Within ``budget``: if the
-        running rows no longer fit at their width, the shortest are parked (and returned).
-        ``capacity()``: the rows the new buffer makes room for, asked after any parking.
-        Unbounded and not ``compact``, nothing is done: the step's own reallocation keeps
+        """Before a step: spare columns if the buffer has none left (the window moved within
+        it, or a new buffer), or, when ``compact``, a smaller buffer if the columns left of
+        the window, which rows that left used, pass a quarter of it (a fixed-shape step
+        reads every column). Within ``budget``: if the running rows no longer fit at their
+        width, the shortest are parked (and returned). ``capacity()``: the rows the buffer
+        makes room for (a buffer of other rows is not kept), asked after any parking.
+        Unbounded and not ``compact``, nothing is done: the step itself makes room, keeping
         the rows it has."""
         first = self.cache.layers[0]
         stale = compact and first.lo > first.width // 4
@@ -227,8 +228,11 @@ class Running:
         if fit is not None and len(self) > max(1, fit):
             gone = self.park(self.shortest(len(self) - max(1, fit)), device)
         rows = capacity()
-        for layer in self.cache.layers:
-            layer.regrow(rows)
+        # A full buffer of the right size makes room in place (its graphs stay valid); one
+        # with stale columns is made smaller instead.
+        for layer in self.cache.layers:  # every layer has the same shape: the same choice
+            if not (layer.full and not stale and layer.recycle(rows, read_whole=compact)):
+                layer.regrow(rows)
         return gone
 
     def shortest(self, count: int) -> list[int]:
