@@ -25,6 +25,7 @@ from collections import Counter
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import AbstractContextManager, nullcontext
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -34,6 +35,7 @@ from _vlm import A4_144DPI, ForceLengths, build_model, sync, synthetic_pages
 from ocrpress.engines import EngineOptions
 from ocrpress.engines.decode_graphs import capture_failure
 from ocrpress.engines.deepseek import DeepSeekEngine
+from ocrpress.engines.kv_slab import columns_for
 from ocrpress.engines.refill import RefillDecoder
 from ocrpress.engines.refill_items import (
     Prepared,
@@ -41,6 +43,7 @@ from ocrpress.engines.refill_items import (
     decode_attention,
     decode_experts,
 )
+from ocrpress.engines.refill_rows import ADMIT_SHARE
 
 #: Decode-step experts settings compared: most rows that run batched_mm (None: the engine's).
 SETTINGS = {"grouped": 0, "batched": 10**9, "engine": None}
@@ -213,16 +216,44 @@ def wait_check(eng: DeepSeekEngine, prepared: list[Prepared], length: int) -> No
     steps so that rows leave mid-run): CUDA's sync debug mode warns at each wait, counted
     by the function that asked. Outside the model's own calls the CPU tests expect one wait
     a step (its tokens, an event) and one a prefill; the model's eager prefills and the
-    graphs' captures wait inside transformers."""
+    graphs' captures wait inside transformers. A second run has a cache budget so tight
+    that rows are parked in host memory and rejoin: their keys' copies, through pinned
+    memory, should add no wait."""
     if not torch.cuda.is_available():
         print("host waits: CUDA only (the CPU tests count them by operator)")
         return
-    saved = eng.decode_graphs, eng.read_late
-    eng.decode_graphs, eng.read_late = True, True
-    decoder = eng.decoder(len(prepared), None)
-    eng.decode_graphs, eng.read_late = saved
-    for i, it in enumerate(prepared):
-        it.budget = max(2, length - 5 * (i % 8))  # rows leave every few steps
+    # The second run, last (the checks' time limit may cut it): 8 rows, all admitted at the
+    # prompt's width, in a budget that parks some once the window is ~11% wider (at its
+    # second buffer in gundam mode, hence 300 steps).
+    few, long = prepared[:8], max(length, 300)
+    tight = int(len(few) * columns_for(max(it.prompt_length for it in few)) / ADMIT_SHARE)
+    for rows, steps, budget in ((prepared, length, None), (few, long, tight)):
+        saved = eng.decode_graphs, eng.read_late
+        eng.decode_graphs, eng.read_late = True, True
+        decoder = eng.decoder(len(rows), None)
+        eng.decode_graphs, eng.read_late = saved
+        label = "the engine's"
+        if budget is not None:
+            decoder.resize(len(rows), budget)
+            label = f"{budget:,} positions"
+        for i, it in enumerate(rows):
+            it.budget = max(2, steps - 5 * (i % 8))  # rows leave every few steps
+        waits = count_waits(partial(decoder.run, rows), eng.device)
+        st = decoder.stats
+        print(
+            f"host waits, {len(rows)} rows, graphs and read late, cache budget {label}: "
+            f"{st.steps} steps, {st.prefills} prefills, {st.captures} captured, "
+            f"{st.parked} pages parked; waits by caller:"
+        )
+        for where, n in waits.most_common(12):
+            print(f"  {n:6d}  {where}")
+    if capture_failure():
+        print(f"  CAPTURE FAILED, the steps were eager: {capture_failure()}")
+
+
+def count_waits(work: Callable[[], Any], device: str) -> Counter[str]:
+    """The waits for the device while ``work()`` runs, by the function that asked (CUDA's
+    sync debug mode warns at each)."""
     waits: Counter[str] = Counter()
     show = warnings.showwarning
 
@@ -234,24 +265,16 @@ def wait_check(eng: DeepSeekEngine, prepared: list[Prepared], length: int) -> No
         where = ours[-1] if ours else frames[-1]
         waits[f"{Path(where.filename).name}:{where.lineno} {where.name}"] += 1
 
-    sync(eng.device)
+    sync(device)
     with warnings.catch_warnings():
         warnings.simplefilter("always")
         warnings.showwarning = record
         torch.cuda.set_sync_debug_mode("warn")
         try:
-            decoder.run(prepared)
+            work()
         finally:
             torch.cuda.set_sync_debug_mode("default")
-    st = decoder.stats
-    print(
-        f"host waits, {len(prepared)} rows, graphs and read late: {st.steps} steps, "
-        f"{st.prefills} prefills, {st.captures} captured; waits by caller:"
-    )
-    for where, n in waits.most_common(12):
-        print(f"  {n:6d}  {where}")
-    if capture_failure():
-        print(f"  CAPTURE FAILED, the steps were eager: {capture_failure()}")
+    return waits
 
 
 def prefill_check(eng: DeepSeekEngine, prepared: list[Prepared]) -> None:

@@ -25,7 +25,7 @@ from test_refill_budget import LAYERS
 from test_refill_budget import decoder as echo_decoder
 from test_refill_budget import page as echo_page
 
-from ocrpress.engines import refill
+from ocrpress.engines import kv_slab, refill, refill_rows
 from ocrpress.engines.kv_slab import SlabLayer
 from ocrpress.engines.refill import RefillDecoder
 from ocrpress.engines.refill_rows import Running
@@ -144,12 +144,25 @@ def test_rows_parked_and_rejoined_copy_their_keys_and_nothing_else(
     pages = [echo_page(k, rnd.choice([10, 40]), rnd.randint(20, 160), rnd) for k in range(12)]
     decoder = echo_decoder(6, 700, read_late=True)
     parked = parked_rows(monkeypatch)
+    crossings: Counter[str] = Counter()
+    for name in ("host_copy", "device_copy"):
+        original = getattr(kv_slab, name)
+
+        def counted(*args: Any, _name: str = name, _original: Any = original) -> Any:
+            crossings[_name] += 1
+            return _original(*args)
+
+        monkeypatch.setattr(kv_slab, name, counted)
+        monkeypatch.setattr(refill_rows, name, counted, raising=False)
     with host_reads(decoder.model) as (spy, calls):
         decoder.run(pages)
     assert sum(parked) > 0, "the budget should park rows"
-    # Keys and values (a copy each, per layer) to the host and back: these wait, both ways
-    # (pageable host memory), and only rows parked pay them.
-    assert Counter(spy.syncs) == {"to": 2 * 2 * LAYERS * sum(parked)}
+    # Keys and values (a copy each, per layer) to the host and back, and nothing else: on
+    # CUDA through pinned memory, queued without waiting (the copies the spy would see as
+    # waits, to pageable memory, are gone).
+    assert not spy.syncs
+    copies = 2 * LAYERS * sum(parked)
+    assert crossings == {"host_copy": copies, "device_copy": copies}
     # The last step's tokens are never read: its rows had all ended.
     assert calls == {"deliver": decoder.stats.steps - 1, "_prefill": decoder.stats.prefills}
 

@@ -76,6 +76,28 @@ def device_indices(values: list[int], device: torch.device) -> torch.Tensor:
     return t if device.type == "cpu" else t.to(device)
 
 
+def host_copy(t: torch.Tensor) -> torch.Tensor:
+    """A copy of ``t`` in host memory, made without the host waiting: on CUDA into pinned
+    memory, queued on the current stream (a copy to pageable memory waits for everything
+    queued before it, a decode step read late among it). Only the device reads it back
+    (:func:`device_copy`), queued after this copy on the same stream, so nothing waits for
+    it. On the CPU a copy too: the buffer's rows move when rows leave."""
+    if t.is_cuda:
+        # PyTorch's host allocator records the copy's stream for the pinned block, so the
+        # block is not handed out again before the copy is done.
+        host = torch.empty(t.shape, dtype=t.dtype, pin_memory=True)
+        return host.copy_(t, non_blocking=True)
+    return t.clone()
+
+
+def device_copy(t: torch.Tensor, device: torch.device) -> torch.Tensor:
+    """:func:`host_copy`'s tensor back on ``device``, without the host waiting (its pinned
+    memory lets the copy be queued); on the CPU, ``t`` itself."""
+    if t.device == device:
+        return t
+    return t.to(device, non_blocking=device.type == "cuda")
+
+
 Moves = tuple[torch.Tensor, torch.Tensor]  # (destination rows, source rows) on the device
 
 
@@ -138,13 +160,10 @@ class SlabLayer(DynamicLayer):
         return self._k.shape[0] * self._k.shape[2]
 
     def row(self, i: int, start: int) -> tuple[torch.Tensor, torch.Tensor]:
-        """Row ``i``'s keys and values from window column ``start`` on, copied to the host (a
-        copy on the CPU too: the buffer's rows move when rows leave)."""
+        """Row ``i``'s keys and values from window column ``start`` on, copied to the host
+        without waiting (:func:`host_copy`)."""
         cols = slice(start, None)
-        return (
-            self.keys[i : i + 1, :, cols].to("cpu", copy=True),
-            self.values[i : i + 1, :, cols].to("cpu", copy=True),
-        )
+        return host_copy(self.keys[i : i + 1, :, cols]), host_copy(self.values[i : i + 1, :, cols])
 
     # ---------------------------------------------------------------- transformers' API
 

@@ -19,7 +19,7 @@ from typing import Any
 
 import torch
 
-from .kv_slab import SlabLayer, columns_for, keep_indices, swap_remove_order
+from .kv_slab import SlabLayer, columns_for, device_copy, keep_indices, swap_remove_order
 
 #: Rows join only while the cache stays within this share of its budget; rows are parked only
 #: past the whole budget, so a row that joined has room to grow before anyone is parked.
@@ -266,7 +266,8 @@ class Running:
 
     def unpark(self, row: Parked, holder: Any, device: str, capacity: int) -> None:
         """Rejoin a parked row where it stopped."""
-        kv = [(k.to(device), v.to(device)) for k, v in row.kv]
+        where = torch.device(device)
+        kv = [(device_copy(k, where), device_copy(v, where)) for k, v in row.kv]
         self.join(holder, kv, row.mask, row.position, row.history, row.last, capacity)
         self.keys.append(row.key)
         self.tokens.append(row.tokens)
