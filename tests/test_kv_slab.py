@@ -188,3 +188,19 @@ def test_a_full_buffer_of_the_right_size_moves_its_window_in_place() -> None:
     assert not layer.recycle(layer.capacity, read_whole=True)
     assert layer.recycle(layer.capacity)  # eager steps read the window only: kept
     same_where_visible(layer, ref)
+
+
+def test_one_row_of_one_head_moves_in_chunks_that_never_overlap() -> None:
+    """With one row of one head the window's columns are one dense block of memory, where
+    torch refuses a copy whose source overlaps its destination (on CUDA such a copy would
+    race): the move is made of chunks of at most ``lo`` columns, and every key arrives."""
+    first = torch.arange(1000.0).reshape(1, 1, 1000, 1) + 1.0
+    layer = SlabLayer(first, -first, rows=1)
+    while not layer.full:
+        col = torch.full((1, 1, 1, 1), float(layer.hi + 1))
+        layer.update(col, -col)
+    layer.keep([0], 200, None)  # the first 200 columns go: the window is 200..1128
+    expected = layer.keys.clone()
+    assert layer.recycle(1, read_whole=True) and layer.lo == 0
+    assert torch.equal(layer.keys, expected) and torch.equal(layer.values, -expected)
+    assert torch.equal(layer.keys[0, 0, :, 0], torch.arange(201.0, 1129.0))

@@ -100,3 +100,46 @@ def test_the_budget_counts_rows_of_the_columns_a_window_takes() -> None:
         columns_for(2000)
     )
     assert budget.rows_for(8192) < budget.rows_for(2000, admitting=True) < 10
+
+
+def step(rows: Running, gen: torch.Generator) -> None:
+    """One decode step's bookkeeping: every row attends to a new column of random keys."""
+    rows.grow()
+    n = len(rows)
+    for layer in rows.cache.layers:
+        col = torch.randn(n, H, 1, D, generator=gen)
+        layer.update(col, -col)
+
+
+def test_a_full_buffer_makes_room_in_place_for_fixed_shape_steps() -> None:
+    """Before a fixed-shape step (which reads every column), a full buffer whose window has
+    room on its left and is at most an eighth wider than a new buffer's moves its window in
+    place (the same buffer: its graphs stay), even with more than a quarter of it stale; a
+    buffer not full but with stale columns is made smaller."""
+    gen = torch.Generator().manual_seed(9)
+    rows = Running()
+    join(rows, 0, 1, 100, gen)  # 164 columns: 100 and a spare of 64
+    join(rows, 1, 1, 30, gen)
+    first = rows.cache.layers[0]
+    while not first.full:
+        step(rows, gen)
+    before = row_state(rows, 1)
+    rows.drop([1], CPU)  # the old row leaves: 70 of the 164 columns are stale
+    assert (first.lo, first.width, first.columns) == (70, 94, 164)
+    numbers = [layer.buffer for layer in rows.cache.layers]
+    assert rows.make_room(CacheBudget(), lambda: 8, True, CPU) == []
+    assert [layer.buffer for layer in rows.cache.layers] == numbers
+    assert all(layer.lo == 0 for layer in rows.cache.layers)
+    assert same(row_state(rows, 1), before)
+    step(rows, gen)
+    # Not full, but stale past a quarter of the window: a new, smaller buffer.
+    join(rows, 2, 1, 20, gen)
+    for _ in range(20):
+        step(rows, gen)
+    rows.drop([1], CPU)
+    assert not first.full and first.lo > first.width // 4
+    kept = row_state(rows, 2)
+    rows.make_room(CacheBudget(), lambda: 8, True, CPU)
+    first = rows.cache.layers[0]
+    assert first.buffer != numbers[0] and first.lo == 0 and first.columns < 164
+    assert same(row_state(rows, 2), kept)

@@ -122,7 +122,7 @@ class SlabLayer(DynamicLayer):
         self.n = 0
         self.lo = self.hi = 0
         self.buffer = 0  # the number of the current buffer (see _BUFFERS)
-        self.shifts = 0  # windows moved to the buffer's first column (recycle)
+        self.shifts = 0  # windows moved to this buffer's first column (recycle)
         self._fixed: tuple[int, torch.Tensor] | None = None
         self._k = self._v = keys.new_zeros(0)
         self._reallocate(keys.shape[2], max(rows, keys.shape[0]), like=keys)
@@ -314,5 +314,6 @@ class SlabLayer(DynamicLayer):
             v[: self.n, :, width - live : width].copy_(self.values)
         self._k, self._v = k, v
         self.buffer = next(_BUFFERS)
+        self.shifts = 0
         self.lo, self.hi = width - live, width
         self._views()

@@ -228,10 +228,11 @@ class Running:
         if fit is not None and len(self) > max(1, fit):
             gone = self.park(self.shortest(len(self) - max(1, fit)), device)
         rows = capacity()
-        # A full buffer of the right size makes room in place (its graphs stay valid); one
-        # with stale columns is made smaller instead.
+        # A full buffer of the right size makes room in place (its graphs stay valid: whether
+        # it is still the right size is recycle's to say); one that is not full but has stale
+        # columns is made smaller.
         for layer in self.cache.layers:  # every layer has the same shape: the same choice
-            if not (layer.full and not stale and layer.recycle(rows, read_whole=compact)):
+            if not (layer.full and layer.recycle(rows, read_whole=compact)):
                 layer.regrow(rows)
         return gone
 
