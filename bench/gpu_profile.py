@@ -17,6 +17,7 @@ timed. ``generate`` prepares its pages inside its call: its step cost is the dif
 from __future__ import annotations
 
 import argparse
+import math
 import sys
 import time
 import traceback
@@ -226,7 +227,10 @@ def wait_check(eng: DeepSeekEngine, prepared: list[Prepared], length: int) -> No
     # prompt's width, in a budget that parks some once the window is ~11% wider (at its
     # second buffer in gundam mode, hence 300 steps).
     few, long = prepared[:8], max(length, 300)
-    tight = int(len(few) * columns_for(max(it.prompt_length for it in few)) / ADMIT_SHARE)
+    # Rounded up (and one more): rounded down, it admits one row fewer, and that row's room
+    # keeps the others from being parked.
+    prompt = max(it.prompt_length for it in few)
+    tight = math.ceil(len(few) * columns_for(prompt) / ADMIT_SHARE) + 1
     for rows, steps, budget in ((prepared, length, None), (few, long, tight)):
         saved = eng.decode_graphs, eng.read_late
         eng.decode_graphs, eng.read_late = True, True
@@ -247,6 +251,8 @@ def wait_check(eng: DeepSeekEngine, prepared: list[Prepared], length: int) -> No
         )
         for where, n in waits.most_common(12):
             print(f"  {n:6d}  {where}")
+        if budget is not None and not st.parked:
+            print("  WARNING: no page was parked, so this run says nothing of parking's waits")
     if capture_failure():
         print(f"  CAPTURE FAILED, the steps were eager: {capture_failure()}")
 

@@ -365,8 +365,10 @@ def test_a_failed_capture_turns_graphs_off_for_the_process(
 
 
 def test_graphs_only_for_attention_that_takes_a_4d_mask(tiny_v2_model: Path) -> None:
-    """Flash attention 2 (ocrpress's choice for the decoder when flash-attn is installed)
-    unpads by the 2D mask, waiting for the device: with it, decode steps stay eager."""
+    """Fixed-shape steps need attention that takes a 4D mask as it is: SDPA and eager. A
+    decoder loaded with flash attention 2 (ocrpress's choice when flash-attn is installed)
+    runs its decode steps on SDPA (tests/test_attention.py), so it may have them; one on
+    another implementation (flex attention here) keeps its steps eager."""
     from types import SimpleNamespace
 
     from ocrpress.engines.decode_graphs import fixed_steps_supported
@@ -378,9 +380,10 @@ def test_graphs_only_for_attention_that_takes_a_4d_mask(tiny_v2_model: Path) -> 
     eng = make_engine(tiny_v2_model, mode="small", max_new_tokens=4)
     assert fixed_steps_supported(eng.hf_model)  # SDPA
     assert fixed_steps_supported(model("eager"))
-    assert not fixed_steps_supported(model("flash_attention_2"))
-    flash = RefillDecoder(
-        model("flash_attention_2"),
+    assert fixed_steps_supported(model("flash_attention_2"))
+    assert not fixed_steps_supported(model("flex_attention"))
+    flex = RefillDecoder(
+        model("flex_attention"),
         slots=2,
         eos_ids={0},
         device="cpu",
@@ -388,7 +391,7 @@ def test_graphs_only_for_attention_that_takes_a_4d_mask(tiny_v2_model: Path) -> 
         guard=None,
         graphs=True,
     )
-    assert flash.fixed is None
+    assert flex.fixed is None
     assert decoder(eng, slots=2, graphs=True).fixed is not None
 
 

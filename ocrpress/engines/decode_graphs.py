@@ -34,7 +34,7 @@ from typing import Any
 import torch
 
 from .deepseek_runtime import text_config
-from .refill_items import DecodeStats
+from .refill_items import DecodeStats, step_attention
 from .refill_rows import Running
 
 log = logging.getLogger("ocrpress")
@@ -99,15 +99,19 @@ def capture_failure() -> str | None:
 
 
 def fixed_steps_supported(model: Any) -> bool:
-    """Whether the decoder's attention takes a 4D mask as it is: SDPA and eager do; flash
-    attention 2 (which ocrpress asks for when flash-attn is installed) unpads by the mask,
-    which waits for the device and needs the 2D mask."""
-    return getattr(text_config(model), "_attn_implementation", None) in ("sdpa", "eager")
+    """Whether the decode steps' attention takes a 4D mask as it is: SDPA and eager do, and
+    the steps of a decoder loaded with a flash attention run on SDPA
+    (:func:`.refill_items.step_attention`); others (flex, paged) are not tried."""
+    switch = step_attention(model)
+    steps = switch[0] if switch else getattr(text_config(model), "_attn_implementation", None)
+    return steps in ("sdpa", "eager")
 
 
 class FixedStep:
     """Decode steps over the cache's whole buffer with fixed-shape inputs; on CUDA (when
-    ``capture``), each (rows bucket, experts setting) captured as a graph and replayed."""
+    ``capture``), each (rows bucket, experts setting) captured as a graph and replayed.
+    Called inside the decoder's switch of the step's attention (``RefillDecoder._step``):
+    a decoder loaded with a flash attention gets its SDPA there."""
 
     def __init__(
         self, model: Any, device: str, cache_arg: str, capture: bool, stats: DecodeStats

@@ -54,8 +54,10 @@ from .refill_items import (
     Poll,
     Prepared,
     StepHook,
+    attention_as,
     collate,
     decode_attention,
+    step_attention,
 )
 from .refill_rows import CacheBudget, Parked, Running, StepTokens
 
@@ -118,6 +120,8 @@ class RefillDecoder:
         params = inspect.signature(model.forward).parameters
         self.cache_arg = "cache" if "cache" in params else "past_key_values"
         self.attention = decode_attention  # (device) -> context of a decode step's kernels
+        # (decode steps' attention, the decoder's own) where they differ: see step_attention.
+        self.step_attention = step_attention(model)
         # Prefills on PyTorch's default kernels (cuDNN's on an H100), or on the decode steps'.
         # "Default" leaves the process-wide switch alone: while another decoder in this
         # process runs a decode step, a prefill runs without cuDNN too.
@@ -128,7 +132,7 @@ class RefillDecoder:
         if graphs and fixed_steps_supported(model):
             self.fixed = FixedStep(model, device, self.cache_arg, capture=True, stats=self.stats)
         elif graphs:
-            log.info("decode steps run without CUDA graphs: the decoder's attention is not SDPA")
+            log.info("decode steps run without CUDA graphs: their attention is not SDPA")
         # Read each step's tokens a step late (see StepTokens): the step held for reading.
         self.read_late = read_late
         self._pending: StepTokens | None = None
@@ -340,7 +344,7 @@ class RefillDecoder:
         self._phase(self._decode_rows is None or n <= self._decode_rows)
         assert rows.positions is not None and rows.last is not None
         rows.grow()
-        with self.attention(self.device):
+        with self.attention(self.device), attention_as(self.model, self.step_attention):
             if self.fixed is not None:
                 logits = self.fixed(rows, self._decoding).float()
             else:

@@ -4,14 +4,15 @@ and step-hook seams, batching of prefill inputs, the decode-step experts setting
 from __future__ import annotations
 
 import threading
-from collections.abc import Callable
-from contextlib import AbstractContextManager, nullcontext
+from collections.abc import Callable, Iterator
+from contextlib import AbstractContextManager, contextmanager, nullcontext
 from dataclasses import dataclass, fields
 from typing import Any
 
 import torch
 
 from . import STREAM_END
+from .deepseek_runtime import text_config
 
 #: What a page source gives when it has no more pages.
 END = STREAM_END
@@ -114,6 +115,44 @@ def decode_attention(device: str) -> AbstractContextManager[Any]:
     if not device.startswith("cuda"):
         return nullcontext()
     return _CUDNN_OFF
+
+
+#: (the attention decode steps run, the decoder's own) where they differ.
+AttentionSwitch = tuple[str, str]
+
+
+def step_attention(model: Any) -> AttentionSwitch | None:
+    """SDPA for decode steps, when the decoder was loaded with a flash attention (which
+    prefills keep); None: decode steps keep the decoder's own. transformers' flash path
+    unpads the keys by the 2D mask at every call: at a decode step that gathers the whole
+    live cache, every layer (the copy the in-place cache exists to avoid: ``torch.cat``'s
+    like copy took ~8 ms a step at 96 rows of 2,000 positions on an H100), and reads the
+    mask's lengths on the host, waiting for the device. SDPA reads the cache where it lies
+    and takes the fixed-shape steps' 4D masks."""
+    if getattr(model, "config", None) is None:  # a stand-in model without one
+        return None
+    loaded = getattr(text_config(model), "_attn_implementation", None)
+    # Any flash flavour: flash_attention_2 or _3, or a kernels-hub name for one.
+    if isinstance(loaded, str) and "flash" in loaded.lower():
+        return "sdpa", loaded
+    return None
+
+
+@contextmanager
+def attention_as(model: Any, switch: AttentionSwitch | None) -> Iterator[None]:
+    """The decoder's attention implementation is the switch's first while the block runs,
+    and its second (the decoder's own, as loaded) after; None: left as it is.
+    transformers' attention layers and mask builder read it from the shared text config at
+    every call, so a switch costs an attribute."""
+    if switch is None:
+        yield
+        return
+    config = text_config(model)
+    config._attn_implementation = switch[0]
+    try:
+        yield
+    finally:
+        config._attn_implementation = switch[1]
 
 
 def batched_mm_rows(model: Any) -> int | None:
