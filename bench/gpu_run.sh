@@ -4,9 +4,9 @@
 # (decode steps and prefills with and without cuDNN, on new shapes and again, a prefill's
 # profile, decode steps eager against CUDA graphs at 1, 16 and 64 rows, and the host's
 # waits in a 64-row decode with graphs and tokens read late, counted by CUDA's sync debug
-# mode, then in an 8-row one whose cache budget parks rows), and three end-to-end runs on the same 192 pages at 900 tokens with the engine's
-# own decode slots (128 on an 80 GB card; session 8 ran 96: 2.89 pages/s), each with its
-# device timeline:
+# mode, then in an 8-row one whose cache budget parks rows), and three end-to-end runs on
+# the same 192 pages at 900 tokens with the engine's own decode slots (128 on an 80 GB card;
+# session 8 ran 96: 2.89 pages/s), each with its device timeline:
 # eager decode steps, decode steps as CUDA graphs, and graphs with each step's tokens read a
 # step late (the prefill's cuDNN question is the checks' to answer). Session 8's step table and
 # engine comparison (refill 8.6x naive) are left out for time. Each step has its own time

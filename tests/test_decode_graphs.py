@@ -382,6 +382,7 @@ def test_graphs_only_for_attention_that_takes_a_4d_mask(tiny_v2_model: Path) -> 
     assert fixed_steps_supported(model("eager"))
     assert fixed_steps_supported(model("flash_attention_2"))
     assert not fixed_steps_supported(model("flex_attention"))
+    assert not fixed_steps_supported(SimpleNamespace())  # a stand-in without a config
     flex = RefillDecoder(
         model("flex_attention"),
         slots=2,

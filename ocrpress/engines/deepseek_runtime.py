@@ -115,7 +115,8 @@ def load_v1(folder: str, model_name: str, device: str, dtype: Any) -> tuple[Any,
 
 
 def text_config(model: Any) -> Any:
-    cfg = model.config
+    """The language model's config (None for a stand-in model without a config)."""
+    cfg = getattr(model, "config", None)
     return getattr(cfg, "text_config", None) or getattr(cfg, "language_config", None) or cfg
 
 

@@ -69,11 +69,7 @@ def device_indices(values: list[int], device: torch.device) -> torch.Tensor:
     copy goes through pinned memory, since one from pageable memory waits until the device
     has run everything queued before it (a decode step queued ahead, tokens read late)."""
     t = torch.tensor(values, dtype=torch.long)
-    if device.type == "cuda":
-        # The pinned block is not reused before the copy is done: PyTorch's host allocator
-        # records the copy's stream for it.
-        return t.pin_memory().to(device, non_blocking=True)
-    return t if device.type == "cpu" else t.to(device)
+    return device_copy(t.pin_memory() if device.type == "cuda" else t, device)
 
 
 def host_copy(t: torch.Tensor) -> torch.Tensor:
@@ -91,8 +87,10 @@ def host_copy(t: torch.Tensor) -> torch.Tensor:
 
 
 def device_copy(t: torch.Tensor, device: torch.device) -> torch.Tensor:
-    """:func:`host_copy`'s tensor back on ``device``, without the host waiting (its pinned
-    memory lets the copy be queued); on the CPU, ``t`` itself."""
+    """A host tensor (pinned, for CUDA: :func:`host_copy`'s, :func:`device_indices`') on
+    ``device`` without the host waiting: pinned memory lets the copy be queued, and PyTorch's
+    host allocator records the copy's stream, so the block is not reused before it is done.
+    Already on ``device`` (the CPU): ``t`` itself."""
     if t.device == device:
         return t
     return t.to(device, non_blocking=device.type == "cuda")

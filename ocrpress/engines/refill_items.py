@@ -129,8 +129,6 @@ def step_attention(model: Any) -> AttentionSwitch | None:
     like copy took ~8 ms a step at 96 rows of 2,000 positions on an H100), and reads the
     mask's lengths on the host, waiting for the device. SDPA reads the cache where it lies
     and takes the fixed-shape steps' 4D masks."""
-    if getattr(model, "config", None) is None:  # a stand-in model without one
-        return None
     loaded = getattr(text_config(model), "_attn_implementation", None)
     # Any flash flavour: flash_attention_2 or _3, or a kernels-hub name for one.
     if isinstance(loaded, str) and "flash" in loaded.lower():
