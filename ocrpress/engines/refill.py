@@ -48,9 +48,11 @@ import torch
 
 from .decode_graphs import FixedStep, fixed_steps_supported
 from .ngram import WindowedNoRepeatNGramLogitsProcessor
+from .refill_capacity import Capacity
 from .refill_items import (
     END,
     DecodeStats,
+    ExpertsPhase,
     Poll,
     Prepared,
     StepHook,
@@ -87,18 +89,9 @@ class RefillDecoder:
         read_late: bool = False,
     ) -> None:
         self.model = model
-        # (prefill setting, decode setting) of the MoE experts; None: one setting throughout.
-        self._experts = (
-            (model.get_experts_implementation(), decode_experts) if decode_experts else None
-        )
-        self._decoding = False
-        # Steps of more rows than this stay on the prefill setting (None: no limit).
-        self._decode_rows = decode_experts_rows
-        self.slots = max(1, slots)
+        self.experts = ExpertsPhase(model, decode_experts, decode_experts_rows)
+        self.capacity = Capacity(slots, cache_positions)
         self.prefill_pages = max(1, prefill_pages or self.slots)
-        self.refill_group = max(1, self.slots // 4)
-        # Positions the cache may hold (None: no bound): rows beyond it wait in host memory.
-        self.budget = CacheBudget(cache_positions)
         self._holder: Any = None  # the last transformers cache object, to hold rejoining rows
         self._parked_keys: set[int] = set()  # pages parked at least once
         self.device = device
@@ -139,6 +132,19 @@ class RefillDecoder:
 
     # ---------------------------------------------------------------- public
 
+    @property
+    def slots(self) -> int:
+        return self.capacity.slots
+
+    @property
+    def budget(self) -> CacheBudget:
+        return self.capacity.budget
+
+    def resize(self, slots: int, cache_positions: int | None) -> None:
+        """Change the rows and the cache's budget from the next admission or buffer on
+        (running rows stay)."""
+        self.capacity.resize(slots, cache_positions)
+
     def run(
         self, items: Iterable[Prepared], on_done: Callable[[int, list[int]], None] | None = None
     ) -> dict[int, list[int]]:
@@ -162,7 +168,7 @@ class RefillDecoder:
         rows = Running()
         done: dict[int, list[int]] = {}
         exhausted = False
-        with torch.inference_mode(), self._restoring_experts(), self._releasing(rows):
+        with torch.inference_mode(), self.experts.restoring(), self._releasing(rows):
             while stop is None or not stop():
                 if self._rejoin(rows, parked):
                     continue
@@ -178,7 +184,7 @@ class RefillDecoder:
                 if pending and not parked:
                     free = self._room(rows, max(it.prompt_length for it in pending))
                 # Wait for a group of free slots while there are rows to keep decoding.
-                group = self._group(rows)
+                group = self.capacity.group(rows.width)
                 group = min(group, len(pending)) if exhausted else group
                 if pending and not parked and (free >= group or not rows.keys):
                     self._admit(rows, [pending.popleft() for _ in range(min(free, len(pending)))])
@@ -201,42 +207,15 @@ class RefillDecoder:
             rejoined = True
         return rejoined
 
-    def _fit(self, width: int, admitting: bool = False) -> int:
-        """Rows the cache may run at ``width`` columns: the slots, or fewer within the budget
-        (``admitting``: with headroom for growth)."""
-        fit = self.budget.rows_for(width, admitting)
-        return self.slots if fit is None else max(1, min(self.slots, fit))
-
     def _room(self, rows: Running, width: int = 0) -> int:
-        """Rows that may join now, rows of up to ``width`` columns among them: free slots,
-        within the cache's budget (with headroom for growth); at least one if none runs."""
-        n = len(rows)
-        return max(self._fit(max(rows.width, width), admitting=True) - n, 0 if n else 1)
-
-    def _group(self, rows: Running) -> int:
-        """Free rows worth a prefill call: a quarter of the rows the cache can run."""
-        return max(1, min(self.refill_group, self._fit(rows.width, admitting=True) // 4))
+        """Rows that may join now, rows of up to ``width`` columns among them."""
+        return self.capacity.room(len(rows), max(rows.width, width))
 
     def _rows(self, rows: Running, width: int = 0) -> int:
-        """Rows a new cache buffer makes room for: the slots, or fewer within the budget."""
-        return self._fit(max(rows.width, width))
+        """Rows a new cache buffer makes room for."""
+        return self.capacity.buffer_rows(max(rows.width, width))
 
-    def resize(self, slots: int, cache_positions: int | None) -> None:
-        """Change the rows and the cache's budget from the next admission or buffer on
-        (running rows stay)."""
-        self.slots = max(1, slots)
-        self.refill_group = max(1, self.slots // 4)
-        self.budget = CacheBudget(cache_positions)
-
-    # ---------------------------------------------------------------- experts setting
-
-    def _phase(self, decoding: bool) -> None:
-        """Switch the experts between prefill and decode settings (on a change only: a switch
-        walks the model's modules)."""
-        if self._experts is None or decoding == self._decoding:
-            return
-        self.model.set_experts_implementation(self._experts[decoding])
-        self._decoding = decoding
+    # ---------------------------------------------------------------- cleanup
 
     @contextmanager
     def _releasing(self, rows: Running) -> Iterator[None]:
@@ -251,13 +230,6 @@ class RefillDecoder:
             if self.fixed is not None:
                 self.fixed.reset()
 
-    @contextmanager
-    def _restoring_experts(self) -> Iterator[None]:
-        try:
-            yield
-        finally:
-            self._phase(False)
-
     # ---------------------------------------------------------------- prefill and join
 
     def _admit(self, rows: Running, items: list[Prepared]) -> None:
@@ -270,7 +242,7 @@ class RefillDecoder:
                 self._prefill(rows, group[i : i + cap])
 
     def _prefill(self, rows: Running, group: list[Prepared]) -> None:
-        self._phase(False)
+        self.experts.prefill()
         t0 = time.perf_counter()
         inputs = collate(group, self.device, self.dtype)
         with nullcontext() if self.prefill_cudnn else self.attention(self.device):
@@ -338,15 +310,14 @@ class RefillDecoder:
     def _step(self, rows: Running, parked: deque[Parked]) -> None:
         t0 = time.perf_counter()
         self._make_room(rows, parked)
-        n = len(rows.keys)
         # Rows grow only through a prefill (which runs grouped_mm anyway) or parked rows
         # rejoining, so the setting seldom switches.
-        self._phase(self._decode_rows is None or n <= self._decode_rows)
+        self.experts.step(len(rows.keys))
         assert rows.positions is not None and rows.last is not None
         rows.grow()
         with self.attention(self.device), attention_as(self.model, self.step_attention):
             if self.fixed is not None:
-                logits = self.fixed(rows, self._decoding).float()
+                logits = self.fixed(rows, self.experts.decoding).float()
             else:
                 out = self.model(
                     input_ids=rows.last[:, None],

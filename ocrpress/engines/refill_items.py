@@ -1,5 +1,6 @@
 """What the refill decoder (:mod:`.refill`) takes and tells: prepared pages, the page-source
-and step-hook seams, batching of prefill inputs, the decode-step experts setting, counters."""
+and step-hook seams, batching of prefill inputs, the experts setting of prefills and decode
+steps, the decode steps' attention kernels, counters."""
 
 from __future__ import annotations
 
@@ -69,6 +70,41 @@ def decode_experts(model: Any, device: str) -> dict[str, Any] | None:
     if "grouped_mm" not in current.values():
         return None
     return {k: "batched_mm" if v == "grouped_mm" else v for k, v in current.items()}
+
+
+class ExpertsPhase:
+    """The MoE experts' setting through a decode: the model's own for prefills, ``decode``
+    (see :func:`decode_experts`; None: one setting throughout) for decode steps of up to
+    ``decode_rows`` rows (None: any). Steps of more rows stay on the prefill setting."""
+
+    def __init__(self, model: Any, decode: dict[str, Any] | None, decode_rows: int | None):
+        self.model = model
+        self._settings = (model.get_experts_implementation(), decode) if decode else None
+        self.decode_rows = decode_rows
+        self.decoding = False  # the decode setting is on
+
+    def prefill(self) -> None:
+        """The prefill setting, for a prefill call."""
+        self._set(False)
+
+    def step(self, rows: int) -> None:
+        """The setting for a decode step of ``rows`` rows."""
+        self._set(self.decode_rows is None or rows <= self.decode_rows)
+
+    def _set(self, decoding: bool) -> None:
+        # On a change only: a switch walks the model's modules.
+        if self._settings is None or decoding == self.decoding:
+            return
+        self.model.set_experts_implementation(self._settings[decoding])
+        self.decoding = decoding
+
+    @contextmanager
+    def restoring(self) -> Iterator[None]:
+        """The model's own setting again when the block ends, however it ends."""
+        try:
+            yield
+        finally:
+            self._set(False)
 
 
 class _CudnnAttentionOff:
