@@ -5,6 +5,10 @@ device calls, after the last step)."""
 from __future__ import annotations
 
 import time
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from ocrpress.engines.deepseek import DeepSeekEngine
 
 
 class DeviceTimeline:
@@ -12,8 +16,10 @@ class DeviceTimeline:
     synchronising ``tolist``, so their wall time is the device's): what the engine waited
     for before its first prefill and after its last step, and a prefill's cost a call."""
 
-    def __init__(self) -> None:
+    def __init__(self, read_late: bool = False) -> None:
         self.calls: dict[str, list[tuple[float, float, int]]] = {"_prefill": [], "_step": []}
+        # Tokens read a step late: a call waits for the one before it, not for itself.
+        self.read_late = read_late
 
     def __enter__(self) -> DeviceTimeline:
         from ocrpress.engines.refill import RefillDecoder  # after _vlm put the repo on the path
@@ -59,7 +65,15 @@ class DeviceTimeline:
             f"call); {len(steps)} steps of {rows:.1f} rows, {step_s:.1f} s "
             f"({step_s / max(1, len(steps)) * 1000:.1f} ms a step); between them "
             f"{end - pre[0][0] - pre_s - step_s:.1f} s; after the last {wall - end:.1f} s "
-            f"(run {wall:.1f} s)\n" + self.steady(pre_s / pages)
+            f"(run {wall:.1f} s)\n" + self.late_note() + self.steady(pre_s / pages)
+        )
+
+    def late_note(self) -> str:
+        if not self.read_late:
+            return ""
+        return (
+            "(tokens read a step late: a call's time is mostly the device time of the call "
+            "before it, so single calls are shifted by one; sums and the estimate below hold)\n"
         )
 
     def steady(self, prefill_per_page: float) -> str:
@@ -84,3 +98,24 @@ class DeviceTimeline:
             f"{tokens:.0f}-token pages would make ~{rate:.2f} pages/s (an estimate: these "
             f"steps, and {prefill_per_page * 1000:.0f} ms of prefill a page)"
         )
+
+
+def line(label: str, pages: int, secs: float, tokens: int, busy: float, slots: float | None):
+    s = "  n/a" if slots is None else f"{slots:5.2f}"
+    print(
+        f"{label:<17}: {pages:4d} pages {secs:8.1f} s {pages / secs:7.2f} pages/s "
+        f"{tokens / secs:8.0f} tokens/s  busy {busy:4.2f}  slots {s}"
+    )
+
+
+def graphs_line(eng: DeepSeekEngine, warm_up: int = 0) -> str:
+    """The captures since the warm-up's ``warm_up`` ones, and loudly a capture that failed
+    (the run then went on eager)."""
+    from ocrpress.engines.decode_graphs import capture_failure
+
+    failed = capture_failure()
+    line = (
+        f"decode steps captured as CUDA graphs: {eng.decode_stats.captures - warm_up} "
+        f"(and {warm_up} in the warm-up)"
+    )
+    return line + (f"; CAPTURE FAILED, steps ran eager: {failed}" if failed else "")

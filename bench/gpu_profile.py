@@ -17,34 +17,23 @@ timed. ``generate`` prepares its pages inside its call: its step cost is the dif
 from __future__ import annotations
 
 import argparse
-import math
 import sys
 import time
-import traceback
-import warnings
-from collections import Counter
-from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
-from contextlib import AbstractContextManager, nullcontext
-from functools import partial
-from pathlib import Path
-from typing import Any
+from contextlib import nullcontext
 
 import torch
+from _decode_checks import decode_seconds, graph_check, wait_check
 from _vlm import A4_144DPI, ForceLengths, build_model, sync, synthetic_pages
 
 from ocrpress.engines import EngineOptions
-from ocrpress.engines.decode_graphs import capture_failure
 from ocrpress.engines.deepseek import DeepSeekEngine
-from ocrpress.engines.kv_slab import columns_for
-from ocrpress.engines.refill import RefillDecoder
 from ocrpress.engines.refill_items import (
     Prepared,
     batched_mm_rows,
     decode_attention,
     decode_experts,
 )
-from ocrpress.engines.refill_rows import ADMIT_SHARE
 
 #: Decode-step experts settings compared: most rows that run batched_mm (None: the engine's).
 SETTINGS = {"grouped": 0, "batched": 10**9, "engine": None}
@@ -52,70 +41,6 @@ SETTINGS = {"grouped": 0, "batched": 10**9, "engine": None}
 
 def peak_gib(device: str) -> float:
     return torch.cuda.max_memory_allocated() / 2**30 if device.startswith("cuda") else 0.0
-
-
-def decode_seconds(
-    eng: DeepSeekEngine,
-    prepared: list[Prepared],
-    length: int,
-    rows_cap: int | None,
-    attention: Callable[[str], AbstractContextManager[Any]] | None = None,
-    graphs: bool = False,
-    info: dict[str, Any] | None = None,
-) -> tuple[float, float]:
-    """Seconds for the refill decoder to take every page to exactly ``length`` tokens, and
-    seconds of its decode steps alone (each step ends in a synchronising ``tolist``).
-    ``attention``: the decode steps' kernel context instead of the engine's; ``graphs``:
-    decode steps as CUDA graphs; ``info`` receives the tokens and the graphs captured."""
-    limit = len(eng.tokenizer)
-    banned = sorted(eng.eos_ids)
-
-    def no_end(keys: list[int], counts: torch.Tensor, scores: torch.Tensor) -> torch.Tensor:
-        scores[:, banned] = -float("inf")
-        scores[:, limit:] = -float("inf")
-        return scores
-
-    for it in prepared:
-        it.budget = length
-    decoder = RefillDecoder(
-        eng.hf_model,
-        slots=len(prepared),
-        eos_ids=eng.eos_ids,
-        device=eng.device,
-        dtype=eng.dtype,
-        guard=None,
-        step_hook=no_end,
-        prefill_pages=eng.prefill_pages,
-        decode_experts=decode_experts(eng.hf_model, eng.device),
-        decode_experts_rows=batched_mm_rows(eng.hf_model) if rows_cap is None else rows_cap,
-        graphs=graphs,
-    )
-    if attention is not None:
-        decoder.attention = attention
-    step_times: list[float] = []
-    step = decoder._step
-
-    def timed_step(rows, parked) -> None:
-        t = time.perf_counter()
-        step(rows, parked)
-        step_times.append(time.perf_counter() - t)
-
-    decoder._step = timed_step  # type: ignore[method-assign]
-    if eng.device.startswith("cuda"):
-        torch.cuda.reset_peak_memory_stats()
-    sync(eng.device)
-    t0 = time.perf_counter()
-    tokens = decoder.run(prepared)
-    sync(eng.device)
-    secs = time.perf_counter() - t0
-    if info is not None:
-        # A graphs run's first step is its capture (and the capture's eager warm-up).
-        first = step_times[0] if step_times else 0.0
-        info.update(tokens=tokens, captures=decoder.stats.captures, first_step=first)
-    bad = sum(len(t) != length for t in tokens.values())
-    if bad:
-        print(f"WARNING: {bad} pages did not reach {length} tokens")
-    return secs, sum(step_times)
 
 
 def generate_seconds(eng: DeepSeekEngine, pages: list, length: int) -> float:
@@ -176,111 +101,6 @@ def plan_check(eng: DeepSeekEngine, prepared: list[Prepared], rows: int, length:
         for run in ("new shapes", "same again"):
             _, step_s = decode_seconds(eng, prepared[: rows + n], length, None, attention)
             print(f"  {name:<24} {run:<10}: {step_s / (length - 1) * 1000:6.1f} ms a step")
-
-
-def graph_check(
-    eng: DeepSeekEngine, prepared: list[Prepared], rows: list[int], length: int
-) -> None:
-    """A decode step's cost eager and as CUDA graphs (the engine's kernels and experts
-    settings), by rows. A graphs run's steps include its captures (one here: neither the rows
-    nor the cache's buffer change in a run), and its first step is that capture with its
-    eager warm-up: the time printed is what each new cache buffer costs a rows bucket again
-    (bench/cache_schedule.py counts those over a job). In bf16 the graphs' attention over the
-    whole buffer may round differently, so the share of equal tokens is printed, not
-    asserted."""
-    print(f"decode steps eager and as CUDA graphs, {length - 1} steps a run:")
-    for n in rows:
-        if n > len(prepared):
-            break
-        runs: dict[bool, dict[str, Any]] = {}
-        for graphs in (False, True):
-            info: dict[str, Any] = {}
-            _, step_s = decode_seconds(eng, prepared[:n], length, None, graphs=graphs, info=info)
-            runs[graphs] = info
-            print(
-                f"  {n:4d} rows, {'graphs' if graphs else 'eager '}: "
-                f"{step_s / (length - 1) * 1000:6.1f} ms a step, {info['captures']} captured; "
-                f"first step {info['first_step'] * 1000:.1f} ms"
-            )
-        if capture_failure():
-            print(f"  CAPTURE FAILED, the graphs runs were eager: {capture_failure()}")
-        eager, graphed = runs[False]["tokens"], runs[True]["tokens"]
-        pairs = [(a, b) for k in eager for a, b in zip(eager[k], graphed[k], strict=False)]
-        print(
-            f"  {n:4d} rows: {sum(a == b for a, b in pairs) / max(1, len(pairs)):.3f} equal tokens"
-        )
-
-
-def wait_check(eng: DeepSeekEngine, prepared: list[Prepared], length: int) -> None:
-    """Where the host waits for the device in a decode as the engine would run it with CUDA
-    graphs and tokens read a step late (the n-gram guard on, pages ending at different
-    steps so that rows leave mid-run): CUDA's sync debug mode warns at each wait, counted
-    by the function that asked. Outside the model's own calls the CPU tests expect one wait
-    a step (its tokens, an event) and one a prefill; the model's eager prefills and the
-    graphs' captures wait inside transformers. A second run has a cache budget so tight
-    that rows are parked in host memory and rejoin: their keys' copies, through pinned
-    memory, should add no wait."""
-    if not torch.cuda.is_available():
-        print("host waits: CUDA only (the CPU tests count them by operator)")
-        return
-    # The second run, last (the checks' time limit may cut it): 8 rows, all admitted at the
-    # prompt's width, in a budget that parks some once the window is ~11% wider (at its
-    # second buffer in gundam mode, hence 300 steps).
-    few, long = prepared[:8], max(length, 300)
-    # Rounded up (and one more): rounded down, it admits one row fewer, and that row's room
-    # keeps the others from being parked.
-    prompt = max(it.prompt_length for it in few)
-    tight = math.ceil(len(few) * columns_for(prompt) / ADMIT_SHARE) + 1
-    for rows, steps, budget in ((prepared, length, None), (few, long, tight)):
-        saved = eng.decode_graphs, eng.read_late
-        eng.decode_graphs, eng.read_late = True, True
-        decoder = eng.decoder(len(rows), None)
-        eng.decode_graphs, eng.read_late = saved
-        label = "the engine's"
-        if budget is not None:
-            decoder.resize(len(rows), budget)
-            label = f"{budget:,} positions"
-        for i, it in enumerate(rows):
-            it.budget = max(2, steps - 5 * (i % 8))  # rows leave every few steps
-        waits = count_waits(partial(decoder.run, rows), eng.device)
-        st = decoder.stats
-        print(
-            f"host waits, {len(rows)} rows, graphs and read late, cache budget {label}: "
-            f"{st.steps} steps, {st.prefills} prefills, {st.captures} captured, "
-            f"{st.parked} pages parked; waits by caller:"
-        )
-        for where, n in waits.most_common(12):
-            print(f"  {n:6d}  {where}")
-        if budget is not None and not st.parked:
-            print("  WARNING: no page was parked, so this run says nothing of parking's waits")
-    if capture_failure():
-        print(f"  CAPTURE FAILED, the steps were eager: {capture_failure()}")
-
-
-def count_waits(work: Callable[[], Any], device: str) -> Counter[str]:
-    """The waits for the device while ``work()`` runs, by the function that asked (CUDA's
-    sync debug mode warns at each)."""
-    waits: Counter[str] = Counter()
-    show = warnings.showwarning
-
-    def record(message: Any, *args: Any, **kwargs: Any) -> None:
-        if "synchronizing CUDA operation" not in str(message):
-            return show(message, *args, **kwargs)
-        frames = [f for f in traceback.extract_stack()[:-2] if "warnings" not in f.filename]
-        ours = [f for f in frames if "/ocrpress/" in f.filename or "transformers" in f.filename]
-        where = ours[-1] if ours else frames[-1]
-        waits[f"{Path(where.filename).name}:{where.lineno} {where.name}"] += 1
-
-    sync(device)
-    with warnings.catch_warnings():
-        warnings.simplefilter("always")
-        warnings.showwarning = record
-        torch.cuda.set_sync_debug_mode("warn")
-        try:
-            work()
-        finally:
-            torch.cuda.set_sync_debug_mode("default")
-    return waits
 
 
 def prefill_check(eng: DeepSeekEngine, prepared: list[Prepared]) -> None:
@@ -394,14 +214,15 @@ def main() -> int:
     print(f"prepared {len(pages)} pages in {time.perf_counter() - t0:.1f} s (8 threads)")
     decode_seconds(eng, prepared[:2], 4, None)  # warm-up
     if plans or graph_rows:
+        # The graphs' checks first: a time limit that cuts the run cuts the kernels' ones.
+        graph_check(eng, prepared, graph_rows, args.long)
+        if graph_rows:
+            wait_check(eng, prepared[: max(graph_rows)], args.long)
         for rows in plans:
             plan_check(eng, prepared, rows, args.long)
         if plans:
             prefill_check(eng, prepared)
             prefill_profile(eng, prepared[: eng.prefill_pages])
-        graph_check(eng, prepared, graph_rows, args.long)
-        if graph_rows:
-            wait_check(eng, prepared[: max(graph_rows)], args.long)
         return 0
     step_table(eng, prepared, pages, args)
     try:

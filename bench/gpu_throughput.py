@@ -21,16 +21,13 @@ writing), with the engine built in memory instead of loaded from disk.
 from __future__ import annotations
 
 import argparse
-import json
 import resource
 import sys
-import tempfile
 import time
-from dataclasses import replace
-from pathlib import Path
 
 import torch
-from _timeline import DeviceTimeline
+from _end_to_end import end_to_end
+from _timeline import graphs_line, line
 from _vlm import (
     A4_144DPI,
     ForceLengths,
@@ -48,14 +45,6 @@ from ocrpress.engines.refill_items import decode_attention
 from ocrpress.modes import plan_tokens
 
 TINY_SCALE = 25  # --tiny divides output lengths by this
-
-
-def line(label: str, pages: int, secs: float, tokens: int, busy: float, slots: float | None):
-    s = "  n/a" if slots is None else f"{slots:5.2f}"
-    print(
-        f"{label:<17}: {pages:4d} pages {secs:8.1f} s {pages / secs:7.2f} pages/s "
-        f"{tokens / secs:8.0f} tokens/s  busy {busy:4.2f}  slots {s}"
-    )
 
 
 def run_naive(
@@ -151,93 +140,6 @@ def run_refill(eng: DeepSeekEngine, pages: list[PageImage], targets: list[int]) 
     if bad:
         print(f"WARNING: {bad} pages did not hit their forced length")
     return secs, tokens, u.device_seconds / secs, u.slot_tokens / max(1, u.slot_capacity)
-
-
-def graphs_line(eng: DeepSeekEngine) -> str:
-    """The captures, and loudly a capture that failed (the run then went on eager)."""
-    from ocrpress.engines.decode_graphs import capture_failure
-
-    failed = capture_failure()
-    line = f"decode steps captured as CUDA graphs: {eng.decode_stats.captures}"
-    return line + (f"; CAPTURE FAILED, steps ran eager: {failed}" if failed else "")
-
-
-def end_to_end(eng: DeepSeekEngine, args: argparse.Namespace, lo: int, hi: int) -> None:
-    """Generated PDFs through the CLI's pipeline (render workers -> refill engine -> writers)."""
-    from _common import text_pdf
-
-    from ocrpress.inputs import discover
-    from ocrpress.pipeline import Converter, ConvertOptions
-    from ocrpress.render import PRELOAD_INPUTS, make_pool
-
-    per_doc = 8
-    with tempfile.TemporaryDirectory(prefix="ocrpress-e2e-") as tmp:
-        # The model is in memory; its processor goes to a folder, so that the render workers
-        # can load it and prepare pages as they do for a checkpoint folder.
-        eng.processor.save_pretrained(Path(tmp) / "processor")
-        eng.inputs_recipe = replace(eng.inputs_recipe, folder=str(Path(tmp) / "processor"))
-        paths = []
-        for d in range((args.pages + per_doc - 1) // per_doc):
-            n = min(per_doc, args.pages - d * per_doc)
-            paths.append(str(text_pdf(Path(tmp) / f"doc{d:03d}.pdf", n, seed=100 * d)))
-        docs, _ = discover(paths)
-        want = lengths(args.pages, lo, hi, args.seed)
-        target_of = {}
-        k = 0
-        for doc, path in zip(docs, paths, strict=True):
-            import pymupdf
-
-            with pymupdf.open(path) as pdf:
-                for i in range(pdf.page_count):
-                    target_of[(doc.display, i)] = want[k]
-                    k += 1
-        eng.step_hook = force_lengths_hook(
-            lambda p: target_of[(p.source, p.index)], min(eng.eos_ids), len(eng.tokenizer)
-        )
-        opts = ConvertOptions(
-            output=str(Path(tmp) / "out"),
-            formats=["markdown", "json"],
-            workers=args.workers,
-            ocr="always",  # the generated PDFs have text layers: --ocr auto would skip the GPU
-            engine=eng.opts,
-        )
-        # A CLI run's render workers import torch (seconds) in their forkserver while the
-        # model loads; this model is already in memory, so start that forkserver first.
-        pool = make_pool(1, PRELOAD_INPUTS)
-        pool.submit(sum, []).result()
-        pool.shutdown()
-        conv = Converter(opts, engine=eng, on_error=lambda m: print("error:", m))
-        with DeviceTimeline() as timeline:
-            conv.run(docs)
-        s = conv.stats.to_dict()
-        print(timeline.report())
-        print(f"pages prepared by render workers: {eng.prepared_by_workers} of {s['pages']}")
-        print(f"pages parked in host memory (cache full): {eng.decode_stats.parked}")
-        print(graphs_line(eng))
-        print(
-            json.dumps(
-                {
-                    k: s[k]
-                    for k in (
-                        "pages",
-                        "wall_seconds",
-                        "pages_per_second",
-                        "text_tokens_per_second",
-                        "text_tokens_per_page",
-                        "engine_busy_fraction",
-                        "decode_slot_utilisation",
-                    )
-                }
-            )
-        )
-        line(
-            f"end to end ({args.workers}w)",
-            s["pages"],
-            s["wall_seconds"],
-            conv.stats.text_tokens,
-            s["engine_busy_fraction"],
-            s["decode_slot_utilisation"],
-        )
 
 
 def full_size_cpu(args: argparse.Namespace) -> int:
@@ -393,8 +295,9 @@ def main(argv: list[str] | None = None) -> int:
     )
     warm = synthetic_pages(2, size, args.seed + 1)
     run_refill(eng, warm, [4, 4])  # CUDA context, kernels, allocator: outside the timings
+    warm_captures = eng.decode_stats.captures
     if args.end_to_end:
-        end_to_end(eng, args, lo, hi)
+        end_to_end(eng, args, lo, hi, warm_captures)
         return 0
     pages = synthetic_pages(args.pages, size, args.seed)
     targets = lengths(args.pages, lo, hi, args.seed)
@@ -409,7 +312,7 @@ def main(argv: list[str] | None = None) -> int:
     if device.startswith("cuda"):
         print(f"peak GPU memory: {torch.cuda.max_memory_allocated() / 2**30:.1f} GiB")
     print(f"pages parked in host memory (cache full): {eng.decode_stats.parked}")
-    print(graphs_line(eng))
+    print(graphs_line(eng, warm_captures))
     print(f"refill vs static: {results['static'][0] / results['refill'][0]:.2f}x pages/s")
     if not args.skip_naive:
         secs, tokens, busy, _, done = run_naive(eng, pages, targets, args.naive_budget)

@@ -87,3 +87,30 @@ def test_cache_schedule_counts_padding_only_where_lengths_differ() -> None:
     mixed_pad = float(re.search(eager, mixed, re.S).group(1))  # type: ignore[union-attr]
     even_pad = float(re.search(eager, even, re.S).group(1))  # type: ignore[union-attr]
     assert even_pad == 0.0 and mixed_pad > 5.0, (mixed, even)
+
+
+def test_explicit_waits_are_counted_by_caller_and_timed(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The GPU profile's host-wait count sees an event's or a stream's ``synchronize``
+    (CUDA's sync debug mode does not), by caller and with the time waited, and puts the
+    method back after."""
+    import time
+    from collections import Counter
+
+    monkeypatch.syspath_prepend(str(ROOT / "bench"))
+    from _decode_checks import counting_calls
+
+    class Event:
+        def synchronize(self) -> None:
+            time.sleep(0.01)
+
+    def wait_twice() -> None:
+        Event().synchronize()
+        Event().synchronize()
+
+    calls: Counter[str] = Counter()
+    seconds: Counter[str] = Counter()
+    with counting_calls(Event, "synchronize", calls, seconds):
+        wait_twice()
+    Event().synchronize()  # after the block: not counted
+    assert sum(calls.values()) == 2 and all(" wait_twice" in where for where in calls), calls
+    assert sum(seconds.values()) >= 0.02

@@ -199,9 +199,12 @@ class FakeCudaGraph:
     """``torch.cuda.CUDAGraph`` on the CPU, for the decoder's real capture code: the forward
     under capture runs (a CPU stream does not record), and a replay runs it again after
     checking that the cache's buffers are those of the capture. ``fail``: capture_end raises,
-    as CUDA does when a captured operator was not allowed."""
+    as CUDA does when a captured operator was not allowed; ``fail_forward``: the forward
+    under capture raises, and capture_end then raises an error of its own, as CUDA's does
+    for a capture a failed operator invalidated."""
 
     fail: ClassVar[bool] = False
+    fail_forward: ClassVar[bool] = False
     made: ClassVar[list[FakeCudaGraph]] = []
     capturing: ClassVar[FakeCudaGraph | None] = None
 
@@ -210,6 +213,7 @@ class FakeCudaGraph:
         self.call: tuple | None = None
         self.buffers: tuple[int, ...] = ()
         self.replays = 0
+        self.broken = False  # a forward raised under this capture
         FakeCudaGraph.made.append(self)
 
     def capture_begin(self, *pool: Any, capture_error_mode: str) -> None:
@@ -219,6 +223,8 @@ class FakeCudaGraph:
 
     def capture_end(self) -> None:
         FakeCudaGraph.capturing = None
+        if self.broken:
+            raise RuntimeError("the operation failed due to a previous error during capture")
         if FakeCudaGraph.fail:
             raise RuntimeError("operation not permitted when stream is capturing")
 
@@ -254,6 +260,9 @@ def fake_cuda(monkeypatch: pytest.MonkeyPatch) -> type[FakeCudaGraph]:
     def forward(self: FixedStep, inputs: Any, cache: Any) -> torch.Tensor:
         graph = FakeCudaGraph.capturing
         if graph is not None:
+            if FakeCudaGraph.fail_forward:
+                graph.broken = True
+                raise RuntimeError("CUDA error: operation not permitted: cudaMemcpy when capturing")
             graph.call = (self, inputs, cache)
             graph.buffers = tuple(layer.buffer for layer in cache.layers)
         return FORWARD(self, inputs, cache)
@@ -266,6 +275,7 @@ def fake_cuda(monkeypatch: pytest.MonkeyPatch) -> type[FakeCudaGraph]:
     monkeypatch.setattr(torch.cuda, "CUDAGraph", FakeCudaGraph)
     monkeypatch.setattr(decode_graphs, "_capture_failure", None)
     monkeypatch.setattr(FakeCudaGraph, "fail", False)
+    monkeypatch.setattr(FakeCudaGraph, "fail_forward", False)
     monkeypatch.setattr(FakeCudaGraph, "made", [])
     return FakeCudaGraph
 
@@ -362,6 +372,26 @@ def test_a_failed_capture_turns_graphs_off_for_the_process(
     assert failure and "not permitted" in failure
     warnings = [r for r in caplog.records if "without CUDA graphs" in r.getMessage()]
     assert len(warnings) == 1
+
+
+def test_a_failed_capture_names_the_forwards_error(
+    tiny_v2_model: Path, fake_cuda: type[FakeCudaGraph]
+) -> None:
+    """When the forward fails under capture, the failure reported is the forward's (what
+    could not be captured), not the error CUDA raises on ending the broken capture; the
+    step's eager result stands and the tokens do not change."""
+    from ocrpress.engines.decode_graphs import capture_failure
+
+    eng = make_engine(tiny_v2_model, mode="gundam", max_tiles=2, max_new_tokens=150, ngram_size=0)
+    pages, budgets = long_pages(eng)
+    reference = decoder(eng, slots=2, graphs=False).run(prepared_with(eng, pages, budgets))
+    fake_cuda.fail_forward = True
+    d = capturing(eng, slots=2)
+    assert d.run(prepared_with(eng, pages, budgets)) == reference
+    assert d.stats.captures == 0 and fake_cuda.made[0].broken
+    failure = capture_failure()
+    assert failure and "cudaMemcpy when capturing" in failure, failure
+    assert "previous error" not in failure
 
 
 def test_graphs_only_for_attention_that_takes_a_4d_mask(tiny_v2_model: Path) -> None:

@@ -28,6 +28,7 @@ the engine's default is off until it does.
 from __future__ import annotations
 
 import logging
+from contextlib import suppress
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -199,8 +200,13 @@ class FixedStep:
                     graph.capture_begin(*pool, capture_error_mode="thread_local")
                     try:
                         inputs.logits = self._forward(inputs, cache)
-                    finally:
-                        graph.capture_end()
+                    except BaseException:
+                        # The forward's error names what could not be captured; ending
+                        # the broken capture raises one of its own that would hide it.
+                        with suppress(Exception):
+                            graph.capture_end()
+                        raise
+                    graph.capture_end()
             except Exception as exc:  # any failure: this step's eager result stands
                 _capture_failure = f"{type(exc).__name__}: {exc}"
                 log.warning(
