@@ -5,6 +5,7 @@ the host's waits for the device in a decode as the engine runs it."""
 from __future__ import annotations
 
 import math
+import os
 import time
 import traceback
 import warnings
@@ -18,12 +19,17 @@ from typing import Any
 import torch
 from _vlm import sync
 
+import ocrpress
 from ocrpress.engines.decode_graphs import capture_failure
 from ocrpress.engines.deepseek import DeepSeekEngine
 from ocrpress.engines.kv_slab import columns_for
 from ocrpress.engines.refill import RefillDecoder
 from ocrpress.engines.refill_items import Prepared, batched_mm_rows, decode_experts
 from ocrpress.engines.refill_rows import ADMIT_SHARE
+
+#: The page counts of the prefill calls run so far: a shape's first call under cuDNN pays
+#: for a plan, so a check of "new shapes" has to pick counts not in here.
+PREFILL_PAGES_SEEN: set[int] = set()
 
 
 def decode_seconds(
@@ -73,6 +79,13 @@ def decode_seconds(
         step_times.append(time.perf_counter() - t)
 
     decoder._step = timed_step  # type: ignore[method-assign]
+    prefill = decoder._prefill
+
+    def seen_prefill(rows, group) -> None:
+        PREFILL_PAGES_SEEN.add(len(group))
+        prefill(rows, group)
+
+    decoder._prefill = seen_prefill  # type: ignore[method-assign]
     if eng.device.startswith("cuda"):
         torch.cuda.reset_peak_memory_stats()
     sync(eng.device)
@@ -177,18 +190,26 @@ def wait_check(eng: DeepSeekEngine, prepared: list[Prepared], length: int) -> No
         print(f"  CAPTURE FAILED, the steps were eager: {capture_failure()}")
 
 
+#: Frames that say who waited: ocrpress's package and transformers' (matched by folder, not
+#: by a name the checkout's own path may hold).
+_WHO = (str(Path(ocrpress.__file__).parent) + os.sep, f"{os.sep}transformers{os.sep}")
+
+
 def _caller(frames: list[traceback.FrameSummary]) -> str:
-    """The innermost of ocrpress's or transformers' frames (else the innermost): who waited."""
-    ours = [f for f in frames if "/ocrpress/" in f.filename or "transformers" in f.filename]
+    """The innermost of ocrpress's or transformers' frames (else the innermost outside this
+    file): who waited."""
+    frames = [f for f in frames if f.filename != __file__] or frames
+    ours = [f for f in frames if any(w in f.filename for w in _WHO)]
     where = ours[-1] if ours else frames[-1]
     return f"{Path(where.filename).name}:{where.lineno} {where.name}"
 
 
 @contextmanager
 def counting_calls(
-    owner: type, name: str, calls: Counter[str], seconds: Counter[str]
+    owner: type, name: str, calls: Counter[str] | None, seconds: Counter[str]
 ) -> Iterator[None]:
-    """Count and time each call of ``owner.name`` by its caller while the block runs."""
+    """Time each call of ``owner.name`` by its caller while the block runs, and count it
+    into ``calls`` unless that is None (for calls something else counts)."""
     original = getattr(owner, name)
 
     def counted(*args: Any, **kwargs: Any) -> Any:
@@ -197,7 +218,8 @@ def counting_calls(
         try:
             return original(*args, **kwargs)
         finally:
-            calls[where] += 1
+            if calls is not None:
+                calls[where] += 1
             seconds[where] += time.perf_counter() - t
 
     setattr(owner, name, counted)
@@ -211,9 +233,9 @@ def count_waits(
     work: Callable[[], Any], device: str, seconds: Counter[str] | None = None
 ) -> Counter[str]:
     """The waits for the device while ``work()`` runs, by the function that asked: those
-    CUDA's sync debug mode warns at, and the explicit ones it does not see (an event's or a
-    stream's ``synchronize``: the step's tokens, a capture's warm-up), which are also timed
-    into ``seconds``."""
+    CUDA's sync debug mode warns at (a stream's ``synchronize`` among them: a capture's
+    warm-up), and an event's ``synchronize``, which it does not see (the step's tokens);
+    both ``synchronize`` calls are also timed into ``seconds``."""
     waits: Counter[str] = Counter()
     seconds = Counter() if seconds is None else seconds
     show = warnings.showwarning
@@ -228,7 +250,7 @@ def count_waits(
     with (
         warnings.catch_warnings(),
         counting_calls(torch.cuda.Event, "synchronize", waits, seconds),
-        counting_calls(torch.cuda.Stream, "synchronize", waits, seconds),
+        counting_calls(torch.cuda.Stream, "synchronize", None, seconds),  # it warns
     ):
         warnings.simplefilter("always")
         warnings.showwarning = record

@@ -114,8 +114,8 @@ def graphs_line(eng: DeepSeekEngine, warm_up: int = 0) -> str:
     from ocrpress.engines.decode_graphs import capture_failure
 
     failed = capture_failure()
-    line = (
+    text = (
         f"decode steps captured as CUDA graphs: {eng.decode_stats.captures - warm_up} "
         f"(and {warm_up} in the warm-up)"
     )
-    return line + (f"; CAPTURE FAILED, steps ran eager: {failed}" if failed else "")
+    return text + (f"; CAPTURE FAILED, steps ran eager: {failed}" if failed else "")

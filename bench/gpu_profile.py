@@ -23,7 +23,7 @@ from concurrent.futures import ThreadPoolExecutor
 from contextlib import nullcontext
 
 import torch
-from _decode_checks import decode_seconds, graph_check, wait_check
+from _decode_checks import PREFILL_PAGES_SEEN, decode_seconds, graph_check, wait_check
 from _vlm import A4_144DPI, ForceLengths, build_model, sync, synthetic_pages
 
 from ocrpress.engines import EngineOptions
@@ -106,8 +106,12 @@ def plan_check(eng: DeepSeekEngine, prepared: list[Prepared], rows: int, length:
 def prefill_check(eng: DeepSeekEngine, prepared: list[Prepared]) -> None:
     """A prefill call's cost with the whole call under each set of kernels (the engine keeps
     PyTorch's default for prefills), on page counts it has not seen, then again."""
-    pages = max(1, min(eng.prefill_pages, len(prepared)) - 2)
+    most = min(eng.prefill_pages, len(prepared))
+    fresh = [p for p in range(most - 1, 0, -1) if not {p, p + 1} & PREFILL_PAGES_SEEN]
+    pages = fresh[0] if fresh else max(1, most - 2)
     print(f"prefill of {pages}/{pages + 1} pages (one call each):")
+    if not fresh:
+        print(f"  WARNING: every page count up to {most} has been prefilled: not new shapes")
     for n, (name, attention) in enumerate(KERNELS.items()):
         for run in ("new shapes", "same again"):
             with (attention or decode_attention)(eng.device):

@@ -1,18 +1,18 @@
 #!/bin/sh
-# The GPU benchmark as one device call (bench/RESULTS.md, "Next GPU run"): install the
-# carried wheels (.whl: transformers 5.24, pymupdf), then the kernel checks in one process
-# (decode steps eager against CUDA graphs at 1, 16 and 64 rows, the host's waits in a
-# 64-row decode with graphs and tokens read late, counted by CUDA's sync debug mode and
-# by wrapping the events' and streams' synchronize, then in an 8-row one whose cache
-# budget parks rows; last, as the time limit may cut them, decode steps and prefills with
-# and without cuDNN, on new shapes and again, and a prefill's profile), and three end-to-end
-# runs on the same 192 pages at 900 tokens with the engine's own decode slots (128 on an 80 GB
-# card; session 8 ran 96: 2.89 pages/s), each with its device timeline: eager decode steps,
-# decode steps as CUDA graphs, and graphs with each step's tokens read a
-# step late (the prefill's cuDNN question is the checks' to answer). Session 8's step table and
-# engine comparison (refill 8.6x naive) are left out for time. Each step has its own time
-# limit so that a slow one still leaves the others' numbers in $OUT: 120 + 3 x 130 = 510 s
-# of limits, ~9 minutes with the wheels.
+# The GPU benchmark as one device call (bench/RESULTS.md, "Next GPU run"): install the carried
+# wheels (.whl: transformers 5.24, pymupdf), then the kernel checks in one process (decode
+# steps eager against CUDA graphs at 1, 16 and 64 rows, the host's waits in a 64-row decode
+# with graphs and tokens read late, counted by CUDA's sync debug mode and by wrapping the
+# events' synchronize (which it does not see), then in an 8-row one whose cache budget parks
+# rows; last, as the time limit may cut them, decode steps and prefills with and without
+# cuDNN, on new shapes and again, and a prefill's profile), and three end-to-end runs on the
+# same 192 pages at 900 tokens with the engine's own decode slots (128 on an 80 GB card;
+# session 8 ran 96: 2.89 pages/s), each with its device timeline: eager decode steps, decode
+# steps as CUDA graphs, and graphs with each step's tokens read a step late (the prefill's
+# cuDNN question is the checks' to answer). Session 8's step table and engine comparison
+# (refill 8.6x naive) are left out for time. Each step has its own time limit so that a slow
+# one still leaves the others' numbers in $OUT: 120 + 3 x 130 = 510 s of limits, ~9 minutes
+# with the wheels.
 set -u
 OUT=${OUT:-/tmp/ocrpress-gpu}
 mkdir -p "$OUT"

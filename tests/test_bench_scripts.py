@@ -11,6 +11,7 @@ import re
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -89,28 +90,50 @@ def test_cache_schedule_counts_padding_only_where_lengths_differ() -> None:
     assert even_pad == 0.0 and mixed_pad > 5.0, (mixed, even)
 
 
-def test_explicit_waits_are_counted_by_caller_and_timed(monkeypatch: pytest.MonkeyPatch) -> None:
-    """The GPU profile's host-wait count sees an event's or a stream's ``synchronize``
-    (CUDA's sync debug mode does not), by caller and with the time waited, and puts the
-    method back after."""
+FAKE_SYNCS = """
+class Event:
+    def synchronize(self):
+        time.sleep(0.01)
+
+class Stream:
+    def synchronize(self):
+        warnings.warn("called a synchronizing CUDA operation", UserWarning, stacklevel=1)
+        time.sleep(0.01)
+"""
+
+
+def test_host_waits_count_each_wait_once_by_caller_and_time_them(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The GPU profile's host-wait count (CUDA only, so its CUDA calls are faked here): a
+    stream's ``synchronize``, which CUDA's sync debug mode warns about, counts once; an
+    event's, which it does not warn about, is counted by the wrapper; both are timed by
+    caller; the classes get their methods back after."""
     import time
+    import warnings
     from collections import Counter
 
     monkeypatch.syspath_prepend(str(ROOT / "bench"))
-    from _decode_checks import counting_calls
+    import _decode_checks
 
-    class Event:
-        def synchronize(self) -> None:
-            time.sleep(0.01)
+    # The fakes' code is torch's (not a caller the count names); this test's is ocrpress's.
+    fakes: dict[str, Any] = {"time": time, "warnings": warnings}
+    exec(compile(FAKE_SYNCS, "/site-packages/torch/cuda/streams.py", "exec"), fakes)
+    Event, Stream = fakes["Event"], fakes["Stream"]
+    monkeypatch.setattr(_decode_checks, "_WHO", (__file__,))
+    originals = (Event.synchronize, Stream.synchronize)
+    monkeypatch.setattr(_decode_checks.torch.cuda, "Event", Event)
+    monkeypatch.setattr(_decode_checks.torch.cuda, "Stream", Stream)
+    monkeypatch.setattr(_decode_checks.torch.cuda, "set_sync_debug_mode", lambda mode: None)
+    monkeypatch.setattr(_decode_checks, "sync", lambda device: None)
 
-    def wait_twice() -> None:
+    def decode() -> None:
         Event().synchronize()
         Event().synchronize()
+        Stream().synchronize()
 
-    calls: Counter[str] = Counter()
     seconds: Counter[str] = Counter()
-    with counting_calls(Event, "synchronize", calls, seconds):
-        wait_twice()
-    Event().synchronize()  # after the block: not counted
-    assert sum(calls.values()) == 2 and all(" wait_twice" in where for where in calls), calls
-    assert sum(seconds.values()) >= 0.02
+    waits = _decode_checks.count_waits(decode, "cuda", seconds)
+    assert sum(waits.values()) == 3 and all(" decode" in where for where in waits), waits
+    assert set(seconds) == set(waits) and sum(seconds.values()) >= 0.03
+    assert (Event.synchronize, Stream.synchronize) == originals
