@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from _timeline import DeviceTimeline
 from _vlm import sync
 
 import ocrpress
@@ -70,29 +71,16 @@ def decode_seconds(
     )
     if attention is not None:
         decoder.attention = attention
-    step_times: list[float] = []
-    step = decoder._step
-
-    def timed_step(rows, parked) -> None:
-        t = time.perf_counter()
-        step(rows, parked)
-        step_times.append(time.perf_counter() - t)
-
-    decoder._step = timed_step  # type: ignore[method-assign]
-    prefill = decoder._prefill
-
-    def seen_prefill(rows, group) -> None:
-        PREFILL_PAGES_SEEN.add(len(group))
-        prefill(rows, group)
-
-    decoder._prefill = seen_prefill  # type: ignore[method-assign]
     if eng.device.startswith("cuda"):
         torch.cuda.reset_peak_memory_stats()
     sync(eng.device)
     t0 = time.perf_counter()
-    tokens = decoder.run(prepared)
+    with DeviceTimeline() as timeline:  # each step's and prefill's call
+        tokens = decoder.run(prepared)
     sync(eng.device)
     secs = time.perf_counter() - t0
+    step_times = [end - start for start, end, _ in timeline.calls["_step"]]
+    PREFILL_PAGES_SEEN.update(pages for *_, pages in timeline.calls["_prefill"])
     if info is not None:
         # A graphs run's first step is its capture (and the capture's eager warm-up).
         first = step_times[0] if step_times else 0.0

@@ -22,6 +22,7 @@ def end_to_end(
 ) -> None:
     """Generated PDFs through the CLI's pipeline (render workers -> refill engine -> writers);
     ``warm_captures``: the CUDA graphs the engine's warm-up captured, not this run's."""
+    import pymupdf
     from _common import text_pdf
 
     from ocrpress.inputs import discover
@@ -43,8 +44,6 @@ def end_to_end(
         target_of = {}
         k = 0
         for doc, path in zip(docs, paths, strict=True):
-            import pymupdf
-
             with pymupdf.open(path) as pdf:
                 for i in range(pdf.page_count):
                     target_of[(doc.display, i)] = want[k]
