@@ -9,6 +9,7 @@ hands every result to the :class:`~ocrpress.ledger.Ledger`. Where batches run is
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from concurrent.futures import FIRST_COMPLETED, wait
 from typing import Any
 
@@ -51,17 +52,24 @@ class Batcher:
         self.buckets: dict[Any, Batch] = {}
         self.buffered = 0  # pages waiting in buckets
 
-    def run(self, max_batch: int, window: int, first_batch: int | None = None) -> None:
+    def run(
+        self,
+        max_batch: int,
+        window: int,
+        first_batch: int | None = None,
+        tasks: Iterator[tuple[DocState, int]] | None = None,
+    ) -> None:
         """Convert every page the ledger wants, ``max_batch`` pages a batch at most.
 
         With ``first_batch``, batches start that small and double up to ``max_batch``: the
         engine starts on the first pages rendered instead of idling until a full batch is
         (316 prepared gundam pages for 79 decode slots), and each batch runs while the
-        next, twice its size, is rendered.
+        next, twice its size, is rendered. ``tasks``: the ledger's page tasks, when some were
+        already sent to the render queue (pages rendered while the model loaded).
         """
         renders, runner = self.renders, self.runner
         ramp = min(first_batch or max_batch, max_batch)
-        tasks = self.ledger.page_tasks()
+        tasks = self.ledger.page_tasks() if tasks is None else tasks
         # Batches in the engine(s): future -> its pages (kept here for figure crops).
         running: dict[Any, Batch] = {}
         exhausted = False
@@ -115,6 +123,9 @@ class Batcher:
         ledger when they need no engine (text-layer pages) or cannot go to one (errors)."""
         planner = self.planner
         for (st, idx), page in self.renders.ready():
+            if st.finished:  # the document failed while this page was in flight
+                _discard(page)
+                continue
             if not isinstance(page, (str, TextLayerPage)):
                 try:
                     key = planner.plan(page).batch_key
@@ -154,6 +165,8 @@ class Batcher:
         else:
             self.limit.succeeded(max_batch)
         for (st, page), res in zip(batch, results, strict=True):
+            if st.finished:
+                continue  # failed meanwhile: not read again in another mode either
             if self.escalator is not None:
                 kept = self.escalator.review(page, res)
                 if kept is None:  # read it again in the costlier mode its estimate now has
@@ -161,3 +174,10 @@ class Batcher:
                     continue
                 res = kept
             self.ledger.record(st, res, page)
+
+
+def _discard(page: Any) -> None:
+    """A rendered page no one will read: its prepared inputs' file goes now."""
+    prepared = getattr(page, "prepared", None)
+    if prepared is not None and hasattr(prepared, "discard"):
+        prepared.discard()

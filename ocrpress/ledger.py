@@ -47,6 +47,7 @@ class DocState:
     resumed_pages: int = 0
     journal: IO[str] | None = None
     finished: bool = False
+    uncommitted: bool = False  # opened while the ledger holds: its journal not yet rewritten
 
     @property
     def complete(self) -> bool:
@@ -76,6 +77,7 @@ class Ledger:
         self.out_dir = opts.output if self.to_dir else None  # the folder written to, if any
         self.progress = _progress_bar(opts.progress)
         self._emit_next = 0
+        self._held: dict[int, DocState] | None = None  # see hold()
 
     def close(self) -> None:
         """End of the run (or its interruption): the progress bar and open journals go."""
@@ -83,6 +85,27 @@ class Ledger:
         for st in self.states:
             if st.journal is not None:
                 close_quietly(st.journal)
+                st.journal = None
+
+    def hold(self) -> None:
+        """Until :meth:`release`, open documents without changing anything: no journal
+        rewritten, no done marker removed, no document finished or its error reported.
+
+        Pages render while the model loads (:mod:`ocrpress.early_start`); a load that fails
+        or is interrupted must leave the previous run's resume state as it found it.
+        """
+        self._held = {}
+
+    def release(self) -> None:
+        """The model loaded: do, in order, what the documents opened since :meth:`hold`
+        put off."""
+        held, self._held = self._held or {}, None
+        for st in held.values():
+            if st.uncommitted:
+                st.uncommitted = False
+                self._guarded(st, self._commit)
+            if st.complete:
+                self.finish(st)
 
     def results(self) -> list[DocumentResult]:
         return [self._document_result(s) for s in self.states]
@@ -92,9 +115,12 @@ class Ledger:
     def page_tasks(self) -> Iterator[tuple[DocState, int]]:
         """Open documents lazily, in order, and yield the pages still to do."""
         for st in self.states:
-            self._prepare(st)
+            self._guarded(st, self._open)
             if st.complete:
-                self.finish(st)
+                if self._held is not None:
+                    self._held[st.order] = st
+                else:
+                    self.finish(st)
                 continue
             for idx in st.wanted:
                 if st.finished:
@@ -102,10 +128,10 @@ class Ledger:
                 if idx not in st.results:
                     yield st, idx
 
-    def _prepare(self, st: DocState) -> None:
-        """Open a document and its journal; any failure is this document's error."""
+    def _guarded(self, st: DocState, step: Callable[[DocState], None]) -> None:
+        """Open a document or its journal; any failure is this document's error."""
         try:
-            self._open(st)
+            step(st)
         except OutputError:
             raise
         except Exception as e:
@@ -151,6 +177,16 @@ class Ledger:
             st.resumed_pages = len(st.results)
             self.stats.resumed_pages += st.resumed_pages
             self.progress.update(st.resumed_pages)
+        if self._held is not None:
+            st.uncommitted = True
+            self._held[st.order] = st
+            return
+        self._commit(st)
+
+    def _commit(self, st: DocState) -> None:
+        """Start a document's journal afresh, from the pages it kept."""
+        assert self.opts.output is not None
+        journal_path, done_path = journal.state_paths(self.opts.output, st.doc.rel)
         with output_guard(self.out_dir):
             os.makedirs(os.path.dirname(journal_path), exist_ok=True)
             with contextlib.suppress(FileNotFoundError):

@@ -23,9 +23,10 @@ from .backoff import BatchLimit
 from .batcher import Batcher
 from .devices import DevicePool, Planner, make_planner, resolve_devices
 from .document import DocumentResult
+from .early_start import BackgroundLoad, Tasks, early_pages, render_early
 from .engines import Engine, create_engine, resolve_engine_name
 from .engines.page_inputs import InputsRecipe, window_for
-from .errors import EngineLoadError, Terminated
+from .errors import EngineLoadError, Terminated, describe
 from .escalation import Escalator, auto_spec
 from .inputs import InputDoc
 from .isolation import output_guard
@@ -90,6 +91,7 @@ class Converter:
         self.to_dir = opts.output not in (None, "-")
         self.limit = BatchLimit()  # lowered after a CUDA out-of-memory error, may grow back
         self._planner: Planner | None = None
+        self._loading: BackgroundLoad[Engine] | None = None  # a load on its thread, if any
         self.device_pool: DevicePool | None = None
 
     # -------------------------------------------------------------- engine
@@ -97,11 +99,22 @@ class Converter:
     @property
     def engine(self) -> Engine:
         if self._engine is None:
-            try:
-                self._engine = create_engine(self.opts.engine)
-            except Exception as e:
-                raise EngineLoadError(str(e)) from e
+            loading = self._loading
+            if loading is None:
+                self._engine = self._load_engine()
+            else:  # started on its thread (early_start): waited for, not repeated
+                try:
+                    self._engine = loading.result()
+                finally:
+                    if loading.future.done():  # else interrupted: a later run waits again
+                        self._loading = None
         return self._engine
+
+    def _load_engine(self) -> Engine:
+        try:
+            return create_engine(self.opts.engine)
+        except Exception as e:
+            raise EngineLoadError(str(e)) from e
 
     @property
     def planner(self) -> Planner:
@@ -159,6 +172,8 @@ class Converter:
         interrupted = False
         runner: Runner | None = None
         try:
+            elsewhere = never or devices is not None  # no model loads in this process
+            tasks = self._render_while_loading(elsewhere, workers, renders, ledger)
             planner, max_batch, runner = self._runner(never, devices)
             # --mode auto: render workers choose each page's mode before the first is sent.
             renders.auto = auto_spec(planner, self.opts.engine)
@@ -198,7 +213,7 @@ class Converter:
                 escalator,
             )
             try:
-                batcher.run(max_batch, window, self._first_batch(planner, runner))
+                batcher.run(max_batch, window, self._first_batch(planner, runner), tasks)
             finally:
                 ledger.close()
             ledger.emit_ready()
@@ -206,6 +221,7 @@ class Converter:
             interrupted = True
             raise
         finally:
+            ledger.close()  # also when the model failed to load after pages were rendered
             # Interrupted: no waiting for workers (they die with this process); a worker
             # still starting must not find the pool's semaphores already gone.
             try:
@@ -235,6 +251,49 @@ class Converter:
             return resolve_engine_name(self.opts.engine)[0] == "deepseek"
         except Exception:  # the engine's own load reports it
             return False
+
+    def _render_while_loading(
+        self, elsewhere: bool, workers: int, renders: RenderQueue, ledger: Ledger
+    ) -> Tasks | None:
+        """Load the VLM on a thread while the render workers render and prepare the first
+        pages (see :mod:`ocrpress.early_start`); returns the page tasks to go on with, or None
+        when nothing was sent (``elsewhere``: no model loads here; no workers; an engine given
+        loaded; not a VLM)."""
+        if elsewhere or not workers or self._engine is not None or self._loading is not None:
+            return None
+        if not self._vlm_inputs():
+            return None
+        try:
+            # Before the load's thread starts: two threads importing torch's and transformers'
+            # modules at once can see them half-initialised.
+            planner = make_planner(self.opts.engine)[0]
+            recipe = planner.load_recipe() if hasattr(planner, "load_recipe") else None
+            batch = planner.batch_hint() if hasattr(planner, "batch_hint") else None
+        except Exception as e:  # the load reports what is wrong
+            log.debug("no pages rendered while the model loads: %s", describe(e))
+            return None
+        loading = self._loading = BackgroundLoad(self._load_engine)
+        self._planner = planner  # journals' fingerprints without waiting for the model
+        ledger.hold()  # a failed load leaves the output folder's resume state as it was
+        try:
+            renders.auto = auto_spec(planner, self.opts.engine)
+            renders.inputs = recipe
+            tasks = ledger.page_tasks()
+            count = early_pages(recipe, renders.spool, batch, self.opts.window)
+            sent = render_early(tasks, renders, count)
+            self.engine  # noqa: B018 - waits for the load, raises its error
+        except (KeyboardInterrupt, Terminated):
+            raise  # the CLI exits at once; the load's thread is a daemon
+        except BaseException:
+            loading.wait()  # no thread left inside torch when the run's error ends the process
+            if loading.future.exception() is not None:
+                self._loading = None  # a later run loads afresh rather than re-raise this
+            raise
+        finally:
+            self._planner = None
+        ledger.release()
+        log.debug("%d pages sent to render while the model loaded", sent)
+        return tasks
 
     @staticmethod
     def _first_batch(planner: Planner, runner: Runner) -> int | None:

@@ -283,5 +283,22 @@ class RenderQueue:
             self._launch(waiting)
 
     def close(self, wait: bool = True) -> None:
+        """Stop the workers; with ``wait``, the files of pages rendered but never taken
+        (a run that failed, e.g. its model did not load) are removed now, not at exit."""
         if self.pool is not None:
             self.pool.shutdown(wait=wait, cancel_futures=True)
+        if wait:
+            self._discard_unread()
+
+    def _discard_unread(self) -> None:
+        while self.items:
+            fut = self.items.popleft().fut
+            if fut is None or not fut.done() or fut.cancelled() or fut.exception() is not None:
+                continue
+            with contextlib.suppress(Exception):  # best effort: the folder goes at exit
+                result = fut.result()
+                if isinstance(result, Spooled):
+                    result = result.load()
+                prepared = getattr(result, "prepared", None)
+                if prepared is not None and hasattr(prepared, "discard"):
+                    prepared.discard()

@@ -59,7 +59,7 @@ from .deepseek_spec import (  # noqa: F401 - re-exported: the engine module's pu
     to_result,
 )
 from .deepseek_stream import Deliver, Feed, PageSource, Stop, serve
-from .page_inputs import InputsRecipe, PreparedFile, make_inputs
+from .page_inputs import PreparedFile, make_inputs
 from .refill import END, DecodeStats, Prepared, RefillDecoder, StepHook
 from .refill_items import batched_mm_rows, decode_experts
 
@@ -119,16 +119,8 @@ class DeepSeekEngine:
             self.hf_model, self.processor, self.attn_implementation = load(
                 str(folder), self.model, self.device, self.dtype
             )
-        self.inputs_recipe = InputsRecipe(
-            family=self.family,
-            folder="" if components is not None else str(_resolve_dir(self.model)),
-            prompt=self.prompt,
-            min_tiles=opts.min_tiles,
-            max_tiles=opts.max_tiles,
-            dtype=str(self.dtype).removeprefix("torch."),
-            mode=self.mode_spec.name,
-            auto=self.planner.auto,
-        )
+        folder = "" if components is not None else str(_resolve_dir(self.model))
+        self.inputs_recipe = self.planner.recipe(folder, str(self.dtype).removeprefix("torch."))
         self.prepared_by_workers = 0  # pages whose inputs a render worker made
         self.tokenizer = self.processor.tokenizer
         self.hf_model.eval()

@@ -23,6 +23,7 @@ from ..modes import (
 )
 from . import TASKS, EngineError, EngineOptions, PagePlan
 from .deepseek_v1_config import is_v1_config
+from .page_inputs import InputsRecipe
 
 DEFAULT_MODEL = "deepseek-community/DeepSeek-OCR-2"
 
@@ -221,6 +222,42 @@ class DeepSeekPlanner:
             check_tile_range(opts.min_tiles, opts.max_tiles)
         except ValueError as e:
             raise EngineError(str(e)) from e
+
+    def recipe(self, folder: str, dtype: str) -> InputsRecipe:
+        """The inputs recipe of an engine reading its processor from ``folder`` and running
+        in ``dtype`` (a torch dtype's name): what its pages' model inputs depend on."""
+        return InputsRecipe(
+            family=self.family,
+            folder=folder,
+            prompt=prompt_for(self.opts.task, self.opts.prompt),
+            min_tiles=self.opts.min_tiles,
+            max_tiles=self.opts.max_tiles,
+            dtype=dtype,
+            mode=self.mode_spec.name,
+            auto=self.auto,
+        )
+
+    def load_recipe(self) -> InputsRecipe | None:
+        """The recipe the engine loading this planner's model will have, known before its
+        weights load (render workers prepare the first pages by it meanwhile); None when
+        the model is not a folder on this machine."""
+        from .deepseek_runtime import pick_device, pick_dtype  # imports torch
+
+        folder = _resolve_dir(self.model) if self.model else None
+        if folder is None:
+            return None
+        dtype = pick_dtype(self.opts.dtype, pick_device(self.opts.device))
+        return self.recipe(str(folder), str(dtype).removeprefix("torch."))
+
+    def batch_hint(self) -> int | None:
+        """The engine's pages a call (its ``max_batch_size``) if known before its weights
+        load: with ``--batch-size`` or on the CPU; None on a GPU, whose free memory decides."""
+        from .deepseek_runtime import CPU_BATCH_SIZE, pick_device  # imports torch
+
+        slots = self.opts.batch_size
+        if not slots and not pick_device(self.opts.device).startswith("cuda"):
+            slots = CPU_BATCH_SIZE
+        return slots * REFILL_DEPTH if slots else None
 
     def page_mode(self, page: PageImage) -> str:
         """The mode ``page`` is read in: its own under ``--mode auto``, else the engine's."""
