@@ -16,6 +16,7 @@ from typing import Any
 from .backoff import BatchLimit
 from .devices import Planner
 from .document import PageImage, PageResult
+from .engines.page_inputs import discard_prepared
 from .errors import describe
 from .escalation import Escalator
 from .ledger import DocState, Ledger
@@ -124,7 +125,7 @@ class Batcher:
         planner = self.planner
         for (st, idx), page in self.renders.ready():
             if st.finished:  # the document failed while this page was in flight
-                _discard(page)
+                discard_prepared(page)
                 continue
             if not isinstance(page, (str, TextLayerPage)):
                 try:
@@ -174,10 +175,3 @@ class Batcher:
                     continue
                 res = kept
             self.ledger.record(st, res, page)
-
-
-def _discard(page: Any) -> None:
-    """A rendered page no one will read: its prepared inputs' file goes now."""
-    prepared = getattr(page, "prepared", None)
-    if prepared is not None and hasattr(prepared, "discard"):
-        prepared.discard()

@@ -212,16 +212,14 @@ class Converter:
                 self.opts.retry_truncated,
                 escalator,
             )
-            try:
-                batcher.run(max_batch, window, self._first_batch(planner, runner), tasks)
-            finally:
-                ledger.close()
+            batcher.run(max_batch, window, self._first_batch(planner, runner), tasks)
+            ledger.close()  # the progress bar goes before the last documents stream out
             ledger.emit_ready()
         except (KeyboardInterrupt, Terminated):
             interrupted = True
             raise
         finally:
-            ledger.close()  # also when the model failed to load after pages were rendered
+            ledger.close()  # on every way out: a failed load, an error, an interrupt
             # Interrupted: no waiting for workers (they die with this process); a worker
             # still starting must not find the pool's semaphores already gone.
             try:

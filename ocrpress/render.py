@@ -22,7 +22,7 @@ from typing import Any
 
 from . import inputs, procs
 from .document import PageImage
-from .engines.page_inputs import InputsRecipe, prepare_in_worker
+from .engines.page_inputs import InputsRecipe, discard_prepared, prepare_in_worker
 from .errors import describe
 from .escalation import AutoSpec, choose_page_mode
 from .inputs import InputDoc, InputError
@@ -99,9 +99,7 @@ def spooled_call(task: Callable[..., Any], folder: str, doc: InputDoc, *args: An
         # No room left, most likely: leave nothing behind that keeps the folder full.
         with contextlib.suppress(OSError):
             os.unlink(path)
-        prepared = getattr(result, "prepared", None)
-        if prepared is not None:
-            prepared.discard()
+        discard_prepared(result)
         raise
     return Spooled(path)
 
@@ -297,8 +295,4 @@ class RenderQueue:
                 continue
             with contextlib.suppress(Exception):  # best effort: the folder goes at exit
                 result = fut.result()
-                if isinstance(result, Spooled):
-                    result = result.load()
-                prepared = getattr(result, "prepared", None)
-                if prepared is not None and hasattr(prepared, "discard"):
-                    prepared.discard()
+                discard_prepared(result.load() if isinstance(result, Spooled) else result)

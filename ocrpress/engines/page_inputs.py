@@ -103,6 +103,14 @@ class PreparedFile:
             os.unlink(self.path)
 
 
+def discard_prepared(page: Any) -> None:
+    """A rendered page (or a render task's other result) no one will read: its prepared
+    inputs' file, if a worker made one, goes now rather than when the run's folder does."""
+    prepared = getattr(page, "prepared", None)
+    if prepared is not None:
+        prepared.discard()
+
+
 def load_processor(recipe: InputsRecipe) -> Any:
     """The checkpoint's processor, on the CPU (tokenizer padding on the left)."""
     if recipe.family == "v1":
