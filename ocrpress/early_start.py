@@ -62,13 +62,17 @@ class BackgroundLoad(Generic[T]):
 
 
 def early_pages(
-    recipe: InputsRecipe | None, spool: str, batch: int | None, window: int | None = None
+    recipe: InputsRecipe | None,
+    spool: str,
+    batch: int | None,
+    window: int | None = None,
+    replicas: int = 1,
 ) -> int:
-    """How many pages to render while the model loads: the engine's first call's worth
-    (``batch``: its pages a call, if known before the load) or :data:`EARLY_PAGES`, fewer
-    when ``--window`` is smaller or their prepared inputs would not fit the budget."""
-    count = min(batch or EARLY_PAGES, EARLY_PAGES, window or EARLY_PAGES)
-    return window_for(recipe, count, 0, spool) if recipe is not None else count
+    """How many pages to render while the model loads: each engine replica's first call's
+    worth (``batch``: its pages a call, if known before the load) or :data:`EARLY_PAGES`,
+    fewer when ``--window`` is smaller or their prepared inputs would not fit the budget."""
+    count = min(batch * replicas if batch else EARLY_PAGES, EARLY_PAGES, window or EARLY_PAGES)
+    return window_for(recipe, count, 0, spool, replicas) if recipe is not None else count
 
 
 def render_early(tasks: Tasks, renders: RenderQueue, count: int) -> int:

@@ -143,6 +143,7 @@ class Converter:
             return self._run(docs)
 
     def _run(self, docs: list[InputDoc]) -> list[DocumentResult]:
+        self.stats = RunStats()  # this run's, also when the converter ran (or failed) before
         self.stats.start()
         never = self.opts.ocr == "never" and self._engine is None  # no page reaches an engine
         devices = None if never else self._start_devices()
@@ -172,8 +173,7 @@ class Converter:
         interrupted = False
         runner: Runner | None = None
         try:
-            elsewhere = never or devices is not None  # no model loads in this process
-            tasks = self._render_while_loading(elsewhere, workers, renders, ledger)
+            tasks = None if never else self._render_while_loading(devices, workers, renders, ledger)
             planner, max_batch, runner = self._runner(never, devices)
             # --mode auto: render workers choose each page's mode before the first is sent.
             renders.auto = auto_spec(planner, self.opts.engine)
@@ -195,8 +195,11 @@ class Converter:
                 else:
                     n = devices.replicas
                     room = window_for(recipe, window, 0, renders.spool, n)  # what fits
-                    if workers_prepare_for_replicas(workers, n, window, room):
-                        renders.inputs = recipe
+                    prepare = workers_prepare_for_replicas(workers, n, window, room)
+                    # (Pages the workers prepared while the replicas loaded keep their files.)
+                    renders.inputs = recipe if prepare else None
+            else:
+                renders.inputs = None  # none workers can follow: drop a guess made before the load
             self.stats.engine, self.stats.model, self.stats.mode = (
                 planner.name,
                 planner.model,
@@ -251,44 +254,57 @@ class Converter:
             return False
 
     def _render_while_loading(
-        self, elsewhere: bool, workers: int, renders: RenderQueue, ledger: Ledger
+        self, devices: DevicePool | None, workers: int, renders: RenderQueue, ledger: Ledger
     ) -> Tasks | None:
-        """Load the VLM on a thread while the render workers render and prepare the first
-        pages (see :mod:`ocrpress.early_start`); returns the page tasks to go on with, or None
-        when nothing was sent (``elsewhere``: no model loads here; no workers; an engine given
-        loaded; not a VLM)."""
-        if elsewhere or not workers or self._engine is not None or self._loading is not None:
+        """Load the VLM (on a thread here, or in the ``--devices`` replicas' processes) while
+        the render workers render and prepare the first pages (see :mod:`ocrpress.early_start`);
+        returns the page tasks to go on with, or None when nothing was sent (no workers; an
+        engine given loaded; not a VLM)."""
+        if not workers or not self._vlm_inputs():
             return None
-        if not self._vlm_inputs():
+        if devices is None and (self._engine is not None or self._loading is not None):
             return None
         try:
             # Before the load's thread starts: two threads importing torch's and transformers'
             # modules at once can see them half-initialised.
-            planner = make_planner(self.opts.engine)[0]
+            planner = self._planner if devices is not None else make_planner(self.opts.engine)[0]
+            assert planner is not None
             recipe = planner.load_recipe() if hasattr(planner, "load_recipe") else None
             batch = planner.batch_hint() if hasattr(planner, "batch_hint") else None
         except Exception as e:  # the load reports what is wrong
             log.debug("no pages rendered while the model loads: %s", describe(e))
             return None
-        loading = self._loading = BackgroundLoad(self._load_engine)
-        self._planner = planner  # journals' fingerprints without waiting for the model
+        loading: BackgroundLoad[Engine] | None = None
+        replicas = 1
+        if devices is None:
+            loading = self._loading = BackgroundLoad(self._load_engine)
+            self._planner = planner  # journals' fingerprints without waiting for the model
+        else:
+            replicas = devices.replicas
+            if workers < WORKERS_PER_REPLICA * replicas:
+                recipe = None  # too few workers to keep up: each replica prepares its pages
         ledger.hold()  # a failed load leaves the output folder's resume state as it was
         try:
             renders.auto = auto_spec(planner, self.opts.engine)
             renders.inputs = recipe
             tasks = ledger.page_tasks()
-            count = early_pages(recipe, renders.spool, batch, self.opts.window)
+            count = early_pages(recipe, renders.spool, batch, self.opts.window, replicas)
             sent = render_early(tasks, renders, count)
-            self.engine  # noqa: B018 - waits for the load, raises its error
+            if devices is None:
+                self.engine  # noqa: B018 - waits for the load, raises its error
+            else:
+                devices.max_batch_size()  # waits for every replica, raises the first's error
         except (KeyboardInterrupt, Terminated):
             raise  # the CLI exits at once; the load's thread is a daemon
         except BaseException:
-            loading.wait()  # no thread left inside torch when the run's error ends the process
-            if loading.future.exception() is not None:
-                self._loading = None  # a later run loads afresh rather than re-raise this
+            if loading is not None:
+                loading.wait()  # no thread left inside torch when the error ends the process
+                if loading.future.exception() is not None:
+                    self._loading = None  # a later run loads afresh rather than re-raise this
             raise
         finally:
-            self._planner = None
+            if devices is None:
+                self._planner = None
         ledger.release()
         log.debug("%d pages sent to render while the model loaded", sent)
         return tasks

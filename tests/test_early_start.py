@@ -274,3 +274,88 @@ def test_a_failed_load_leaves_no_rendered_page_behind(
         _run(tiny_v2_model, files)
     assert queues  # pages went to render while the model "loaded"
     assert not list(spool.glob("inputs-*")) and not list(spool.glob("page-*"))
+
+
+# ------------------------------------------------------------------ --devices
+
+
+def _devices_opts(model: Path, out: Path | None, workers: int) -> ConvertOptions:
+    engine = EngineOptions(
+        engine="deepseek", model=str(model), mode="small", device="cpu", batch_size=1,
+        max_new_tokens=6,
+    )  # fmt: skip
+    return ConvertOptions(
+        output=str(out) if out else None, formats=["json"], dpi=36, workers=workers,
+        ocr="always", engine=engine, devices="all",
+    )  # fmt: skip
+
+
+@pytest.mark.parametrize("workers", [4, 1])
+def test_pages_render_while_the_device_replicas_load(
+    tiny_v2_model: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, workers: int
+) -> None:
+    """--devices on two (fake) GPUs: the main process waits for its replicas to load (here:
+    until a page has come back from a render worker) with pages already rendering, prepared
+    for the replicas when there are two workers a replica, else left for them to prepare.
+    The outputs are a one-process run's."""
+    from ocrpress.device_pool import DevicePool
+
+    monkeypatch.setenv("OCRPRESS_FAKE_GPUS", "2")
+    queues: list[RenderQueue] = []
+    submit = RenderQueue.submit
+
+    def spying_submit(self: RenderQueue, *a: Any) -> None:
+        queues.append(self)
+        submit(self, *a)
+
+    seen: dict[str, Any] = {}
+    real_wait = DevicePool.max_batch_size
+
+    def slow_replicas(self: DevicePool) -> int:
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            if queues and queues[-1].items and queues[-1].items[0].fut.done():
+                break
+            time.sleep(0.02)
+        seen.setdefault("first_done", bool(queues) and queues[-1].items[0].fut.done())
+        return real_wait(self)
+
+    monkeypatch.setattr(RenderQueue, "submit", spying_submit)
+    monkeypatch.setattr(DevicePool, "max_batch_size", slow_replicas)
+    files = [labelled_pdf(tmp_path / f"d{i}.pdf", 2 + i) for i in range(2)]
+    docs, _ = discover([str(f) for f in files])
+    conv = Converter(_devices_opts(tiny_v2_model, None, workers))
+    texts = [[p.raw for p in d.pages] for d in conv.run(docs)]
+    assert seen == {"first_done": True}
+    prepared = conv.stats.to_dict()["pages_prepared_by_workers"]
+    assert prepared == (5 if workers == 4 else 0)
+
+    monkeypatch.delenv("OCRPRESS_FAKE_GPUS")
+    _, one_texts = _run(tiny_v2_model, files)
+    assert texts == one_texts and all(all(t) for t in texts)
+
+
+def test_replicas_that_fail_to_load_after_pages_rendered_change_nothing(
+    tiny_v2_model: Path, tmp_path: Path
+) -> None:
+    """--devices: config.json is fine, the replicas' weights are not. Exit 3 with one line
+    naming the device, and the output folder exactly as the last run left it."""
+    model = tmp_path / "broken-model"
+    shutil.copytree(tiny_v2_model, model)
+    weights = model / "model.safetensors"
+    weights.write_bytes(weights.read_bytes()[:1000])
+    files = [labelled_pdf(tmp_path / f"d{i}.pdf", 3) for i in range(2)]
+    out = tmp_path / "out"
+    args = ["convert", *map(str, files), "-o", str(out), "--engine", "deepseek", "--ocr",
+            "always", "--workers", "4", "--mode", "small", "--max-new-tokens", "4",
+            "--device", "cpu"]  # fmt: skip
+    first = ocrpress(*args, "--model", str(tiny_v2_model))
+    assert first.returncode == 0, first.stderr.decode()
+    before = _files_under(out)
+
+    r = ocrpress(*args, "--model", str(model), "--devices", "all", env={"OCRPRESS_FAKE_GPUS": "2"})
+    err = r.stderr.decode()
+    assert r.returncode == 3, err
+    errors = [ln for ln in err.splitlines() if "error:" in ln]
+    assert len(errors) == 1 and "device" in errors[0] and "Traceback" not in err, err
+    assert _files_under(out) == before

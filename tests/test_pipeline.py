@@ -212,6 +212,22 @@ def test_skip_when_current_redo_when_options_change(tmp_path: Path) -> None:
     assert sum(eng.batches) == 3
 
 
+def test_each_run_of_a_converter_counts_only_its_own_work(tmp_path: Path) -> None:
+    """A converter used again (a library caller retrying after an error, say) reports the
+    second run's statistics, not both runs' added up."""
+    files = [labelled_pdf(tmp_path / "a.pdf", 2), labelled_pdf(tmp_path / "b.pdf", 1)]
+    docs, _ = discover([str(p) for p in files])
+    out = tmp_path / "out"
+    opts = ConvertOptions(output=str(out), dpi=36, workers=0, ocr="always")
+    conv = Converter(opts, engine=EchoEngine())
+    conv.run(docs)
+    assert (conv.stats.documents, conv.stats.pages, conv.stats.skipped_documents) == (2, 3, 0)
+    conv.run(docs)  # everything is current now: skipped
+    assert (conv.stats.documents, conv.stats.pages, conv.stats.skipped_documents) == (0, 0, 2)
+    saved = json.loads((out / RUN_STATS_FILE).read_text())
+    assert saved["pages"] == 0 and saved["documents_skipped"] == 2
+
+
 def test_stdout_streams_jsonl_in_input_order(tmp_path: Path) -> None:
     files = [
         labelled_pdf(tmp_path / "a.pdf", 2),
