@@ -70,7 +70,7 @@ def test_flash_setting_is_described() -> None:
     assert rt.describe_attention("sdpa") == "sdpa"
 
 
-@pytest.mark.parametrize("graphs", [False, True])
+@pytest.mark.parametrize("graphs", [False, pytest.param(True, marks=pytest.mark.slow)])
 def test_decode_steps_of_a_flash_decoder_run_on_sdpa(
     tiny_v2_model: Path, monkeypatch: pytest.MonkeyPatch, graphs: bool
 ) -> None:

@@ -70,7 +70,7 @@ def v2_batched(
     return out, r.stderr.decode()
 
 
-@pytest.mark.parametrize("family", ["v2", "v1"])
+@pytest.mark.parametrize("family", ["v2", pytest.param("v1", marks=pytest.mark.slow)])
 def test_each_page_is_read_in_its_own_mode(
     request: pytest.FixtureRequest, density_docs: Path, tmp_path: Path, family: str
 ) -> None:

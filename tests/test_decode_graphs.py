@@ -125,7 +125,7 @@ def test_buckets_grow_by_powers_of_two_then_by_an_eighth_of_the_buffer() -> None
     assert all(n <= bucket(n, c) <= c for c in range(1, 70) for n in range(1, c + 1))
 
 
-@pytest.mark.parametrize("slots", [3, 16])
+@pytest.mark.parametrize("slots", [3, pytest.param(16, marks=pytest.mark.slow)])
 def test_fixed_shape_steps_give_the_tokens_of_pages_decoded_alone(
     tiny_v2_model: Path, slots: int
 ) -> None:

@@ -38,6 +38,30 @@ def _run(model: Path, files: list[Path]) -> tuple[Converter, list[list[str]]]:
     return conv, [[p.raw for p in d.pages] for d in results]
 
 
+def _spy_on_submits(monkeypatch: pytest.MonkeyPatch) -> list[RenderQueue]:
+    """The render queues pages are submitted to, in order (one entry a page)."""
+    queues: list[RenderQueue] = []
+    submit = RenderQueue.submit
+
+    def spying_submit(self: RenderQueue, *a: Any) -> None:
+        queues.append(self)
+        submit(self, *a)
+
+    monkeypatch.setattr(RenderQueue, "submit", spying_submit)
+    return queues
+
+
+def _wait_for_first_page(queues: list[RenderQueue], seconds: float = 60) -> bool:
+    """Wait until the first page submitted has come back from its render worker."""
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        first = queues[-1].items[0] if queues and queues[-1].items else None
+        if first is not None and first.fut is not None and first.fut.done():
+            return True
+        time.sleep(0.02)
+    return False
+
+
 def test_the_first_pages_are_ready_when_the_model_is(
     tiny_v2_model: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -47,28 +71,15 @@ def test_the_first_pages_are_ready_when_the_model_is(
     import ocrpress.engines.deepseek as ds
 
     files = [labelled_pdf(tmp_path / f"d{i}.pdf", 2 + i) for i in range(2)]
-    queues: list[RenderQueue] = []
-    submit = RenderQueue.submit
-
-    def spying_submit(self: RenderQueue, *a: Any) -> None:
-        queues.append(self)
-        submit(self, *a)
-
+    queues = _spy_on_submits(monkeypatch)
     seen: dict[str, Any] = {}
     real_load = ds.load_v2
 
     def slow_load(*a: Any) -> Any:
-        deadline = time.monotonic() + 60
-        while time.monotonic() < deadline:
-            q = queues[-1] if queues else None
-            if q is not None and q.items and q.items[0].fut is not None and q.items[0].fut.done():
-                break
-            time.sleep(0.02)
+        seen["first_done"] = _wait_for_first_page(queues)
         seen["in_flight"] = len(queues[-1]) if queues else 0
-        seen["first_done"] = bool(queues) and queues[-1].items[0].fut.done()
         return real_load(*a)
 
-    monkeypatch.setattr(RenderQueue, "submit", spying_submit)
     monkeypatch.setattr(ds, "load_v2", slow_load)
     early, early_texts = _run(tiny_v2_model, files)
     assert seen == {"in_flight": 5, "first_done": True}
@@ -254,12 +265,7 @@ def test_a_failed_load_leaves_no_rendered_page_behind(
     from ocrpress.errors import EngineLoadError
 
     spool = Path(multiprocessing.util.get_temp_dir())
-    queues: list[RenderQueue] = []
-    submit = RenderQueue.submit
-
-    def spying_submit(self: RenderQueue, *a: Any) -> None:
-        queues.append(self)
-        submit(self, *a)
+    queues = _spy_on_submits(monkeypatch)
 
     def load_fails_after_a_page(*a: Any) -> Any:
         deadline = time.monotonic() + 60
@@ -267,7 +273,6 @@ def test_a_failed_load_leaves_no_rendered_page_behind(
             time.sleep(0.02)
         raise OSError("weights unreadable")
 
-    monkeypatch.setattr(RenderQueue, "submit", spying_submit)
     monkeypatch.setattr(ds, "load_v2", load_fails_after_a_page)
     files = [labelled_pdf(tmp_path / "d0.pdf", 3)]
     with pytest.raises(EngineLoadError):
@@ -290,7 +295,7 @@ def _devices_opts(model: Path, out: Path | None, workers: int) -> ConvertOptions
     )  # fmt: skip
 
 
-@pytest.mark.parametrize("workers", [4, 1])
+@pytest.mark.parametrize("workers", [4, pytest.param(1, marks=pytest.mark.slow)])
 def test_pages_render_while_the_device_replicas_load(
     tiny_v2_model: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, workers: int
 ) -> None:
@@ -301,26 +306,14 @@ def test_pages_render_while_the_device_replicas_load(
     from ocrpress.device_pool import DevicePool
 
     monkeypatch.setenv("OCRPRESS_FAKE_GPUS", "2")
-    queues: list[RenderQueue] = []
-    submit = RenderQueue.submit
-
-    def spying_submit(self: RenderQueue, *a: Any) -> None:
-        queues.append(self)
-        submit(self, *a)
-
+    queues = _spy_on_submits(monkeypatch)
     seen: dict[str, Any] = {}
     real_wait = DevicePool.max_batch_size
 
     def slow_replicas(self: DevicePool) -> int:
-        deadline = time.monotonic() + 60
-        while time.monotonic() < deadline:
-            if queues and queues[-1].items and queues[-1].items[0].fut.done():
-                break
-            time.sleep(0.02)
-        seen.setdefault("first_done", bool(queues) and queues[-1].items[0].fut.done())
+        seen.setdefault("first_done", _wait_for_first_page(queues))
         return real_wait(self)
 
-    monkeypatch.setattr(RenderQueue, "submit", spying_submit)
     monkeypatch.setattr(DevicePool, "max_batch_size", slow_replicas)
     files = [labelled_pdf(tmp_path / f"d{i}.pdf", 2 + i) for i in range(2)]
     docs, _ = discover([str(f) for f in files])
@@ -335,6 +328,7 @@ def test_pages_render_while_the_device_replicas_load(
     assert texts == one_texts and all(all(t) for t in texts)
 
 
+@pytest.mark.slow
 def test_replicas_that_fail_to_load_after_pages_rendered_change_nothing(
     tiny_v2_model: Path, tmp_path: Path
 ) -> None:

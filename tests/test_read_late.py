@@ -37,7 +37,9 @@ def mixed(tiny_v2_model: Path) -> tuple:
     return mixed_pages(tiny_v2_model)
 
 
-@pytest.mark.parametrize(("slots", "graphs"), [(2, False), (3, True), (16, False)])
+@pytest.mark.parametrize(
+    ("slots", "graphs"), [(2, False), (3, True), pytest.param(16, False, marks=pytest.mark.slow)]
+)
 def test_tokens_read_a_step_late_are_those_of_pages_decoded_alone(
     mixed: tuple, slots: int, graphs: bool
 ) -> None:

@@ -364,7 +364,7 @@ def test_decode_steps_keep_off_cudnn_attention(tiny_v2_model: Path) -> None:
     assert torch.backends.cuda.cudnn_sdp_enabled()
 
 
-@pytest.mark.parametrize("in_place", [True, False])
+@pytest.mark.parametrize("in_place", [pytest.param(True, marks=pytest.mark.slow), False])
 def test_long_decodes_through_cache_reallocations_match_pages_alone(
     tiny_v2_model: Path, monkeypatch: pytest.MonkeyPatch, in_place: bool
 ) -> None:

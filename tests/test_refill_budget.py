@@ -75,7 +75,10 @@ def decoder(slots: int, positions: int | None, read_late: bool = False) -> Refil
     )
 
 
-@pytest.mark.parametrize("seed", range(16))
+# Four seeds in the quick loop (make test-fast), all sixteen in the whole suite.
+@pytest.mark.parametrize(
+    "seed", [s if s < 4 else pytest.param(s, marks=pytest.mark.slow) for s in range(16)]
+)
 def test_random_pages_slots_and_budgets(seed: int, monkeypatch: pytest.MonkeyPatch) -> None:
     rnd = random.Random(seed)
     pages = []

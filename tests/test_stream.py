@@ -53,7 +53,9 @@ def serve_calls(monkeypatch: pytest.MonkeyPatch) -> list[int]:
 SWITCHES = [{}, {"decode_graphs": True, "read_late": True}]
 
 
-@pytest.mark.parametrize("switches", SWITCHES)
+@pytest.mark.parametrize(
+    "switches", [SWITCHES[0], pytest.param(SWITCHES[1], marks=pytest.mark.slow)]
+)
 def test_a_stream_decodes_every_batch_as_batch_by_batch(
     tiny_v2_model: Path, serve_calls: list[int], switches: dict, monkeypatch: pytest.MonkeyPatch
 ) -> None:
