@@ -258,10 +258,11 @@ class DevicePool:
     def close(self, wait: bool = True) -> None:
         """Stop the workers and the collector. ``wait``: let each worker end by itself (at the
         end of a run nothing is open); not after a worker died, with batches still open (the
-        run failed) nor for an interrupted run: then they are killed at once."""
+        run failed), nor while replicas are still loading (the run failed before its first
+        batch), nor for an interrupted run: then they are killed at once."""
         with self._lock:
             # Batches still open mean the run failed: their results would be thrown away.
-            wait = wait and self._broken is None and not self._open
+            wait = wait and self._broken is None and not self._open and self._all_info.is_set()
         self._closing = True
         for proc in self._procs.values():
             if wait and proc.is_alive():

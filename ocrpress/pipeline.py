@@ -136,6 +136,7 @@ class Converter:
 
         With an output folder, the run holds its lock (one run per folder, see lock.py).
         """
+        self.stats = RunStats()  # this run's, also when the converter ran (or failed) before
         if not self.to_dir:
             return self._run(docs)
         assert self.opts.output is not None
@@ -143,7 +144,6 @@ class Converter:
             return self._run(docs)
 
     def _run(self, docs: list[InputDoc]) -> list[DocumentResult]:
-        self.stats = RunStats()  # this run's, also when the converter ran (or failed) before
         self.stats.start()
         never = self.opts.ocr == "never" and self._engine is None  # no page reaches an engine
         devices = None if never else self._start_devices()
@@ -290,6 +290,7 @@ class Converter:
             tasks = ledger.page_tasks()
             count = early_pages(recipe, renders.spool, batch, self.opts.window, replicas)
             sent = render_early(tasks, renders, count)
+            log.debug("%d pages sent to render while the model loads", sent)
             if devices is None:
                 self.engine  # noqa: B018 - waits for the load, raises its error
             else:
@@ -306,7 +307,6 @@ class Converter:
             if devices is None:
                 self._planner = None
         ledger.release()
-        log.debug("%d pages sent to render while the model loaded", sent)
         return tasks
 
     @staticmethod

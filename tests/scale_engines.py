@@ -90,6 +90,15 @@ class LoadFailEngine(DeviceEchoEngine):
             time.sleep(20)
 
 
+class SlowLoadEngine(DeviceEchoEngine):
+    """In a device worker the engine takes 30 s to load."""
+
+    def __init__(self, opts=None) -> None:  # type: ignore[no-untyped-def]
+        super().__init__(opts)
+        if os.environ.get("CUDA_VISIBLE_DEVICES"):
+            time.sleep(30)
+
+
 class ForkThenDieEngine(DeviceEchoEngine):
     """On device 0 the worker forks a child that outlives it by a few seconds (holding the
     worker's end of its result pipe, as a fork-based helper pool would), then dies. The

@@ -332,13 +332,16 @@ def test_pages_render_while_the_device_replicas_load(
 def test_replicas_that_fail_to_load_after_pages_rendered_change_nothing(
     tiny_v2_model: Path, tmp_path: Path
 ) -> None:
-    """--devices: config.json is fine, the replicas' weights are not. Exit 3 with one line
-    naming the device, and the output folder exactly as the last run left it."""
+    """--devices: config.json is fine, the replicas' weights are not. Pages go to render
+    while they load; then exit 3 with one error line, naming the device (not the unreadable
+    file's, which the run never got to), the output folder exactly as the last run left it,
+    and no rendered or prepared page left in the temporary folder."""
     model = tmp_path / "broken-model"
     shutil.copytree(tiny_v2_model, model)
     weights = model / "model.safetensors"
     weights.write_bytes(weights.read_bytes()[:1000])
     files = [labelled_pdf(tmp_path / f"d{i}.pdf", 3) for i in range(2)]
+    (tmp_path / "bad.pdf").write_bytes(b"%PDF-1.7 truncated")
     out = tmp_path / "out"
     args = ["convert", *map(str, files), "-o", str(out), "--engine", "deepseek", "--ocr",
             "always", "--workers", "4", "--mode", "small", "--max-new-tokens", "4",
@@ -347,9 +350,16 @@ def test_replicas_that_fail_to_load_after_pages_rendered_change_nothing(
     assert first.returncode == 0, first.stderr.decode()
     before = _files_under(out)
 
-    r = ocrpress(*args, "--model", str(model), "--devices", "all", env={"OCRPRESS_FAKE_GPUS": "2"})
+    tmp = tmp_path / "tmp"
+    tmp.mkdir()
+    env = {"OCRPRESS_FAKE_GPUS": "2", "TMPDIR": str(tmp)}
+    r = ocrpress(*args, str(tmp_path / "bad.pdf"), "--model", str(model), "--devices", "all",
+                 "-v", env=env)  # fmt: skip
     err = r.stderr.decode()
     assert r.returncode == 3, err
-    errors = [ln for ln in err.splitlines() if "error:" in ln]
-    assert len(errors) == 1 and "device" in errors[0] and "Traceback" not in err, err
+    assert "6 pages sent to render while the model loads" in err, err
+    errors = [ln for ln in err.splitlines() if ln.startswith("ocrpress: error:")]
+    assert len(errors) == 1 and "device" in errors[0] and "bad.pdf" not in err, err
+    assert "Traceback" not in err, err
     assert _files_under(out) == before
+    assert not list(tmp.iterdir())

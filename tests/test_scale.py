@@ -12,6 +12,7 @@ import os
 import re
 import subprocess
 import sys
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -221,6 +222,22 @@ def test_a_replica_that_cannot_load_fails_the_run_without_waiting_for_the_others
     naming the device, and the slow one is not waited for."""
     match = "device 0: RuntimeError: no model here"
     assert _failing_run(corpus, tmp_path, "scale_engines:LoadFailEngine", match, monkeypatch) < 15
+
+
+def test_a_pool_closed_while_its_replicas_load_does_not_wait_for_them(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A run that fails before its first batch (pages rendered while the replicas load, see
+    early_start.py) closes its pool at once: replicas still loading are killed, not waited
+    for until they have loaded (30 s here)."""
+    from ocrpress.device_pool import DevicePool
+
+    monkeypatch.setenv("OCRPRESS_FAKE_GPUS", "2")
+    pool = DevicePool(["0", "1"], EngineOptions(engine="scale_engines:SlowLoadEngine"))
+    started = time.monotonic()
+    pool.close()
+    assert time.monotonic() - started < 15
+    assert not any(p.is_alive() for p in pool._procs.values())
 
 
 def test_a_dead_worker_is_noticed_when_a_child_keeps_its_pipe_open(
