@@ -99,13 +99,13 @@ def _files_under(folder: Path) -> dict[str, bytes]:
     return {str(p.relative_to(folder)): p.read_bytes() for p in files}
 
 
-def test_a_model_that_fails_to_load_after_pages_rendered_changes_nothing(
-    tiny_v2_model: Path, tmp_path: Path
-) -> None:
-    """config.json is fine (so pages render while loading), the weights are not: exit 3 with
-    the load's one line (not the unreadable file's, which the run never got to), and the
-    output folder exactly as the last run left it: its done markers and journals are what a
-    later run with the working model resumes from."""
+def _after_a_good_run(
+    tiny_v2_model: Path, tmp_path: Path, *options: str
+) -> tuple[Path, list[str], dict[str, bytes]]:
+    """Two 3-page PDFs converted into ``tmp_path/out`` with the working model; returns a
+    copy of the model whose config is fine and weights are not, the command's arguments but
+    ``--model``, and the output folder's files after the good run. ``bad.pdf`` is left
+    beside the PDFs, unreadable."""
     model = tmp_path / "broken-model"
     shutil.copytree(tiny_v2_model, model)
     weights = model / "model.safetensors"
@@ -114,11 +114,23 @@ def test_a_model_that_fails_to_load_after_pages_rendered_changes_nothing(
     (tmp_path / "bad.pdf").write_bytes(b"%PDF-1.7 truncated")
     out = tmp_path / "out"
     args = ["convert", *map(str, files), "-o", str(out), "--engine", "deepseek", "--ocr",
-            "always", "--workers", "1", "--mode", "small", "--max-new-tokens", "4"]  # fmt: skip
+            "always", "--mode", "small", "--max-new-tokens", "4", *options]  # fmt: skip
     first = ocrpress(*args, "--model", str(tiny_v2_model))
     assert first.returncode == 0, first.stderr.decode()
     before = _files_under(out)
     assert sum(name.endswith(".done.json") for name in before) == 2, sorted(before)
+    return model, args, before
+
+
+def test_a_model_that_fails_to_load_after_pages_rendered_changes_nothing(
+    tiny_v2_model: Path, tmp_path: Path
+) -> None:
+    """config.json is fine (so pages render while loading), the weights are not: exit 3 with
+    the load's one line (not the unreadable file's, which the run never got to), and the
+    output folder exactly as the last run left it: its done markers and journals are what a
+    later run with the working model resumes from."""
+    model, args, before = _after_a_good_run(tiny_v2_model, tmp_path, "--workers", "1")
+    out = tmp_path / "out"
 
     r = ocrpress(*args, str(tmp_path / "bad.pdf"), "--model", str(model))
     err = r.stderr.decode()
@@ -336,19 +348,9 @@ def test_replicas_that_fail_to_load_after_pages_rendered_change_nothing(
     while they load; then exit 3 with one error line, naming the device (not the unreadable
     file's, which the run never got to), the output folder exactly as the last run left it,
     and no rendered or prepared page left in the temporary folder."""
-    model = tmp_path / "broken-model"
-    shutil.copytree(tiny_v2_model, model)
-    weights = model / "model.safetensors"
-    weights.write_bytes(weights.read_bytes()[:1000])
-    files = [labelled_pdf(tmp_path / f"d{i}.pdf", 3) for i in range(2)]
-    (tmp_path / "bad.pdf").write_bytes(b"%PDF-1.7 truncated")
+    extra = ("--workers", "4", "--device", "cpu")
+    model, args, before = _after_a_good_run(tiny_v2_model, tmp_path, *extra)
     out = tmp_path / "out"
-    args = ["convert", *map(str, files), "-o", str(out), "--engine", "deepseek", "--ocr",
-            "always", "--workers", "4", "--mode", "small", "--max-new-tokens", "4",
-            "--device", "cpu"]  # fmt: skip
-    first = ocrpress(*args, "--model", str(tiny_v2_model))
-    assert first.returncode == 0, first.stderr.decode()
-    before = _files_under(out)
 
     tmp = tmp_path / "tmp"
     tmp.mkdir()
