@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import statistics
 import subprocess
 import sys
@@ -35,8 +36,6 @@ def child(
     arm: str, model: str, docs: str, workers: int, tokens: int, mode: str, devices: str | None
 ) -> None:
     """One conversion in this process; prints its numbers as one JSON line."""
-    import os
-
     sys.path.insert(0, str(ROOT))
     from _timeline import DeviceTimeline
 

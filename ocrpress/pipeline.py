@@ -62,13 +62,19 @@ def worker_recipe(engine: Any) -> InputsRecipe | None:
     return recipe if recipe is not None and recipe.folder else None
 
 
+def workers_keep_up(workers: int, replicas: int) -> bool:
+    """Whether there are render workers enough (:data:`WORKERS_PER_REPLICA` a replica) to
+    prepare the ``--devices`` replicas' pages as fast as they decode them."""
+    return workers >= WORKERS_PER_REPLICA * replicas
+
+
 def workers_prepare_for_replicas(workers: int, replicas: int, window: int, room: int) -> bool:
-    """Whether render workers prepare the ``--devices`` replicas' pages: only when there are
-    enough of them to keep up (:data:`WORKERS_PER_REPLICA` a replica) and the prepared pages
-    of the whole window fit the budget (``room``: the pages :func:`window_for` lets be in
-    flight): a smaller window would leave the replicas' decode slots empty. Else each
-    replica prepares its own pages, on its own threads."""
-    return workers >= WORKERS_PER_REPLICA * replicas and room >= window
+    """Whether render workers prepare the ``--devices`` replicas' pages: only when they
+    :func:`keep up <workers_keep_up>` and the prepared pages of the whole window fit the
+    budget (``room``: the pages :func:`window_for` lets be in flight): a smaller window would
+    leave the replicas' decode slots empty. Else each replica prepares its own pages, on its
+    own threads."""
+    return workers_keep_up(workers, replicas) and room >= window
 
 
 class Converter:
@@ -281,8 +287,8 @@ class Converter:
             self._planner = planner  # journals' fingerprints without waiting for the model
         else:
             replicas = devices.replicas
-            if workers < WORKERS_PER_REPLICA * replicas:
-                recipe = None  # too few workers to keep up: each replica prepares its pages
+            if not workers_keep_up(workers, replicas):
+                recipe = None  # each replica prepares its pages (the window fits later)
         ledger.hold()  # a failed load leaves the output folder's resume state as it was
         try:
             renders.auto = auto_spec(planner, self.opts.engine)

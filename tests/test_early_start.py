@@ -26,13 +26,19 @@ from ocrpress.render import RenderQueue
 TESTS = Path(__file__).parent
 
 
-def _run(model: Path, files: list[Path]) -> tuple[Converter, list[list[str]]]:
-    """Convert ``files`` in memory with one render worker; the converter and pages' texts."""
+def _run(
+    model: Path, files: list[Path], workers: int = 1, devices: str | None = None, **engine: Any
+) -> tuple[Converter, list[list[str]]]:
+    """Convert ``files`` in memory (one render worker unless told); the converter and the
+    pages' texts. ``engine``: more engine options."""
     docs, _ = discover([str(f) for f in files])
-    engine = EngineOptions(engine="deepseek", model=str(model), mode="small", max_new_tokens=6)
-    opts = ConvertOptions(
-        output=None, formats=["json"], dpi=36, workers=1, ocr="always", engine=engine
+    options = EngineOptions(
+        engine="deepseek", model=str(model), mode="small", max_new_tokens=6, **engine
     )
+    opts = ConvertOptions(
+        output=None, formats=["json"], dpi=36, workers=workers, ocr="always", engine=options,
+        devices=devices,
+    )  # fmt: skip
     conv = Converter(opts)
     results = conv.run(docs)
     return conv, [[p.raw for p in d.pages] for d in results]
@@ -296,17 +302,6 @@ def test_a_failed_load_leaves_no_rendered_page_behind(
 # ------------------------------------------------------------------ --devices
 
 
-def _devices_opts(model: Path, out: Path | None, workers: int) -> ConvertOptions:
-    engine = EngineOptions(
-        engine="deepseek", model=str(model), mode="small", device="cpu", batch_size=1,
-        max_new_tokens=6,
-    )  # fmt: skip
-    return ConvertOptions(
-        output=str(out) if out else None, formats=["json"], dpi=36, workers=workers,
-        ocr="always", engine=engine, devices="all",
-    )  # fmt: skip
-
-
 @pytest.mark.parametrize("workers", [4, pytest.param(1, marks=pytest.mark.slow)])
 def test_pages_render_while_the_device_replicas_load(
     tiny_v2_model: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, workers: int
@@ -328,9 +323,7 @@ def test_pages_render_while_the_device_replicas_load(
 
     monkeypatch.setattr(DevicePool, "max_batch_size", slow_replicas)
     files = [labelled_pdf(tmp_path / f"d{i}.pdf", 2 + i) for i in range(2)]
-    docs, _ = discover([str(f) for f in files])
-    conv = Converter(_devices_opts(tiny_v2_model, None, workers))
-    texts = [[p.raw for p in d.pages] for d in conv.run(docs)]
+    conv, texts = _run(tiny_v2_model, files, workers, "all", device="cpu", batch_size=1)
     assert seen == {"first_done": True}
     prepared = conv.stats.to_dict()["pages_prepared_by_workers"]
     assert prepared == (5 if workers == 4 else 0)
